@@ -861,7 +861,8 @@ mod tests {
     fn malformed_fields_are_named() {
         let id = Identity::generate();
         let r = record(&id, 1);
-        let cases: Vec<(Box<dyn Fn(&mut proto::NodeRecord)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut proto::NodeRecord)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|r| r.x25519_key = Bytes::from_static(&[1; 31])),
                 "x25519_key",
