@@ -33,17 +33,45 @@ fn signatures(c: &mut Criterion) {
     let raw = SigningKey::from_bytes(&[9; 32]);
     let raw_sig = raw.sign(&msg);
     let vk = raw.verifying_key();
-    g.bench_function("raw ed25519 sign 1KiB", |b| b.iter(|| raw.sign(black_box(&msg))));
-    g.bench_function("raw ed25519 verify 1KiB", |b| b.iter(|| vk.verify(black_box(&msg), &raw_sig).unwrap()));
-    g.bench_function("raw ed25519 verify_strict 1KiB", |b| b.iter(|| vk.verify_strict(black_box(&msg), &raw_sig).unwrap()));
+    g.bench_function("raw ed25519 sign 1KiB", |b| {
+        b.iter(|| raw.sign(black_box(&msg)))
+    });
+    g.bench_function("raw ed25519 verify 1KiB", |b| {
+        b.iter(|| vk.verify(black_box(&msg), &raw_sig).unwrap())
+    });
+    g.bench_function("raw ed25519 verify_strict 1KiB", |b| {
+        b.iter(|| vk.verify_strict(black_box(&msg), &raw_sig).unwrap())
+    });
     let (alice, rec) = node(1);
     let content = Bytes::from(msg.clone());
     g.bench_function("meshara sign_broadcast 1KiB", |b| {
-        b.iter(|| sign_broadcast(&alice, "topic", "application/octet-stream", content.clone(), 1, 2).unwrap())
+        b.iter(|| {
+            sign_broadcast(
+                &alice,
+                "topic",
+                "application/octet-stream",
+                content.clone(),
+                1,
+                2,
+            )
+            .unwrap()
+        })
     });
-    let (_, signed) = sign_broadcast(&alice, "topic", "application/octet-stream", content.clone(), 1, 2).unwrap();
-    g.bench_function("meshara verify_broadcast 1KiB", |b| b.iter(|| verify_broadcast(black_box(&signed)).unwrap()));
-    g.bench_function("meshara NodeRecord::verify", |b| b.iter(|| NodeRecord::verify(black_box(rec.signed()), NOW).unwrap()));
+    let (_, signed) = sign_broadcast(
+        &alice,
+        "topic",
+        "application/octet-stream",
+        content.clone(),
+        1,
+        2,
+    )
+    .unwrap();
+    g.bench_function("meshara verify_broadcast 1KiB", |b| {
+        b.iter(|| verify_broadcast(black_box(&signed)).unwrap())
+    });
+    g.bench_function("meshara NodeRecord::verify", |b| {
+        b.iter(|| NodeRecord::verify(black_box(rec.signed()), NOW).unwrap())
+    });
     g.finish();
 }
 
@@ -58,15 +86,19 @@ fn sealed(c: &mut Criterion) {
     let (bob, bob_rec) = node(3);
     let secret = StaticSecret::from([5u8; 32]);
     let public = PublicKey::from(&StaticSecret::from([6u8; 32]));
-    g.bench_function("raw x25519 DH", |b| b.iter(|| secret.diffie_hellman(black_box(&public))));
+    g.bench_function("raw x25519 DH", |b| {
+        b.iter(|| secret.diffie_hellman(black_box(&public)))
+    });
     for size in SIZES {
         let data = vec![1u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&[2; 32]));
         let nonce = Nonce::from([0; 12]);
-        g.bench_with_input(BenchmarkId::new("raw chacha20poly1305 seal+open", size), &data, |b, d| {
-            b.iter(|| raw_aead_round_trip(&cipher, &nonce, black_box(d)))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("raw chacha20poly1305 seal+open", size),
+            &data,
+            |b, d| b.iter(|| raw_aead_round_trip(&cipher, &nonce, black_box(d))),
+        );
         g.bench_with_input(BenchmarkId::new("meshara seal", size), &data, |b, d| {
             b.iter(|| seal(&alice, &alice_rec, &bob_rec, black_box(d), Padding::None).unwrap())
         });
@@ -95,33 +127,46 @@ fn sessions(c: &mut Criterion) {
         })
     });
     let (p, init) = session::initiate(&alice, &alice_rec, &bob_rec, 1).unwrap();
-    let (mut rx, resp) = session::respond(&bob, &init, &mut HandshakeGuard::new(4), NOW, t).unwrap();
+    let (mut rx, resp) =
+        session::respond(&bob, &init, &mut HandshakeGuard::new(4), NOW, t).unwrap();
     let mut tx = p.complete(&alice, &resp, t).unwrap();
     for size in SIZES {
         let data = vec![1u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&[2; 32]));
         let mut counter = 0u64;
-        g.bench_with_input(BenchmarkId::new("raw chacha20poly1305 seal+open", size), &data, |b, d| {
-            b.iter(|| {
-                counter += 1;
-                let mut n = [0u8; 12];
-                n[4..].copy_from_slice(&counter.to_le_bytes());
-                raw_aead_round_trip(&cipher, &Nonce::from(n), black_box(d))
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("meshara session encrypt+decrypt", size), &data, |b, d| {
-            b.iter(|| {
-                let m = tx.encrypt(black_box(d), Padding::None, t).unwrap();
-                rx.decrypt(&m, t).unwrap()
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("meshara session encrypt+decrypt, padded", size), &data, |b, d| {
-            b.iter(|| {
-                let m = tx.encrypt(black_box(d), Padding::Buckets, t).unwrap();
-                rx.decrypt(&m, t).unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("raw chacha20poly1305 seal+open", size),
+            &data,
+            |b, d| {
+                b.iter(|| {
+                    counter += 1;
+                    let mut n = [0u8; 12];
+                    n[4..].copy_from_slice(&counter.to_le_bytes());
+                    raw_aead_round_trip(&cipher, &Nonce::from(n), black_box(d))
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("meshara session encrypt+decrypt", size),
+            &data,
+            |b, d| {
+                b.iter(|| {
+                    let m = tx.encrypt(black_box(d), Padding::None, t).unwrap();
+                    rx.decrypt(&m, t).unwrap()
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("meshara session encrypt+decrypt, padded", size),
+            &data,
+            |b, d| {
+                b.iter(|| {
+                    let m = tx.encrypt(black_box(d), Padding::Buckets, t).unwrap();
+                    rx.decrypt(&m, t).unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }

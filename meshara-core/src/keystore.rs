@@ -357,7 +357,7 @@ pub fn parse(
     if bytes.len() != expected || !bool::from(blake3::hash(body).as_bytes().ct_eq(checksum)) {
         return Err(KeystoreError::Corrupted);
     }
-    if ct_len != SECRETS_LEN + TAG_LEN {
+    if ct_len != SECRETS_LEN + TAG_LEN || bytes[11] != 0 {
         // Checksum is fine but the layout is not version 1's: deliberately crafted.
         return Err(KeystoreError::Tampered);
     }
@@ -455,7 +455,8 @@ impl Keystore {
         if self.path.exists() {
             return Err(KeystoreError::AlreadyExists(self.path.clone()));
         }
-        self.save(identity, passphrase, params, created_at)
+        let bytes = seal_identity(identity, created_at, passphrase, params, KIND_KEYSTORE)?;
+        StagedWrite::stage(&self.path, &bytes)?.commit_new()
     }
 
     /// Writes the identity atomically, replacing any previous file (to change the passphrase
@@ -551,9 +552,30 @@ impl StagedWrite {
         Ok(staged)
     }
 
+    /// Atomically replaces the destination.
     pub(crate) fn commit(mut self) -> Result<(), KeystoreError> {
         fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest))?;
         self.committed = true;
+        self.sync_dir()
+    }
+
+    /// Atomically creates the destination, failing if it exists (even if another process
+    /// created it after our check): a hard link never replaces an existing name.
+    pub(crate) fn commit_new(self) -> Result<(), KeystoreError> {
+        match fs::hard_link(&self.temp, &self.dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(KeystoreError::AlreadyExists(self.dest.clone()));
+            }
+            Err(e) => return Err(io_err(&self.dest)(e)),
+        }
+        // Dropping removes the temporary name; the destination keeps the data.
+        let result = self.sync_dir();
+        drop(self);
+        result
+    }
+
+    fn sync_dir(&self) -> Result<(), KeystoreError> {
         if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -846,6 +868,25 @@ mod tests {
             replacement.node_id()
         );
         drop(dir);
+    }
+
+    #[test]
+    fn create_loses_a_race_cleanly() {
+        let (_dir, store, id) = saved();
+        // Another process created the file after our existence check.
+        let bytes = seal_identity(&Identity::generate(), 0, PASS, fast(), KIND_KEYSTORE).unwrap();
+        let staged = StagedWrite::stage(store.path(), &bytes).unwrap();
+        assert!(matches!(
+            staged.commit_new(),
+            Err(KeystoreError::AlreadyExists(_))
+        ));
+        assert_eq!(store.load(PASS).unwrap().identity.node_id(), id.node_id());
+        assert_eq!(
+            fs::read_dir(store.path().parent().unwrap())
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[test]

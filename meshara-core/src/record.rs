@@ -338,7 +338,11 @@ impl NodeRecord {
         }
         let mut addresses = Vec::with_capacity(raw.addresses.len());
         for address in &raw.addresses {
-            addresses.push(check_address(address)?);
+            // Addresses of transports added by later minor versions stay in the signed bytes
+            // and are skipped here, like unknown capabilities.
+            if let Some(address) = check_address(address)? {
+                addresses.push(address);
+            }
         }
         if raw.capabilities.len() > MAX_CAPABILITIES {
             return Err(invalid(
@@ -465,13 +469,13 @@ impl NodeRecord {
     }
 }
 
-fn check_address(address: &proto::Address) -> Result<Address, RecordError> {
-    let transport = Transport::from_proto(address.transport).ok_or_else(|| {
-        invalid(
-            "addresses.transport",
-            format!("unknown transport {}", address.transport),
-        )
-    })?;
+fn check_address(address: &proto::Address) -> Result<Option<Address>, RecordError> {
+    if address.transport == proto::Transport::Unspecified as i32 {
+        return Err(invalid("addresses.transport", "unspecified"));
+    }
+    let Some(transport) = Transport::from_proto(address.transport) else {
+        return Ok(None);
+    };
     if address.host.is_empty() || address.host.len() > MAX_HOST_LEN {
         return Err(invalid(
             "addresses.host",
@@ -512,11 +516,11 @@ fn check_address(address: &proto::Address) -> Result<Address, RecordError> {
             }
         }
     }
-    Ok(Address {
+    Ok(Some(Address {
         transport,
         host: address.host.clone(),
         port,
-    })
+    }))
 }
 
 /// Builds and signs our own node record.
@@ -652,7 +656,7 @@ impl RecordBook {
                 });
             }
             if record.sequence() == stored.sequence() {
-                return if record.signed == stored.signed {
+                return if record.signed.record == stored.signed.record {
                     Ok(Inserted::Unchanged)
                 } else {
                     Err(RecordError::ConflictingSequence {
@@ -882,7 +886,7 @@ mod tests {
                 "addresses.host",
             ),
             (
-                Box::new(|r| r.addresses[0].transport = 99),
+                Box::new(|r| r.addresses[0].transport = 0),
                 "addresses.transport",
             ),
             (Box::new(|r| r.agent = "x".repeat(65)), "agent"),
@@ -917,13 +921,19 @@ mod tests {
     }
 
     #[test]
-    fn unknown_capabilities_are_ignored_but_kept_signed() {
+    fn unknown_capabilities_and_transports_are_ignored_but_kept_signed() {
         let id = Identity::generate();
         let mut body = raw(&record(&id, 1));
         body.capabilities.push(42);
+        body.addresses.push(proto::Address {
+            transport: 99,
+            host: "future".into(),
+            port: 1,
+        });
         let signed = resign(&id, &body);
         let r = NodeRecord::verify(&signed, NOW).unwrap();
         assert_eq!(r.capabilities(), &[Capability::Relay]);
+        assert_eq!(r.addresses().len(), 2);
         assert_eq!(r.signed(), &signed);
     }
 }

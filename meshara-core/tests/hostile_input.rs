@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use meshara_core::proto::{self, envelope::Body};
 use meshara_core::wire::{self, FrameDecoder};
 use meshara_core::{
-    HandshakeGuard, Identity, KdfParams, NodeRecord, NodeRecordBuilder, Padding, keystore,
-    message, open, seal, session,
+    HandshakeGuard, Identity, KdfParams, NodeRecord, NodeRecordBuilder, Padding, keystore, message,
+    open, seal, session,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -42,23 +42,61 @@ fn envelope_strategy() -> impl Strategy<Value = proto::Envelope> {
         proptest::collection::vec(bytes32.clone(), 0..20)
             .prop_map(|ids| Body::Ack(proto::Ack { message_ids: ids })),
         (any::<u64>(), bytes32.clone()).prop_map(|(r, t)| Body::Routing(proto::RoutingMessage {
-            body: Some(proto::routing_message::Body::FindNode(proto::FindNode { request_id: r, target: t })),
+            body: Some(proto::routing_message::Body::FindNode(proto::FindNode {
+                request_id: r,
+                target: t
+            })),
         })),
-        (proptest::collection::vec(any::<u8>(), 16), "[a-z.]{1,20}", proptest::collection::vec(any::<u8>(), 0..2000), any::<u32>())
+        (
+            proptest::collection::vec(any::<u8>(), 16),
+            "[a-z.]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..2000),
+            any::<u32>()
+        )
             .prop_map(|(id, method, body, timeout_ms)| Body::Query(proto::Query {
-                query_id: id.into(), method, body: body.into(), timeout_ms,
+                query_id: id.into(),
+                method,
+                body: body.into(),
+                timeout_ms,
             })),
-        (bytes32.clone(), 0u32..=32, any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 16..3000))
-            .prop_map(|(r, hop, idx, ctr, ct)| Body::Private(proto::PrivateEnvelope {
-                recipient: r, hop_limit: hop,
-                body: Some(proto::private_envelope::Body::Session(proto::SessionMessage { session_index: idx, counter: ctr, ciphertext: ct.into() })),
+        (
+            bytes32.clone(),
+            0u32..=32,
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 16..3000)
+        )
+            .prop_map(
+                |(r, hop, idx, ctr, ct)| Body::Private(proto::PrivateEnvelope {
+                    recipient: r,
+                    hop_limit: hop,
+                    body: Some(proto::private_envelope::Body::Session(
+                        proto::SessionMessage {
+                            session_index: idx,
+                            counter: ctr,
+                            ciphertext: ct.into()
+                        }
+                    )),
+                })
+            ),
+        (
+            "[a-z]{1,30}",
+            proptest::collection::vec(bytes32, 0..10),
+            any::<u32>()
+        )
+            .prop_map(|(topic, ids, round)| Body::Gossip(proto::GossipMessage {
+                topic,
+                body: Some(proto::gossip_message::Body::Ihave(proto::IHave {
+                    message_ids: ids,
+                    round
+                })),
             })),
-        ("[a-z]{1,30}", proptest::collection::vec(bytes32, 0..10), any::<u32>()).prop_map(|(topic, ids, round)| Body::Gossip(proto::GossipMessage {
-            topic, body: Some(proto::gossip_message::Body::Ihave(proto::IHave { message_ids: ids, round })),
-        })),
         Just(Body::StatusRequest(proto::StatusRequest {})),
     ];
-    body.prop_map(|b| proto::Envelope { version: wire::PROTOCOL_VERSION, body: Some(b) })
+    body.prop_map(|b| proto::Envelope {
+        version: wire::PROTOCOL_VERSION,
+        body: Some(b),
+    })
 }
 
 proptest! {
@@ -119,7 +157,11 @@ fn mutated_records_never_verify() {
             if let Ok(r) = NodeRecord::decode(&m, NOW) {
                 // Only a change protobuf decoding erases (none expected) may pass, and then
                 // the signed bytes must be what was signed.
-                assert_eq!(r.signed().record, rec.signed().record, "byte {i} mask {mask:#x}");
+                assert_eq!(
+                    r.signed().record,
+                    rec.signed().record,
+                    "byte {i} mask {mask:#x}"
+                );
             }
         }
     }
@@ -129,7 +171,14 @@ fn mutated_records_never_verify() {
 fn mutated_sealed_messages_never_open() {
     let (alice, alice_rec) = node();
     let (bob, bob_rec) = node();
-    let sealed = seal(&alice, &alice_rec, &bob_rec, b"attack at dawn", Padding::None).unwrap();
+    let sealed = seal(
+        &alice,
+        &alice_rec,
+        &bob_rec,
+        b"attack at dawn",
+        Padding::None,
+    )
+    .unwrap();
     let bytes = sealed.encode_to_vec();
     for i in 0..bytes.len() {
         let m = mutate(&bytes, &[(i, 0x10)]);
@@ -167,7 +216,10 @@ fn mutated_session_messages_never_decrypt_and_leave_the_session_usable() {
         let m = mutate(&init_bytes, &[(i, 0x02)]);
         if let Ok(msg) = proto::HandshakeInit::decode(m.as_slice()) {
             if msg != init {
-                assert!(session::respond(&bob, &msg, &mut HandshakeGuard::new(8), NOW, t).is_err(), "init byte {i}");
+                assert!(
+                    session::respond(&bob, &msg, &mut HandshakeGuard::new(8), NOW, t).is_err(),
+                    "init byte {i}"
+                );
             }
         }
     }
@@ -175,7 +227,11 @@ fn mutated_session_messages_never_decrypt_and_leave_the_session_usable() {
 
 #[test]
 fn hostile_private_payloads_are_typed_errors() {
-    for data in [&[][..], &[0x0a, 0xff, 0xff, 0xff, 0x0f][..], &[0x12, 0x02, 0x0a, 0x01][..]] {
+    for data in [
+        &[][..],
+        &[0x0a, 0xff, 0xff, 0xff, 0x0f][..],
+        &[0x12, 0x02, 0x0a, 0x01][..],
+    ] {
         assert!(message::decode_payload(data).is_err());
     }
 }
@@ -185,9 +241,14 @@ fn keystore_rejects_files_over_the_size_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("id.key");
     let store = meshara_core::Keystore::new(&path);
-    store.create(&Identity::generate(), b"pass", KdfParams::minimum(), 0).unwrap();
+    store
+        .create(&Identity::generate(), b"pass", KdfParams::minimum(), 0)
+        .unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.extend_from_slice(&[0u8; 10_000]);
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(store.load(b"pass"), Err(meshara_core::KeystoreError::Corrupted)));
+    assert!(matches!(
+        store.load(b"pass"),
+        Err(meshara_core::KeystoreError::Corrupted)
+    ));
 }

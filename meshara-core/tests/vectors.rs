@@ -19,9 +19,9 @@ fn committed_vectors_verify() {
 
 #[test]
 fn generator_reproduces_the_committed_file() {
-    assert_eq!(
-        vectors::generate(),
-        committed(),
+    // `assert!` rather than `assert_eq!`: the file is too large to print usefully.
+    assert!(
+        vectors::generate() == committed(),
         "regenerate with: cargo run -p meshara-core --bin meshara -- vectors > meshara-core/tests/vectors/v1.json"
     );
 }
@@ -29,10 +29,20 @@ fn generator_reproduces_the_committed_file() {
 #[test]
 fn a_changed_vector_is_caught() {
     let mut file = committed();
-    let ct = file["sealed"][0]["payload_ciphertext"].as_str().unwrap().to_owned();
-    let flipped = format!("{}{}", if ct.starts_with('0') { "1" } else { "0" }, &ct[1..]);
+    let ct = file["sealed"][0]["payload_ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = format!(
+        "{}{}",
+        if ct.starts_with('0') { "1" } else { "0" },
+        &ct[1..]
+    );
     file["sealed"][0]["encoded"] = serde_json::Value::String(
-        file["sealed"][0]["encoded"].as_str().unwrap().replace(&ct, &flipped),
+        file["sealed"][0]["encoded"]
+            .as_str()
+            .unwrap()
+            .replace(&ct, &flipped),
     );
     assert!(vectors::check(&file).is_err());
     let mut file = committed();

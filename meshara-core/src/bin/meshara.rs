@@ -194,11 +194,14 @@ fn out(line: impl AsRef<str>) {
 }
 
 fn load(cli: &Cli, store: &Keystore) -> Result<Identity> {
+    Ok(unlock(cli, store)?.identity)
+}
+
+fn unlock(cli: &Cli, store: &Keystore) -> Result<meshara_core::Unlocked> {
     let pass = passphrase(cli, "Keystore passphrase: ", false)?;
-    let unlocked = store
+    store
         .load(pass.as_bytes())
-        .with_context(|| format!("opening keystore {}", store.path().display()))?;
-    Ok(unlocked.identity)
+        .with_context(|| format!("opening keystore {}", store.path().display()))
 }
 
 fn main() -> Result<()> {
@@ -237,10 +240,13 @@ fn main() -> Result<()> {
             print_identity(&cli, &identity, store.path());
         }
         Command::Export { out: path } => {
-            let identity = load(&cli, &store)?;
+            let unlocked = unlock(&cli, &store)?;
             let pass = passphrase(&cli, "Bundle passphrase: ", true)?;
-            let bundle =
-                identity.export_bundle(pass.as_bytes(), KdfParams::default(), now_secs())?;
+            let bundle = unlocked.identity.export_bundle(
+                pass.as_bytes(),
+                KdfParams::default(),
+                unlocked.created_at,
+            )?;
             if path == Path::new("-") {
                 out(bundle.trim_end());
             } else {

@@ -84,8 +84,9 @@ pub enum WireError {
     /// The envelope's major version is not [`PROTOCOL_VERSION`].
     #[error("unsupported protocol version {0} (this node speaks version {PROTOCOL_VERSION})")]
     UnsupportedVersion(u32),
-    /// The envelope has no body this implementation knows: empty, or a kind added by a later
-    /// minor version. Skip the envelope; the link stays up.
+    /// The envelope (or a nested oneof such as a private, routing, gossip or update message)
+    /// has no body this implementation knows: empty, or a kind added by a later minor version.
+    /// Skip the envelope; the link stays up.
     #[error("envelope carries no message kind this node knows")]
     UnknownKind,
     /// A field breaks a size, count or format rule.
@@ -200,7 +201,10 @@ pub fn validate(envelope: &proto::Envelope) -> Result<(), WireError> {
             if let Some(r) = &s.record {
                 signed_record("status.record", r)?;
             }
-            ids("status.peers", &s.peers)
+            at_most("status.peers", s.peers.len(), MAX_STATUS_PEERS)?;
+            s.peers
+                .iter()
+                .try_for_each(|id| exact("status.peers", id, 32))
         }
         Body::PeerExchange(x) => records("peer_exchange.records", &x.records, MAX_EXCHANGE_RECORDS),
     }
@@ -230,11 +234,7 @@ fn private(p: &proto::PrivateEnvelope) -> Result<(), WireError> {
         ));
     }
     let sender_max = MAX_RECORD_LEN + 128 + TAG_LEN;
-    match p
-        .body
-        .as_ref()
-        .ok_or_else(|| invalid("private.body", "missing or unknown"))?
-    {
+    match p.body.as_ref().ok_or(WireError::UnknownKind)? {
         P::Sealed(s) => {
             exact("private.sealed.ephemeral", &s.ephemeral, 32)?;
             between(
@@ -296,11 +296,7 @@ pub(crate) fn query_response(r: &proto::QueryResponse) -> Result<(), WireError> 
 
 fn routing(r: &proto::RoutingMessage) -> Result<(), WireError> {
     use proto::routing_message::Body as R;
-    match r
-        .body
-        .as_ref()
-        .ok_or_else(|| invalid("routing.body", "missing or unknown"))?
-    {
+    match r.body.as_ref().ok_or(WireError::UnknownKind)? {
         R::Ping(_) | R::Pong(_) => Ok(()),
         R::FindNode(f) => exact("routing.find_node.target", &f.target, 32),
         R::FoundNodes(f) => records("routing.found_nodes.records", &f.records, MAX_FOUND_RECORDS),
@@ -314,11 +310,7 @@ fn routing(r: &proto::RoutingMessage) -> Result<(), WireError> {
 fn gossip(g: &proto::GossipMessage) -> Result<(), WireError> {
     use proto::gossip_message::Body as G;
     between("gossip.topic", g.topic.len(), 1, MAX_NAME_LEN)?;
-    match g
-        .body
-        .as_ref()
-        .ok_or_else(|| invalid("gossip.body", "missing or unknown"))?
-    {
+    match g.body.as_ref().ok_or(WireError::UnknownKind)? {
         G::Join(j) => signed_record(
             "gossip.join.record",
             required("gossip.join.record", &j.record)?,
@@ -353,11 +345,7 @@ fn metadata(field: &'static str, m: &proto::SignedMetadata) -> Result<(), WireEr
 
 fn update(u: &proto::UpdateMessage) -> Result<(), WireError> {
     use proto::update_message::Body as U;
-    match u
-        .body
-        .as_ref()
-        .ok_or_else(|| invalid("update.body", "missing or unknown"))?
-    {
+    match u.body.as_ref().ok_or(WireError::UnknownKind)? {
         U::Root(m) => metadata("update.root", m),
         U::Release(m) => metadata("update.release", m),
         U::ChunkRequest(c) => exact("update.chunk_request.content_hash", &c.content_hash, 32),
@@ -444,13 +432,7 @@ mod tests {
             hop_limit: 3,
             body: None,
         }));
-        assert!(matches!(
-            encode_envelope(&e),
-            Err(WireError::InvalidField {
-                field: "private.body",
-                ..
-            })
-        ));
+        assert_eq!(encode_envelope(&e), Err(WireError::UnknownKind));
         let e = env(Body::Gossip(proto::GossipMessage {
             topic: String::new(),
             body: Some(proto::gossip_message::Body::Prune(proto::Prune {})),
