@@ -88,11 +88,9 @@ pub fn initiate_with_rng<R: RngCore + CryptoRng>(
     responder: &NodeRecord,
     timestamp_ms: u64,
 ) -> Result<(Initiator, proto::HandshakeInit), CryptoError> {
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(&mut secret[..]);
-    let index = rng.next_u64();
+    let (ephemeral, index) = fresh_ephemeral(rng);
     initiate_with_ephemeral(
-        StaticSecret::from(*secret),
+        ephemeral,
         index,
         identity,
         own_record,
@@ -144,6 +142,13 @@ pub(crate) fn initiate_with_ephemeral(
         ss,
     };
     Ok((state, message))
+}
+
+/// A fresh ephemeral key and a random session index for one handshake side.
+fn fresh_ephemeral<R: RngCore + CryptoRng>(rng: &mut R) -> (StaticSecret, u64) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut secret[..]);
+    (StaticSecret::from(*secret), rng.next_u64())
 }
 
 fn init_h0(node_id: &[u8], x25519: &[u8], ephemeral: &X25519Public, index: u64) -> [u8; 32] {
@@ -311,18 +316,8 @@ pub fn respond_with_rng<R: RngCore + CryptoRng>(
     now_secs: u64,
     now: Instant,
 ) -> Result<(Session, proto::HandshakeResponse), CryptoError> {
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(&mut secret[..]);
-    let index = rng.next_u64();
-    respond_with_ephemeral(
-        StaticSecret::from(*secret),
-        index,
-        identity,
-        init,
-        guard,
-        now_secs,
-        now,
-    )
+    let (ephemeral, index) = fresh_ephemeral(rng);
+    respond_with_ephemeral(ephemeral, index, identity, init, guard, now_secs, now)
 }
 
 pub(crate) fn respond_with_ephemeral(
