@@ -445,7 +445,8 @@ fn devnet(nodes: usize, dir: Option<PathBuf>, messages: usize) -> Result<()> {
     ));
     let _ = total;
     out(format!(
-        "inspect an identity:  meshara --keystore {}/node0/identity.key identity",
+        "inspect an identity:  MESHARA_PASSPHRASE='{}' cargo run -q -p meshara-core --bin meshara -- --keystore {}/node0/identity.key identity",
+        String::from_utf8_lossy(PASS),
         dir.display()
     ));
     out("protocol spec: docs/protocol.md   benchmarks: docs/benchmarks.md");
