@@ -261,6 +261,18 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Signs a TLS 1.3 CertificateVerify input with the identity key, unprefixed.
+    ///
+    /// Safe to share the key with [`Identity::sign`]: TLS 1.3 inputs start with 64 bytes of
+    /// 0x20 (RFC 8446 §4.4.3), while every Meshara signing context starts with `meshara/`, so no
+    /// message is valid in both protocols.
+    #[cfg(feature = "net")]
+    pub(crate) fn sign_tls(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")

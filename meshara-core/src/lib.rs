@@ -51,10 +51,14 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+pub mod delivery;
 pub mod identity;
 pub mod keystore;
 pub mod message;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod proto;
+pub mod rate;
 pub mod record;
 pub mod vectors;
 pub mod wire;
@@ -71,3 +75,10 @@ pub use record::{
     Transport,
 };
 pub use wire::WireError;
+
+#[cfg(feature = "net")]
+pub use net::{
+    DeliveryError, Diagnostics, Event, EventStream, IncomingQuery, NetworkStats, Node, NodeBuilder,
+    NodeConfig, PeerAddr, PeerInfo, PeerStream, PendingDelivery, QueryError, SendError, StartError,
+    StreamError, TransportError,
+};

@@ -1,0 +1,293 @@
+//! Reliable delivery of private messages, as a sans-IO state machine.
+//!
+//! The [`Outbox`] remembers every private message until the recipient's end-to-end
+//! acknowledgement arrives. It never touches a socket or a clock: the node feeds it the time and
+//! asks it what to (re)send and what to give up on. The same machine will run unchanged in the
+//! routing simulator.
+//!
+//! Policy: a message is first sent as soon as the recipient is reachable; it is resent after
+//! `ack_timeout`, doubling each time; after `max_attempts` sends, or `deadline` after it was
+//! queued (whichever comes first), it is reported as failed. Receivers deduplicate by message
+//! id and acknowledge duplicates again, so resending is always safe.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::identity::NodeId;
+use crate::message::MessageId;
+
+/// Resend policy of an [`Outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait this long for an acknowledgement before the first resend; doubles after each send.
+    pub ack_timeout: Duration,
+    /// Sends before giving up.
+    pub max_attempts: u32,
+    /// Give up this long after the message was queued.
+    pub deadline: Duration,
+}
+
+/// What the outbox asks the node to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxAction {
+    /// Send (or resend) this payload to `peer`, then call [`Outbox::mark_sent`].
+    Send {
+        /// The message.
+        id: MessageId,
+        /// Its recipient.
+        peer: NodeId,
+        /// The encoded private payload.
+        payload: Bytes,
+    },
+    /// Stop trying: report the message as failed. It has been removed.
+    Fail {
+        /// The message.
+        id: MessageId,
+        /// Its recipient.
+        peer: NodeId,
+        /// How many times it was sent.
+        attempts: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    peer: NodeId,
+    payload: Bytes,
+    attempts: u32,
+    queued_at: Instant,
+    first_sent: Option<Instant>,
+    /// When the next send is due; `None` while one is in flight and not yet marked sent.
+    next_send: Instant,
+}
+
+/// Acknowledgement of a message the outbox was tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The recipient.
+    pub peer: NodeId,
+    /// Sends it took.
+    pub attempts: u32,
+    /// Time from the first send to the acknowledgement.
+    pub latency: Option<Duration>,
+}
+
+/// Messages awaiting acknowledgement. Bounded: [`Outbox::insert`] refuses beyond `capacity`.
+#[derive(Debug)]
+pub struct Outbox {
+    entries: HashMap<MessageId, Entry>,
+    policy: RetryPolicy,
+    capacity: usize,
+}
+
+/// The outbox is at capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outbox full ({0} messages awaiting acknowledgement)")]
+pub struct OutboxFull(pub usize);
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` messages.
+    pub fn new(policy: RetryPolicy, capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            policy,
+            capacity,
+        }
+    }
+
+    /// Messages being tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is awaiting acknowledgement.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Messages awaiting acknowledgement from `peer`.
+    pub fn pending_for(&self, peer: &NodeId) -> usize {
+        self.entries.values().filter(|e| &e.peer == peer).count()
+    }
+
+    /// Starts tracking a message, due for sending immediately.
+    pub fn insert(
+        &mut self,
+        id: MessageId,
+        peer: NodeId,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), OutboxFull> {
+        if self.entries.len() >= self.capacity {
+            return Err(OutboxFull(self.entries.len()));
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                peer,
+                payload,
+                attempts: 0,
+                queued_at: now,
+                first_sent: None,
+                next_send: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records that `id` was handed to the transport at `now`; the next resend is scheduled
+    /// after the (doubling) acknowledgement timeout.
+    pub fn mark_sent(&mut self, id: &MessageId, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.attempts += 1;
+            entry.first_sent.get_or_insert(now);
+            let backoff = self
+                .policy
+                .ack_timeout
+                .saturating_mul(1 << (entry.attempts - 1).min(16));
+            entry.next_send = now + backoff;
+        }
+    }
+
+    /// Handles an end-to-end acknowledgement from `from`. Acknowledgements from anyone but the
+    /// recipient are ignored.
+    pub fn handle_ack(&mut self, id: &MessageId, from: &NodeId, now: Instant) -> Option<Acknowledged> {
+        match self.entries.get(id) {
+            Some(entry) if &entry.peer == from => {}
+            _ => return None,
+        }
+        let entry = self.entries.remove(id)?;
+        Some(Acknowledged {
+            peer: entry.peer,
+            attempts: entry.attempts,
+            latency: entry.first_sent.map(|t| now.saturating_duration_since(t)),
+        })
+    }
+
+    /// Everything due at `now`: sends for messages whose recipient `reachable` says can be
+    /// sent to, failures for messages out of attempts or past their deadline.
+    pub fn poll(&mut self, now: Instant, mut reachable: impl FnMut(&NodeId) -> bool) -> Vec<OutboxAction> {
+        let mut actions = Vec::new();
+        let mut failed = Vec::new();
+        for (id, entry) in &mut self.entries {
+            if entry.next_send > now {
+                continue;
+            }
+            let out_of_time = now.saturating_duration_since(entry.queued_at) >= self.policy.deadline;
+            if entry.attempts >= self.policy.max_attempts || out_of_time {
+                failed.push(*id);
+            } else if reachable(&entry.peer) {
+                actions.push(OutboxAction::Send {
+                    id: *id,
+                    peer: entry.peer,
+                    payload: entry.payload.clone(),
+                });
+            }
+        }
+        for id in failed {
+            if let Some(entry) = self.entries.remove(&id) {
+                actions.push(OutboxAction::Fail {
+                    id,
+                    peer: entry.peer,
+                    attempts: entry.attempts,
+                });
+            }
+        }
+        actions
+    }
+
+    /// Messages to `peer` never sent yet (for flushing when a session becomes ready).
+    pub fn unsent_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| &e.peer == peer && e.attempts == 0)
+            .map(|(id, e)| (*id, e.payload.clone()))
+            .collect()
+    }
+
+    /// Stops tracking everything, returning what was pending (node shutdown).
+    pub fn drain(&mut self) -> Vec<(MessageId, NodeId)> {
+        self.entries.drain().map(|(id, e)| (id, e.peer)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            ack_timeout: Duration::from_secs(1),
+            max_attempts: 3,
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn resends_with_backoff_then_fails() {
+        let peer = Identity::generate().node_id();
+        let id = MessageId([1; 32]);
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 10);
+        outbox.insert(id, peer, Bytes::from_static(b"x"), t0).unwrap();
+        // Not reachable: nothing to send, nothing failed.
+        assert!(outbox.poll(t0, |_| false).is_empty());
+        let actions = outbox.poll(t0, |_| true);
+        assert!(matches!(actions.as_slice(), [OutboxAction::Send { .. }]));
+        outbox.mark_sent(&id, t0);
+        assert!(outbox.poll(t0 + Duration::from_millis(999), |_| true).is_empty());
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(outbox.poll(t1, |_| true).len(), 1);
+        outbox.mark_sent(&id, t1);
+        // Second timeout is doubled.
+        assert!(outbox.poll(t1 + Duration::from_millis(1999), |_| true).is_empty());
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(outbox.poll(t2, |_| true).len(), 1);
+        outbox.mark_sent(&id, t2);
+        let t3 = t2 + Duration::from_secs(4);
+        let actions = outbox.poll(t3, |_| true);
+        assert_eq!(
+            actions,
+            vec![OutboxAction::Fail {
+                id,
+                peer,
+                attempts: 3
+            }]
+        );
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn ack_only_from_the_recipient() {
+        let peer = Identity::generate().node_id();
+        let other = Identity::generate().node_id();
+        let id = MessageId([2; 32]);
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 10);
+        outbox.insert(id, peer, Bytes::new(), t0).unwrap();
+        outbox.mark_sent(&id, t0);
+        assert!(outbox.handle_ack(&id, &other, t0).is_none());
+        let ack = outbox.handle_ack(&id, &peer, t0 + Duration::from_millis(5)).unwrap();
+        assert_eq!(ack.attempts, 1);
+        assert_eq!(ack.latency, Some(Duration::from_millis(5)));
+        assert!(outbox.handle_ack(&id, &peer, t0).is_none());
+    }
+
+    #[test]
+    fn deadline_and_capacity() {
+        let peer = Identity::generate().node_id();
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 1);
+        outbox.insert(MessageId([3; 32]), peer, Bytes::new(), t0).unwrap();
+        assert_eq!(
+            outbox.insert(MessageId([4; 32]), peer, Bytes::new(), t0),
+            Err(OutboxFull(1))
+        );
+        // Never reachable: fails at the deadline with zero attempts.
+        let actions = outbox.poll(t0 + Duration::from_secs(60), |_| false);
+        assert!(matches!(actions.as_slice(), [OutboxAction::Fail { attempts: 0, .. }]));
+    }
+}

@@ -1,0 +1,424 @@
+//! Node configuration: listening sockets, peers to start from, limits and timeouts.
+//!
+//! Every field has a default suitable for a desktop or server node; the `meshara run` command
+//! reads the same structure from TOML (unknown keys are errors, so a typo never silently falls
+//! back to a default).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::identity::NodeId;
+use crate::record::{Address, Transport};
+
+/// Caps that keep a node alive under abuse. Exceeding one is counted in the
+/// `meshara_drops_total{reason}` metric and logged, and only the offending connection or
+/// message is affected.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Established connections, in and out.
+    pub max_connections: usize,
+    /// Inbound connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Connections to or from one NodeId.
+    pub max_connections_per_peer: usize,
+    /// Inbound TLS handshakes in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Sustained messages per second accepted from one peer (burst: one second's worth).
+    pub peer_messages_per_sec: u32,
+    /// Sustained bytes per second of messages accepted from one peer (burst: one second's worth).
+    pub peer_bytes_per_sec: u64,
+    /// Times a peer may exceed its rate within a minute before it is disconnected.
+    pub peer_violations_before_disconnect: u32,
+    /// Largest envelope frame accepted or sent, in bytes.
+    pub max_frame_len: usize,
+    /// Largest private-message content, in bytes.
+    pub max_message_len: usize,
+    /// Bytes of frames queued for one connection before senders wait.
+    pub connection_queue_bytes: usize,
+    /// Private messages awaiting acknowledgement, across all peers.
+    pub max_outbox: usize,
+    /// Queries awaiting a response.
+    pub max_pending_queries: usize,
+    /// Incoming queries not yet answered by the application.
+    pub max_inbound_queries: usize,
+    /// Events buffered for each subscriber before the slowest one misses some.
+    pub event_buffer: usize,
+    /// Node records remembered.
+    pub max_records: usize,
+    /// Concurrent byte streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_connections_per_ip: 16,
+            max_connections_per_peer: 2,
+            max_pending_handshakes: 128,
+            peer_messages_per_sec: 100_000,
+            peer_bytes_per_sec: 256 << 20,
+            peer_violations_before_disconnect: 1000,
+            max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
+            max_message_len: crate::crypto::MAX_PRIVATE_PAYLOAD - 1024,
+            connection_queue_bytes: 8 << 20,
+            max_outbox: 65_536,
+            max_pending_queries: 4096,
+            max_inbound_queries: 1024,
+            event_buffer: 4096,
+            max_records: 4096,
+            max_streams_per_connection: 128,
+        }
+    }
+}
+
+/// Timers of the connection manager and the delivery machinery.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Give up on a connection attempt (including TLS) after this long.
+    #[serde(with = "humantime_secs")]
+    pub connect: Duration,
+    /// Ping an idle connection this often.
+    #[serde(with = "humantime_secs")]
+    pub keepalive: Duration,
+    /// Close a connection silent for this long.
+    #[serde(with = "humantime_secs")]
+    pub idle: Duration,
+    /// Resend an unacknowledged private message after this long (doubling each time).
+    #[serde(with = "humantime_secs")]
+    pub ack: Duration,
+    /// Attempts before a private message is reported as failed.
+    pub max_attempts: u32,
+    /// Report a private message as failed after this long regardless of attempts.
+    #[serde(with = "humantime_secs")]
+    pub delivery: Duration,
+    /// Default query timeout.
+    #[serde(with = "humantime_secs")]
+    pub query: Duration,
+    /// First reconnect delay for wanted peers (doubling up to `reconnect_max`).
+    #[serde(with = "humantime_secs")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "humantime_secs")]
+    pub reconnect_max: Duration,
+    /// How often connected peers exchange node records.
+    #[serde(with = "humantime_secs")]
+    pub peer_exchange: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            keepalive: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+            ack: Duration::from_secs(2),
+            max_attempts: 5,
+            delivery: Duration::from_secs(60),
+            query: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(60),
+            peer_exchange: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Durations in TOML are seconds, integer or fractional (`ack = 0.5`).
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{secs} is not a valid duration in seconds (must be >= 0 and finite)"
+            ))
+        })
+    }
+}
+
+/// Everything a node needs besides its identity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// QUIC (UDP) socket to listen on; `None` disables QUIC listening (dialing still works).
+    pub listen_quic: Option<SocketAddr>,
+    /// TCP socket for the TLS-over-TCP fallback; `None` disables it.
+    pub listen_tcp: Option<SocketAddr>,
+    /// Addresses to publish in the node record, e.g. `quic://203.0.113.7:7340`. Empty: the
+    /// bound sockets, when they are not wildcard addresses.
+    pub advertise: Vec<Address>,
+    /// Peers to connect to at start and keep connected: `[<nodeid>@]quic://host:port`.
+    pub bootstrap: Vec<PeerAddr>,
+    /// Announce and discover nodes on the local network with mDNS.
+    pub mdns: bool,
+    /// Connections the node tries to keep through peer exchange and discovery.
+    pub target_peers: usize,
+    /// Directory for node state (checked by diagnostics).
+    pub data_dir: Option<PathBuf>,
+    /// Software name and version published in the node record.
+    pub agent: String,
+    /// Abuse limits.
+    pub limits: Limits,
+    /// Timers.
+    pub timeouts: Timeouts,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen_quic: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            listen_tcp: None,
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            target_peers: 8,
+            data_dir: None,
+            agent: concat!("meshara/", env!("CARGO_PKG_VERSION")).to_owned(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks values that are well-typed but unusable, naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let t = &self.timeouts;
+        let positive = [
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
+            ("limits.max_connections_per_peer", l.max_connections_per_peer as u64),
+            ("limits.max_pending_handshakes", l.max_pending_handshakes as u64),
+            ("limits.peer_messages_per_sec", u64::from(l.peer_messages_per_sec)),
+            ("limits.peer_bytes_per_sec", l.peer_bytes_per_sec),
+            ("limits.max_outbox", l.max_outbox as u64),
+            ("limits.event_buffer", l.event_buffer as u64),
+            ("limits.max_records", l.max_records as u64),
+            ("limits.max_streams_per_connection", u64::from(l.max_streams_per_connection)),
+            ("timeouts.max_attempts", u64::from(t.max_attempts)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if l.max_frame_len < 4096 || l.max_frame_len > crate::wire::MAX_FRAME_LEN_LIMIT {
+            return Err(format!(
+                "limits.max_frame_len must be between 4096 and {} (got {})",
+                crate::wire::MAX_FRAME_LEN_LIMIT,
+                l.max_frame_len
+            ));
+        }
+        if l.max_message_len + 1024 > l.max_frame_len.min(crate::crypto::MAX_PRIVATE_PAYLOAD) {
+            return Err(format!(
+                "limits.max_message_len ({}) must leave 1024 bytes of headroom below both \
+                 limits.max_frame_len ({}) and the protocol's private payload limit ({})",
+                l.max_message_len,
+                l.max_frame_len,
+                crate::crypto::MAX_PRIVATE_PAYLOAD
+            ));
+        }
+        if l.connection_queue_bytes < l.max_frame_len {
+            return Err(format!(
+                "limits.connection_queue_bytes ({}) must be at least limits.max_frame_len ({})",
+                l.connection_queue_bytes, l.max_frame_len
+            ));
+        }
+        for (key, value) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.keepalive", t.keepalive),
+            ("timeouts.idle", t.idle),
+            ("timeouts.ack", t.ack),
+            ("timeouts.delivery", t.delivery),
+            ("timeouts.query", t.query),
+            ("timeouts.reconnect_min", t.reconnect_min),
+            ("timeouts.peer_exchange", t.peer_exchange),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if t.keepalive >= t.idle {
+            return Err(format!(
+                "timeouts.keepalive ({:?}) must be shorter than timeouts.idle ({:?})",
+                t.keepalive, t.idle
+            ));
+        }
+        if t.reconnect_max < t.reconnect_min {
+            return Err("timeouts.reconnect_max must be >= timeouts.reconnect_min".into());
+        }
+        if self.listen_quic.is_none() && self.listen_tcp.is_none() && self.mdns {
+            return Err("mdns needs a listening socket (listen_quic or listen_tcp)".into());
+        }
+        for a in &self.advertise {
+            if !matches!(a.transport, Transport::Quic | Transport::Tcp) {
+                return Err(format!(
+                    "advertise: {a} uses a transport this node does not serve"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A peer to dial: an address and, optionally, the NodeId it must prove.
+///
+/// Text form: `[<nodeid>@]<scheme>://<host>:<port>`, for example
+/// `quic://127.0.0.1:7340` or `hf3…q@tcp://[::1]:7341`. Without a NodeId the node accepts
+/// whoever answers and learns its identity from the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    /// The identity the peer must prove, if known.
+    pub node: Option<NodeId>,
+    /// Where to reach it.
+    pub address: Address,
+}
+
+/// Error parsing a [`PeerAddr`] or [`Address`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid peer address {text:?}: {reason}")]
+pub struct AddrParseError {
+    text: String,
+    reason: &'static str,
+}
+
+impl FromStr for PeerAddr {
+    type Err = AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = |reason| AddrParseError {
+            text: text.to_owned(),
+            reason,
+        };
+        let (node, rest) = match text.split_once('@') {
+            Some((id, rest)) => (
+                Some(
+                    id.parse::<NodeId>()
+                        .map_err(|_| error("the part before '@' is not a NodeId"))?,
+                ),
+                rest,
+            ),
+            None => (None, text),
+        };
+        let address = parse_address(rest).map_err(error)?;
+        Ok(PeerAddr { node, address })
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.node {
+            Some(node) => write!(f, "{node}@{}", self.address),
+            None => write!(f, "{}", self.address),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_address(&text).map_err(|reason| {
+            serde::de::Error::custom(AddrParseError {
+                text: text.clone(),
+                reason,
+            })
+        })
+    }
+}
+
+/// Parses `scheme://host:port` (IPv6 hosts in brackets).
+pub(crate) fn parse_address(text: &str) -> Result<Address, &'static str> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or("expected <scheme>://<host>:<port>")?;
+    let transport = match scheme {
+        "quic" => Transport::Quic,
+        "tcp" => Transport::Tcp,
+        "tor" => Transport::Tor,
+        "i2p" => Transport::I2p,
+        _ => return Err("unknown scheme (expected quic, tcp, tor or i2p)"),
+    };
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("unclosed '[' in IPv6 host")?;
+        let port = after.strip_prefix(':').ok_or("missing :<port>")?;
+        (host, port)
+    } else {
+        rest.rsplit_once(':').ok_or("missing :<port>")?
+    };
+    if host.is_empty() || host.len() > crate::record::MAX_HOST_LEN {
+        return Err("host must be 1..=255 characters");
+    }
+    let port: u16 = port.parse().map_err(|_| "port must be a number 1..=65535")?;
+    if port == 0 {
+        return Err("port must be a number 1..=65535");
+    }
+    Ok(Address {
+        transport,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn peer_addresses_parse_and_print() {
+        let id = Identity::generate().node_id();
+        let text = format!("{id}@quic://127.0.0.1:7340");
+        let parsed: PeerAddr = text.parse().unwrap();
+        assert_eq!(parsed.node, Some(id));
+        assert_eq!(parsed.address.port, 7340);
+        assert_eq!(parsed.to_string(), text);
+        let v6: PeerAddr = "tcp://[::1]:9".parse().unwrap();
+        assert_eq!(v6.address.host, "::1");
+        assert_eq!(v6.to_string(), "tcp://[::1]:9");
+        for bad in [
+            "127.0.0.1:1",
+            "udp://1.2.3.4:5",
+            "quic://1.2.3.4",
+            "quic://1.2.3.4:0",
+            "quic://1.2.3.4:70000",
+            "nope@quic://1.2.3.4:5",
+            "quic://[::1:5",
+        ] {
+            assert!(bad.parse::<PeerAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let err = toml::from_str::<NodeConfig>("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+        let err = toml::from_str::<NodeConfig>("bootstrap = [\"quic://x\"]\n").unwrap_err();
+        assert!(err.to_string().contains("missing :<port>"), "{err}");
+        let mut config = NodeConfig::default();
+        config.timeouts.keepalive = Duration::from_secs(60);
+        assert!(config.validate().unwrap_err().contains("timeouts.keepalive"));
+        let config: NodeConfig = toml::from_str("[timeouts]\nack = 0.25\n").unwrap();
+        assert_eq!(config.timeouts.ack, Duration::from_millis(250));
+        NodeConfig::default().validate().unwrap();
+    }
+}

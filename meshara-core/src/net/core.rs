@@ -1,0 +1,2127 @@
+//! The node runtime: connection manager, per-connection reader and writer tasks, envelope
+//! dispatch, sessions, delivery and the maintenance timer.
+//!
+//! All mutable node state sits in one [`State`] behind a `std::sync::Mutex`. Nothing awaits
+//! while holding it: handlers decide under the lock and hand frames to connection writers
+//! through byte-budgeted queues, so the lock is held for microseconds (one AEAD operation at
+//! most) and the I/O happens in per-connection tasks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::{NodeConfig, PeerAddr};
+use super::error::{DeliveryError, QueryError, SendError, TransportError};
+use super::events::{Event, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, Responder};
+use super::metrics::{BytesLabels, DropReason, Metrics, TransportLabels};
+use super::transport::{self, Connection, RecvHalf, SendHalf, StreamConnection, TransportKind};
+use crate::crypto::padding::Padding;
+use crate::crypto::session::{self, HandshakeGuard, Initiator, Role, Session};
+use crate::delivery::{Outbox, OutboxAction, RetryPolicy};
+use crate::identity::{Identity, NodeId};
+use crate::message::{self, MessageId};
+use crate::proto;
+use crate::rate::TokenBucket;
+use crate::record::{NodeRecord, RecordBook, Transport};
+use crate::wire::{self, FrameDecoder, PROTOCOL_VERSION};
+
+/// First byte of a stream: envelopes follow.
+pub(crate) const STREAM_ENVELOPES: u8 = 1;
+/// First byte of a stream: an application byte stream (`u8` name length, name, then data).
+pub(crate) const STREAM_USER: u8 = 2;
+
+/// Connection close codes (QUIC application codes; the stream transport sends no code).
+pub(crate) mod close_code {
+    pub(crate) const SHUTDOWN: u32 = 0;
+    pub(crate) const BANNED: u32 = 1;
+    pub(crate) const TOO_MANY: u32 = 2;
+    pub(crate) const PROTOCOL: u32 = 3;
+    pub(crate) const ABUSE: u32 = 4;
+    pub(crate) const IDLE: u32 = 5;
+    pub(crate) const REMOVED: u32 = 6;
+}
+
+/// Sessions kept per peer (the newest usable one sends; any of them receives).
+const SESSIONS_PER_PEER: usize = 3;
+/// Deduplication memory for private messages and broadcasts.
+const SEEN_CAPACITY: usize = 65_536;
+/// Maintenance timer period.
+const TICK: Duration = Duration::from_millis(100);
+/// Largest batch of frames one writer call sends.
+const WRITE_BATCH: usize = 256 * 1024;
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}
+
+/// A bounded set remembering the most recent `capacity` keys.
+#[derive(Debug)]
+pub(crate) struct SeenSet<K> {
+    set: HashSet<K>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> SeenSet<K> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Inserts `key`; returns false if it was already present.
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// A frame queued for a connection, holding its share of the connection's byte budget.
+pub(crate) struct Frame {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The sending side of a connection's envelope stream.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Frame>,
+    budget: Arc<Semaphore>,
+}
+
+impl Writer {
+    /// Queues `bytes` if the connection's byte budget allows; never waits.
+    fn try_send(&self, bytes: Bytes) -> Result<(), DropReason> {
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(permit_count(bytes.len()))
+            .map_err(|_| DropReason::QueueFull)?;
+        self.tx
+            .send(Frame {
+                bytes,
+                _permit: permit,
+            })
+            .map_err(|_| DropReason::QueueFull)
+    }
+}
+
+fn permit_count(len: usize) -> u32 {
+    u32::try_from(len.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Counters per peer, shared with its connection tasks.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounters {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) drops: AtomicU64,
+}
+
+/// Per-peer rate limiter state (shared by all the peer's connections).
+#[derive(Debug)]
+pub(crate) struct PeerLimiter {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+    violations: u32,
+    window_start: Instant,
+}
+
+pub(crate) struct ConnEntry {
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<dyn Connection>,
+    pub(crate) writer: Writer,
+    pub(crate) ready: bool,
+    pub(crate) inbound: bool,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) last_rx: Arc<AtomicU64>,
+    pub(crate) last_ping: Instant,
+}
+
+pub(crate) struct Peer {
+    pub(crate) conns: Vec<ConnEntry>,
+    pub(crate) counters: Arc<PeerCounters>,
+    pub(crate) limiter: Arc<Mutex<PeerLimiter>>,
+    pub(crate) record: Option<NodeRecord>,
+    pub(crate) connected_at: Instant,
+    pub(crate) announced: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct PeerSessions {
+    sessions: Vec<Session>,
+    initiating: Option<(u64, Instant)>,
+}
+
+pub(crate) struct PendingQuery {
+    peer: NodeId,
+    payload: Bytes,
+    sent: bool,
+    started: Instant,
+    reply: oneshot::Sender<Result<Bytes, QueryError>>,
+}
+
+/// A peer the node keeps connected to (bootstrap or added), with reconnect backoff.
+pub(crate) struct Wanted {
+    pub(crate) addr: PeerAddr,
+    pub(crate) node: Option<NodeId>,
+    pub(crate) backoff: Duration,
+    pub(crate) next_attempt: Instant,
+    pub(crate) dialing: bool,
+    pub(crate) last_error: Option<String>,
+    pub(crate) reached: bool,
+}
+
+pub(crate) struct State {
+    pub(crate) peers: HashMap<NodeId, Peer>,
+    pub(crate) per_ip: HashMap<IpAddr, usize>,
+    pub(crate) total_conns: usize,
+    pub(crate) pending_handshakes: usize,
+    pub(crate) records: RecordBook,
+    sessions: HashMap<NodeId, PeerSessions>,
+    session_index: HashMap<u64, NodeId>,
+    initiators: HashMap<u64, Initiator>,
+    guard: HandshakeGuard,
+    pub(crate) outbox: Outbox,
+    waiters: HashMap<MessageId, oneshot::Sender<Result<Delivered, DeliveryError>>>,
+    queries: HashMap<[u8; 16], PendingQuery>,
+    pub(crate) inbound_queries: usize,
+    seen_messages: SeenSet<MessageId>,
+    seen_broadcasts: SeenSet<MessageId>,
+    pub(crate) wanted: Vec<Wanted>,
+    pub(crate) banned: HashSet<NodeId>,
+    pub(crate) dialing: HashSet<NodeId>,
+    pub(crate) stopped: bool,
+    last_exchange: Instant,
+}
+
+/// Confirmation of a private message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The message.
+    pub id: MessageId,
+    /// Its recipient.
+    pub peer: NodeId,
+    /// From first send to end-to-end acknowledgement.
+    pub latency: Duration,
+    /// Sends it took.
+    pub attempts: u32,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) config: NodeConfig,
+    pub(crate) padding: Padding,
+    pub(crate) metrics: Metrics,
+    pub(crate) totals: Totals,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) record: RwLock<NodeRecord>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) quic_transport: Arc<quinn::TransportConfig>,
+    pub(crate) stream_tls: Arc<rustls::ServerConfig>,
+    pub(crate) local_quic: Option<SocketAddr>,
+    pub(crate) local_tcp: Option<SocketAddr>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) started_at: Instant,
+    pub(crate) broadcast_seq: AtomicU64,
+    pub(crate) handshake_ts: AtomicU64,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) streams: Mutex<HashMap<String, mpsc::Sender<PeerStream>>>,
+    pub(crate) topology: watch::Sender<u64>,
+    pub(crate) inbound_seen: AtomicBool,
+    pub(crate) keystore: Option<std::path::PathBuf>,
+    pub(crate) mdns: Mutex<Option<mdns_sd::ServiceDaemon>>,
+    pub(crate) weak: Weak<Inner>,
+}
+
+impl State {
+    pub(crate) fn new(config: &NodeConfig) -> Self {
+        let t = &config.timeouts;
+        Self {
+            peers: HashMap::new(),
+            per_ip: HashMap::new(),
+            total_conns: 0,
+            pending_handshakes: 0,
+            records: RecordBook::new(config.limits.max_records),
+            sessions: HashMap::new(),
+            session_index: HashMap::new(),
+            initiators: HashMap::new(),
+            guard: HandshakeGuard::new(config.limits.max_records),
+            outbox: Outbox::new(
+                RetryPolicy {
+                    ack_timeout: t.ack,
+                    max_attempts: t.max_attempts,
+                    deadline: t.delivery,
+                },
+                config.limits.max_outbox,
+            ),
+            waiters: HashMap::new(),
+            queries: HashMap::new(),
+            inbound_queries: 0,
+            seen_messages: SeenSet::new(SEEN_CAPACITY),
+            seen_broadcasts: SeenSet::new(SEEN_CAPACITY),
+            wanted: Vec::new(),
+            banned: HashSet::new(),
+            dialing: HashSet::new(),
+            stopped: false,
+            last_exchange: Instant::now(),
+        }
+    }
+
+    fn ready_writer(&self, peer: &NodeId) -> Option<Writer> {
+        self.peers
+            .get(peer)?
+            .conns
+            .iter()
+            .rev()
+            .find(|c| c.ready)
+            .map(|c| c.writer.clone())
+    }
+
+    pub(crate) fn is_ready(&self, peer: &NodeId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.conns.iter().any(|c| c.ready))
+    }
+
+    fn peer_record(&self, peer: &NodeId) -> Option<NodeRecord> {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.record.clone())
+            .or_else(|| self.records.get(peer).cloned())
+    }
+}
+
+/// What happened to a payload handed to [`Inner::send_payload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Encrypted and queued on a connection.
+    Queued,
+    /// No ready connection to the peer.
+    NoConnection,
+    /// A session handshake is in progress; the payload goes out when it completes.
+    AwaitingSession,
+    /// The connection's queue is full.
+    QueueFull,
+}
+
+fn envelope(body: proto::envelope::Body) -> proto::Envelope {
+    proto::Envelope {
+        version: PROTOCOL_VERSION,
+        body: Some(body),
+    }
+}
+
+fn private_envelope(recipient: &NodeId, body: proto::private_envelope::Body) -> proto::Envelope {
+    envelope(proto::envelope::Body::Private(proto::PrivateEnvelope {
+        recipient: Bytes::copy_from_slice(recipient.as_bytes()),
+        hop_limit: 0,
+        body: Some(body),
+    }))
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving with the state as is
+        // rather than poisoning every later call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn count_drop(&self, reason: DropReason, peer: Option<&NodeId>, detail: &str) {
+        self.metrics.drop(reason);
+        match peer {
+            Some(peer) => tracing::debug!(%peer, reason = reason.as_str(), detail, "dropped"),
+            None => tracing::debug!(reason = reason.as_str(), detail, "dropped"),
+        }
+    }
+
+    fn frame(&self, envelope: &proto::Envelope) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        match wire::encode_envelope_frame(envelope, self.config.limits.max_frame_len, &mut buf) {
+            Ok(()) => Some(buf.freeze()),
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing to send an invalid envelope");
+                None
+            }
+        }
+    }
+
+    fn own_record(&self) -> NodeRecord {
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn next_handshake_ts(&self) -> u64 {
+        let now = unix_ms();
+        let mut prev = self.handshake_ts.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.handshake_ts.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sessions and encryption
+
+    /// Encrypts `payload` for `peer` and queues it, starting a handshake if there is no usable
+    /// session. Must be called with the state locked.
+    fn send_payload(&self, st: &mut State, peer: &NodeId, payload: &[u8], now: Instant) -> Sent {
+        let Some(writer) = st.ready_writer(peer) else {
+            return Sent::NoConnection;
+        };
+        let sessions = st.sessions.entry(*peer).or_default();
+        let usable = sessions.sessions.iter_mut().rev().find(|s| {
+            !s.is_expired(now) && (s.role() == Role::Initiator || s.is_confirmed())
+        });
+        let Some(session) = usable else {
+            self.start_handshake(st, peer, &writer, now);
+            return Sent::AwaitingSession;
+        };
+        let message = match session.encrypt(payload, self.padding, now) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "session cannot encrypt; rehandshaking");
+                self.start_handshake(st, peer, &writer, now);
+                return Sent::AwaitingSession;
+            }
+        };
+        let env = private_envelope(peer, proto::private_envelope::Body::Session(message));
+        let Some(frame) = self.frame(&env) else {
+            return Sent::QueueFull;
+        };
+        let len = frame.len() as u64;
+        match writer.try_send(frame) {
+            Ok(()) => {
+                if let Some(p) = st.peers.get(peer) {
+                    p.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                    p.counters.bytes_out.fetch_add(len, Ordering::Relaxed);
+                }
+                self.totals.messages_out.fetch_add(1, Ordering::Relaxed);
+                Sent::Queued
+            }
+            Err(reason) => {
+                self.count_drop(reason, Some(peer), "connection send queue full");
+                Sent::QueueFull
+            }
+        }
+    }
+
+    fn start_handshake(&self, st: &mut State, peer: &NodeId, writer: &Writer, now: Instant) {
+        let sessions = st.sessions.entry(*peer).or_default();
+        if let Some((_, started)) = sessions.initiating {
+            if now.saturating_duration_since(started) < self.config.timeouts.ack {
+                return;
+            }
+        }
+        let Some(record) = st.peer_record(peer) else {
+            tracing::debug!(%peer, "no record for peer yet; handshake deferred");
+            return;
+        };
+        let own = self.own_record();
+        match session::initiate(&self.identity, &own, &record, self.next_handshake_ts()) {
+            Ok((initiator, init)) => {
+                let index = initiator.local_index();
+                if let Some(sessions) = st.sessions.get_mut(peer) {
+                    if let Some((old, _)) = sessions.initiating.replace((index, now)) {
+                        st.initiators.remove(&old);
+                    }
+                }
+                st.initiators.insert(index, initiator);
+                let env = private_envelope(peer, proto::private_envelope::Body::HandshakeInit(init));
+                if let Some(frame) = self.frame(&env) {
+                    if let Err(reason) = writer.try_send(frame) {
+                        self.count_drop(reason, Some(peer), "handshake init");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot start session handshake"),
+        }
+    }
+
+    fn add_session(&self, st: &mut State, session: Session) {
+        let peer = session.peer_id();
+        st.session_index.insert(session.local_index(), peer);
+        let sessions = st.sessions.entry(peer).or_default();
+        sessions.sessions.push(session);
+        while sessions.sessions.len() > SESSIONS_PER_PEER {
+            let old = sessions.sessions.remove(0);
+            st.session_index.remove(&old.local_index());
+        }
+    }
+
+    /// Sends everything waiting for `peer` (unsent messages and queries).
+    fn flush_peer(&self, st: &mut State, peer: &NodeId, now: Instant) {
+        for (id, payload) in st.outbox.unsent_for(peer) {
+            match self.send_payload(st, peer, &payload, now) {
+                Sent::Queued => st.outbox.mark_sent(&id, now),
+                _ => return,
+            }
+        }
+        let unsent: Vec<([u8; 16], Bytes)> = st
+            .queries
+            .iter()
+            .filter(|(_, q)| &q.peer == peer && !q.sent)
+            .map(|(id, q)| (*id, q.payload.clone()))
+            .collect();
+        for (id, payload) in unsent {
+            if self.send_payload(st, peer, &payload, now) != Sent::Queued {
+                return;
+            }
+            if let Some(q) = st.queries.get_mut(&id) {
+                q.sent = true;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Application operations
+
+    pub(crate) fn check_peer(&self, st: &State, peer: &NodeId) -> Result<(), SendError> {
+        if st.stopped {
+            return Err(SendError::Stopped);
+        }
+        if *peer == self.identity.node_id() {
+            return Err(SendError::ToSelf);
+        }
+        if st.banned.contains(peer) {
+            return Err(SendError::Banned(*peer));
+        }
+        Ok(())
+    }
+
+    /// Queues a private message; resolves the returned receiver on acknowledgement or failure.
+    pub(crate) async fn send_private(
+        self: &Arc<Self>,
+        peer: NodeId,
+        content_type: &str,
+        content: Bytes,
+    ) -> Result<(MessageId, oneshot::Receiver<Result<Delivered, DeliveryError>>), SendError> {
+        let max = self.config.limits.max_message_len;
+        if content.len() > max {
+            return Err(SendError::TooLarge {
+                len: content.len(),
+                max,
+            });
+        }
+        let (id, msg) = message::new_private_message(
+            &self.identity.node_id(),
+            &peer,
+            content_type,
+            content,
+            unix_ms(),
+            true,
+        );
+        let payload = message::encode_payload(&proto::PrivatePayload {
+            body: Some(proto::private_payload::Body::Message(msg)),
+        })
+        .map_err(|e| SendError::Invalid(e.to_string()))?;
+        // Backpressure: wait for room on the peer's connection before queueing more.
+        let writer = {
+            let st = self.lock();
+            self.check_peer(&st, &peer)?;
+            st.ready_writer(&peer)
+        };
+        let permit = match writer {
+            Some(w) => {
+                let need = permit_count(self.padding.padded_len(payload.len()) + 160);
+                tokio::select! {
+                    p = w.budget.clone().acquire_many_owned(need) => p.ok(),
+                    () = self.shutdown.cancelled() => return Err(SendError::Stopped),
+                }
+            }
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let need_dial = {
+            let mut st = self.lock();
+            self.check_peer(&st, &peer)?;
+            st.outbox
+                .insert(id, peer, Bytes::from(payload.clone()), now)
+                .map_err(|full| SendError::OutboxFull(full.0))?;
+            st.waiters.insert(id, tx);
+            self.metrics.outbox.set(st.outbox.len() as i64);
+            // Release the reserved budget just before queueing so the frame can take it.
+            drop(permit);
+            match self.send_payload(&mut st, &peer, &payload, now) {
+                Sent::Queued => {
+                    st.outbox.mark_sent(&id, now);
+                    false
+                }
+                Sent::NoConnection => true,
+                Sent::AwaitingSession | Sent::QueueFull => false,
+            }
+        };
+        self.metrics.message("out", "private");
+        if need_dial {
+            self.ensure_connected(peer);
+        }
+        Ok((id, rx))
+    }
+
+    pub(crate) async fn query(
+        self: &Arc<Self>,
+        peer: NodeId,
+        method: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, QueryError> {
+        let mut query_id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut query_id);
+        let payload = message::encode_payload(&proto::PrivatePayload {
+            body: Some(proto::private_payload::Body::Query(proto::Query {
+                query_id: Bytes::copy_from_slice(&query_id),
+                method: method.to_owned(),
+                body,
+                timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            })),
+        })
+        .map_err(|e| QueryError::Send(SendError::Invalid(e.to_string())))?;
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let need_dial = {
+            let mut st = self.lock();
+            self.check_peer(&st, &peer)?;
+            if st.queries.len() >= self.config.limits.max_pending_queries {
+                return Err(QueryError::Send(SendError::OutboxFull(st.queries.len())));
+            }
+            let sent = self.send_payload(&mut st, &peer, &payload, now);
+            st.queries.insert(
+                query_id,
+                PendingQuery {
+                    peer,
+                    payload: Bytes::from(payload),
+                    sent: sent == Sent::Queued,
+                    started: now,
+                    reply: tx,
+                },
+            );
+            sent == Sent::NoConnection
+        };
+        self.metrics.message("out", "query");
+        if need_dial {
+            self.ensure_connected(peer);
+        }
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => r,
+            () = self.shutdown.cancelled() => return Err(QueryError::Stopped),
+        };
+        match result {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(QueryError::Stopped),
+            Err(_) => {
+                self.lock().queries.remove(&query_id);
+                Err(QueryError::Timeout { peer, timeout })
+            }
+        }
+    }
+
+    pub(crate) fn send_query_response(
+        &self,
+        peer: NodeId,
+        query_id: [u8; 16],
+        status: u32,
+        body: Bytes,
+        error: String,
+    ) -> Result<(), SendError> {
+        let max = wire::MAX_QUERY_BODY;
+        if body.len() > max {
+            return Err(SendError::TooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        let payload = message::encode_payload(&proto::PrivatePayload {
+            body: Some(proto::private_payload::Body::Response(proto::QueryResponse {
+                query_id: Bytes::copy_from_slice(&query_id),
+                status,
+                body,
+                error,
+            })),
+        })
+        .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let mut st = self.lock();
+        st.inbound_queries = st.inbound_queries.saturating_sub(1);
+        self.metrics.message("out", "response");
+        match self.send_payload(&mut st, &peer, &payload, Instant::now()) {
+            Sent::Queued => Ok(()),
+            Sent::NoConnection => Err(SendError::NoRoute(peer)),
+            Sent::AwaitingSession | Sent::QueueFull => Err(SendError::Transport(
+                TransportError::Closed("peer's send queue is full".into()),
+            )),
+        }
+    }
+
+    pub(crate) fn broadcast(
+        &self,
+        topic: &str,
+        content_type: &str,
+        content: Bytes,
+    ) -> Result<MessageId, SendError> {
+        let seq = self.broadcast_seq.fetch_add(1, Ordering::Relaxed);
+        let (id, signed) = message::sign_broadcast(
+            &self.identity,
+            topic,
+            content_type,
+            content,
+            seq,
+            unix_ms(),
+        )
+        .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let mut st = self.lock();
+        if st.stopped {
+            return Err(SendError::Stopped);
+        }
+        st.seen_broadcasts.insert(id);
+        let env = envelope(proto::envelope::Body::Broadcast(signed));
+        if let Some(frame) = self.frame(&env) {
+            self.flood(&st, &frame, None);
+        }
+        self.metrics.message("out", "broadcast");
+        Ok(id)
+    }
+
+    /// Sends a broadcast frame to every ready peer except `except`.
+    fn flood(&self, st: &State, frame: &Bytes, except: Option<&NodeId>) {
+        for (peer, p) in &st.peers {
+            if Some(peer) == except {
+                continue;
+            }
+            if let Some(c) = p.conns.iter().rev().find(|c| c.ready) {
+                if let Err(reason) = c.writer.try_send(frame.clone()) {
+                    self.count_drop(reason, Some(peer), "broadcast forward");
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connections
+
+    /// Starts dialing `peer` from what we know of its addresses, unless already connected or
+    /// dialing.
+    pub(crate) fn ensure_connected(self: &Arc<Self>, peer: NodeId) {
+        let addrs: Vec<PeerAddr> = {
+            let mut st = self.lock();
+            if st.is_ready(&peer) || st.dialing.contains(&peer) || st.banned.contains(&peer) {
+                return;
+            }
+            let Some(record) = st.peer_record(&peer) else {
+                return;
+            };
+            st.dialing.insert(peer);
+            record
+                .addresses()
+                .iter()
+                .filter(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
+                .map(|a| PeerAddr {
+                    node: Some(peer),
+                    address: a.clone(),
+                })
+                .collect()
+        };
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let mut last = None;
+            for addr in addrs {
+                match inner.connect(&addr).await {
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            inner.lock().dialing.remove(&peer);
+            if let Some(e) = last {
+                tracing::debug!(%peer, error = %e, "could not reach peer");
+            }
+        });
+    }
+
+    /// Dials `addr` and registers the connection. Returns the peer's NodeId.
+    pub(crate) async fn connect(self: &Arc<Self>, addr: &PeerAddr) -> Result<NodeId, TransportError> {
+        if let Some(node) = addr.node {
+            if node == self.identity.node_id() {
+                return Err(TransportError::Connect("that address is this node".into()));
+            }
+            if self.lock().banned.contains(&node) {
+                return Err(TransportError::Connect(format!("{node} is banned")));
+            }
+        }
+        let started = Instant::now();
+        let timeout = self.config.timeouts.connect;
+        let result = tokio::time::timeout(timeout, self.dial(addr)).await;
+        let conn = match result {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                self.metrics.attempt("out", "error");
+                if matches!(e, TransportError::ProtocolMismatch { .. }) {
+                    self.count_drop(DropReason::ProtocolVersion, addr.node.as_ref(), &e.to_string());
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                self.metrics.attempt("out", "error");
+                return Err(TransportError::Timeout(timeout));
+            }
+        };
+        self.metrics
+            .connect_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.attempt("out", "ok");
+        let peer = conn.peer();
+        {
+            let mut st = self.lock();
+            if st.total_conns >= self.config.limits.max_connections {
+                drop(st);
+                conn.close(close_code::TOO_MANY, "connection limit reached");
+                self.count_drop(DropReason::MaxConnections, Some(&peer), "outbound");
+                return Err(TransportError::Connect("local connection limit reached".into()));
+            }
+            st.total_conns += 1;
+        }
+        self.establish(conn, false, None)?;
+        Ok(peer)
+    }
+
+    async fn dial(self: &Arc<Self>, addr: &PeerAddr) -> Result<Arc<dyn Connection>, TransportError> {
+        let a = &addr.address;
+        let target = tokio::net::lookup_host((a.host.as_str(), a.port))
+            .await
+            .map_err(|e| TransportError::Connect(format!("cannot resolve {}: {e}", a.host)))?
+            .next()
+            .ok_or_else(|| TransportError::Connect(format!("{} has no address", a.host)))?;
+        match a.transport {
+            Transport::Quic => {
+                let conn = transport::connect_quic(
+                    &self.endpoint,
+                    &self.identity,
+                    target,
+                    addr.node,
+                    self.quic_transport.clone(),
+                )
+                .await?;
+                Ok(Arc::new(conn))
+            }
+            Transport::Tcp => {
+                let tcp = tokio::net::TcpStream::connect(target).await?;
+                let _ = tcp.set_nodelay(true);
+                let conn = StreamConnection::connect(
+                    tcp,
+                    &self.identity,
+                    addr.node,
+                    TransportKind::Tcp,
+                    Some(target),
+                )
+                .await?;
+                Ok(Arc::new(conn))
+            }
+            _ => Err(TransportError::Connect(format!(
+                "{} needs a bridge transport this node does not have",
+                a
+            ))),
+        }
+    }
+
+    /// Admission control for an inbound connection attempt from `ip`. On success the caller
+    /// holds a pending-handshake slot, an IP slot and a connection slot.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<(), DropReason> {
+        let limits = &self.config.limits;
+        let mut st = self.lock();
+        if st.stopped {
+            return Err(DropReason::MaxConnections);
+        }
+        if st.total_conns >= limits.max_connections {
+            return Err(DropReason::MaxConnections);
+        }
+        if st.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+            return Err(DropReason::MaxConnectionsPerIp);
+        }
+        if st.pending_handshakes >= limits.max_pending_handshakes {
+            return Err(DropReason::MaxPendingHandshakes);
+        }
+        st.pending_handshakes += 1;
+        st.total_conns += 1;
+        *st.per_ip.entry(ip).or_default() += 1;
+        Ok(())
+    }
+
+    /// Releases what [`Inner::admit`] took, after a failed handshake.
+    pub(crate) fn release_admission(&self, ip: IpAddr) {
+        let mut st = self.lock();
+        st.pending_handshakes = st.pending_handshakes.saturating_sub(1);
+        st.total_conns = st.total_conns.saturating_sub(1);
+        release_ip(&mut st, ip);
+    }
+
+    /// Handles an inbound connection whose TLS handshake finished (admission already taken).
+    pub(crate) fn inbound_established(self: &Arc<Self>, conn: Arc<dyn Connection>, ip: IpAddr) {
+        {
+            let mut st = self.lock();
+            st.pending_handshakes = st.pending_handshakes.saturating_sub(1);
+        }
+        self.inbound_seen.store(true, Ordering::Relaxed);
+        self.metrics.attempt("in", "ok");
+        if let Err(e) = self.establish(conn, true, Some(ip)) {
+            tracing::debug!(error = %e, "inbound connection not registered");
+        }
+    }
+
+    /// Registers an authenticated connection (its connection slot already counted) and
+    /// starts its tasks.
+    pub(crate) fn establish(
+        self: &Arc<Self>,
+        conn: Arc<dyn Connection>,
+        inbound: bool,
+        ip: Option<IpAddr>,
+    ) -> Result<(), TransportError> {
+        let peer = conn.peer();
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            tx,
+            budget: Arc::new(Semaphore::new(self.config.limits.connection_queue_bytes)),
+        };
+        let last_rx = Arc::new(AtomicU64::new(0));
+        let refusal = {
+            let mut st = self.lock();
+            let refusal = if st.stopped {
+                Some((close_code::SHUTDOWN, "node stopping", DropReason::MaxConnections))
+            } else if st.banned.contains(&peer) {
+                Some((close_code::BANNED, "banned", DropReason::Banned))
+            } else if peer == self.identity.node_id() {
+                Some((close_code::PROTOCOL, "connected to ourselves", DropReason::Handshake))
+            } else if st.peers.get(&peer).is_some_and(|p| {
+                p.conns.len() >= self.config.limits.max_connections_per_peer
+            }) {
+                Some((
+                    close_code::TOO_MANY,
+                    "too many connections from this NodeId",
+                    DropReason::MaxConnectionsPerPeer,
+                ))
+            } else {
+                None
+            };
+            if refusal.is_some() {
+                st.total_conns = st.total_conns.saturating_sub(1);
+                if let Some(ip) = ip {
+                    release_ip(&mut st, ip);
+                }
+            } else {
+                let limits = &self.config.limits;
+                let now = Instant::now();
+                let peer_entry = st.peers.entry(peer).or_insert_with(|| Peer {
+                    conns: Vec::new(),
+                    counters: Arc::default(),
+                    limiter: Arc::new(Mutex::new(PeerLimiter {
+                        messages: TokenBucket::new(
+                            f64::from(limits.peer_messages_per_sec),
+                            f64::from(limits.peer_messages_per_sec),
+                            now,
+                        ),
+                        bytes: TokenBucket::new(
+                            limits.peer_bytes_per_sec as f64,
+                            limits.peer_bytes_per_sec as f64,
+                            now,
+                        ),
+                        violations: 0,
+                        window_start: now,
+                    })),
+                    record: None,
+                    connected_at: now,
+                    announced: false,
+                });
+                peer_entry.conns.push(ConnEntry {
+                    id,
+                    conn: conn.clone(),
+                    writer: writer.clone(),
+                    ready: false,
+                    inbound,
+                    ip,
+                    last_rx: last_rx.clone(),
+                    last_ping: now,
+                });
+            }
+            refusal
+        };
+        if let Some((code, reason, drop)) = refusal {
+            conn.close(code, reason);
+            self.count_drop(drop, Some(&peer), reason);
+            return Err(TransportError::Closed(reason.into()));
+        }
+        self.metrics
+            .connections
+            .get_or_create(&TransportLabels {
+                transport: conn.kind().as_str(),
+            })
+            .inc();
+        tracing::debug!(%peer, inbound, transport = %conn.kind(), "connection established");
+        // Our record goes first on the envelope stream.
+        let record = self.own_record();
+        let env = envelope(proto::envelope::Body::NodeRecord(record.signed().clone()));
+        if let Some(frame) = self.frame(&env) {
+            let _ = writer.try_send(frame);
+        }
+        let inner = self.clone();
+        let c = conn.clone();
+        self.tasks.spawn(async move { inner.write_loop(c, rx).await });
+        let inner = self.clone();
+        let c = conn.clone();
+        self.tasks
+            .spawn(async move { inner.accept_loop(c, id, last_rx).await });
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let reason = tokio::select! {
+                r = conn.closed() => r.to_string(),
+                () = inner.shutdown.cancelled() => {
+                    conn.close(close_code::SHUTDOWN, "node shutting down");
+                    "node shutting down".to_owned()
+                }
+            };
+            inner.deregister(peer, id, &reason);
+        });
+        Ok(())
+    }
+
+    fn deregister(self: &Arc<Self>, peer: NodeId, id: u64, reason: &str) {
+        let mut disconnected = false;
+        let mut kind = None;
+        {
+            let mut st = self.lock();
+            if let Some(p) = st.peers.get_mut(&peer) {
+                if let Some(pos) = p.conns.iter().position(|c| c.id == id) {
+                    let entry = p.conns.remove(pos);
+                    kind = Some(entry.conn.kind());
+                    let ip = entry.ip;
+                    let empty = p.conns.is_empty();
+                    let announced = p.announced;
+                    st.total_conns = st.total_conns.saturating_sub(1);
+                    if let Some(ip) = ip {
+                        release_ip(&mut st, ip);
+                    }
+                    if empty {
+                        st.peers.remove(&peer);
+                        disconnected = announced;
+                    }
+                }
+            }
+            if disconnected {
+                let now = Instant::now();
+                for w in st.wanted.iter_mut().filter(|w| w.node == Some(peer)) {
+                    w.next_attempt = now + w.backoff;
+                }
+            }
+        }
+        if let Some(kind) = kind {
+            self.metrics
+                .connections
+                .get_or_create(&TransportLabels {
+                    transport: kind.as_str(),
+                })
+                .dec();
+            self.topology.send_modify(|v| *v += 1);
+        }
+        if disconnected {
+            tracing::info!(%peer, reason, "peer disconnected");
+            self.emit(Event::PeerDisconnected {
+                peer,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    async fn write_loop(self: Arc<Self>, conn: Arc<dyn Connection>, mut rx: mpsc::UnboundedReceiver<Frame>) {
+        let (mut send, _recv): (SendHalf, RecvHalf) = match conn.open_bi().await {
+            Ok(halves) => halves,
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer(), error = %e, "cannot open envelope stream");
+                conn.close(close_code::PROTOCOL, "cannot open envelope stream");
+                return;
+            }
+        };
+        let labels = BytesLabels {
+            direction: "out",
+            transport: conn.kind().as_str(),
+        };
+        let bytes_out = self.metrics.bytes.get_or_create(&labels).clone();
+        if send.write_all(&[STREAM_ENVELOPES]).await.is_err() {
+            return;
+        }
+        let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+        let mut held = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            batch.extend_from_slice(&frame.bytes);
+            held.push(frame);
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(frame) => {
+                        batch.extend_from_slice(&frame.bytes);
+                        held.push(frame);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = send.write_all(&batch).await {
+                tracing::debug!(peer = %conn.peer(), error = %e, "envelope stream write failed");
+                conn.close(close_code::PROTOCOL, "envelope stream failed");
+                return;
+            }
+            bytes_out.inc_by(batch.len() as u64);
+            self.totals
+                .bytes_out
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+            held.clear();
+        }
+        let _ = send.shutdown().await;
+    }
+
+    async fn accept_loop(self: Arc<Self>, conn: Arc<dyn Connection>, id: u64, last_rx: Arc<AtomicU64>) {
+        let mut envelope_stream = false;
+        loop {
+            let (send, mut recv) = match conn.accept_bi().await {
+                Ok(halves) => halves,
+                Err(_) => return,
+            };
+            let mut kind = [0u8; 1];
+            let header = tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut kind)).await;
+            if !matches!(header, Ok(Ok(_))) {
+                continue;
+            }
+            match kind[0] {
+                STREAM_ENVELOPES if !envelope_stream => {
+                    envelope_stream = true;
+                    let inner = self.clone();
+                    let c = conn.clone();
+                    let last_rx = last_rx.clone();
+                    self.tasks
+                        .spawn(async move { inner.read_loop(c, id, recv, last_rx).await });
+                }
+                STREAM_USER => {
+                    let inner = self.clone();
+                    let peer = conn.peer();
+                    self.tasks
+                        .spawn(async move { inner.accept_user_stream(peer, send, recv).await });
+                }
+                _ => {
+                    self.count_drop(DropReason::Malformed, Some(&conn.peer()), "unknown stream kind");
+                    conn.close(close_code::PROTOCOL, "unknown stream kind");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn accept_user_stream(self: Arc<Self>, peer: NodeId, send: SendHalf, mut recv: RecvHalf) {
+        let name = async {
+            let len = recv.read_u8().await.ok()? as usize;
+            if len == 0 {
+                return None;
+            }
+            let mut name = vec![0u8; len];
+            recv.read_exact(&mut name).await.ok()?;
+            String::from_utf8(name).ok()
+        };
+        let Ok(Some(protocol)) = tokio::time::timeout(self.config.timeouts.connect, name).await else {
+            self.count_drop(DropReason::Stream, Some(&peer), "bad stream header");
+            return;
+        };
+        let listener = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&protocol)
+            .cloned();
+        let Some(listener) = listener else {
+            self.count_drop(DropReason::Stream, Some(&peer), "no listener for stream protocol");
+            return;
+        };
+        let stream = PeerStream::new(peer, protocol.clone(), send, recv);
+        if listener.try_send(stream).is_err() {
+            self.count_drop(DropReason::Stream, Some(&peer), "stream backlog full");
+            if listener.is_closed() {
+                self.streams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&protocol);
+            }
+        }
+    }
+
+    async fn read_loop(self: Arc<Self>, conn: Arc<dyn Connection>, id: u64, mut recv: RecvHalf, last_rx: Arc<AtomicU64>) {
+        let peer = conn.peer();
+        let (counters, limiter) = {
+            let st = self.lock();
+            match st.peers.get(&peer) {
+                Some(p) => (p.counters.clone(), p.limiter.clone()),
+                None => return,
+            }
+        };
+        let bytes_in = self
+            .metrics
+            .bytes
+            .get_or_create(&BytesLabels {
+                direction: "in",
+                transport: conn.kind().as_str(),
+            })
+            .clone();
+        let max_frame = self.config.limits.max_frame_len;
+        let mut decoder = FrameDecoder::new(max_frame);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut acks: HashMap<NodeId, Vec<MessageId>> = HashMap::new();
+        loop {
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            let n = match recv.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            bytes_in.inc_by(n as u64);
+            self.totals.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            last_rx.store(self.started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+            loop {
+                let frame = match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = if matches!(e, wire::WireError::FrameTooLarge { .. }) {
+                            DropReason::FrameTooLarge
+                        } else {
+                            DropReason::Malformed
+                        };
+                        self.count_drop(reason, Some(&peer), &e.to_string());
+                        tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                        conn.close(close_code::PROTOCOL, &e.to_string());
+                        return;
+                    }
+                };
+                // Per-peer rate limits, shared across the peer's connections.
+                let verdict = {
+                    let now = Instant::now();
+                    let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
+                    if now.saturating_duration_since(l.window_start) > Duration::from_secs(60) {
+                        l.window_start = now;
+                        l.violations = 0;
+                    }
+                    let ok_msgs = l.messages.try_take(1.0, now);
+                    let ok_bytes = ok_msgs && l.bytes.try_take(frame.len() as f64, now);
+                    if ok_msgs && ok_bytes {
+                        None
+                    } else {
+                        l.violations += 1;
+                        let reason = if ok_msgs {
+                            DropReason::PeerByteRate
+                        } else {
+                            DropReason::PeerMessageRate
+                        };
+                        Some((reason, l.violations > self.config.limits.peer_violations_before_disconnect))
+                    }
+                };
+                if let Some((reason, disconnect)) = verdict {
+                    counters.drops.fetch_add(1, Ordering::Relaxed);
+                    self.count_drop(reason, Some(&peer), "rate limit");
+                    if disconnect {
+                        tracing::warn!(%peer, "closing connection: persistent rate-limit violations");
+                        conn.close(close_code::ABUSE, "rate limit exceeded repeatedly");
+                        return;
+                    }
+                    continue;
+                }
+                counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                self.totals.messages_in.fetch_add(1, Ordering::Relaxed);
+                let env = match wire::decode_envelope(frame, max_frame) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        self.count_drop(DropReason::Malformed, Some(&peer), &e.to_string());
+                        continue;
+                    }
+                };
+                if let Err(close) = self.handle_envelope(&conn, id, env, &mut acks) {
+                    tracing::warn!(%peer, reason = close, "closing connection");
+                    conn.close(close_code::PROTOCOL, close);
+                    return;
+                }
+            }
+            if !acks.is_empty() {
+                self.send_acks(&mut acks);
+            }
+        }
+    }
+
+    fn send_acks(&self, acks: &mut HashMap<NodeId, Vec<MessageId>>) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        for (peer, ids) in acks.drain() {
+            for chunk in ids.chunks(wire::MAX_IDS) {
+                let payload = proto::PrivatePayload {
+                    body: Some(proto::private_payload::Body::Ack(proto::Ack {
+                        message_ids: chunk
+                            .iter()
+                            .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                            .collect(),
+                    })),
+                };
+                if let Ok(bytes) = message::encode_payload(&payload) {
+                    if self.send_payload(&mut st, &peer, &bytes, now) == Sent::Queued {
+                        self.metrics.message("out", "ack");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one envelope from `conn`. An `Err` closes the connection.
+    fn handle_envelope(
+        self: &Arc<Self>,
+        conn: &Arc<dyn Connection>,
+        conn_id: u64,
+        env: proto::Envelope,
+        acks: &mut HashMap<NodeId, Vec<MessageId>>,
+    ) -> Result<(), &'static str> {
+        use proto::envelope::Body;
+        let peer = conn.peer();
+        let Some(body) = env.body else {
+            self.count_drop(DropReason::Unsupported, Some(&peer), "unknown envelope kind");
+            return Ok(());
+        };
+        let now = Instant::now();
+        let ready = {
+            let st = self.lock();
+            st.peers
+                .get(&peer)
+                .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
+                .is_some_and(|c| c.ready)
+        };
+        match body {
+            Body::NodeRecord(signed) => {
+                let record = NodeRecord::verify(&signed, unix_secs()).map_err(|e| {
+                    self.count_drop(DropReason::Malformed, Some(&peer), &e.to_string());
+                    "invalid node record"
+                })?;
+                if record.node_id() != peer {
+                    self.count_drop(DropReason::Malformed, Some(&peer), "record of another node");
+                    return Err("node record does not match the connection's identity");
+                }
+                self.peer_ready(conn, conn_id, record, now);
+                Ok(())
+            }
+            _ if !ready => Err("first envelope must be the peer's node record"),
+            Body::Private(private) => {
+                self.metrics.message("in", "private");
+                self.handle_private(conn, private, acks, now);
+                Ok(())
+            }
+            Body::Broadcast(signed) => {
+                self.metrics.message("in", "broadcast");
+                let verified = match message::verify_broadcast(&signed) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.count_drop(DropReason::Crypto, Some(&peer), &e.to_string());
+                        return Ok(());
+                    }
+                };
+                let mut st = self.lock();
+                if verified.author == self.identity.node_id() || !st.seen_broadcasts.insert(verified.id) {
+                    self.metrics.drop(DropReason::Duplicate);
+                    return Ok(());
+                }
+                let env = envelope(Body::Broadcast(signed));
+                if let Some(frame) = self.frame(&env) {
+                    self.flood(&st, &frame, Some(&peer));
+                }
+                drop(st);
+                self.emit(Event::Broadcast(ReceivedBroadcast {
+                    broadcast: verified,
+                    via: peer,
+                }));
+                Ok(())
+            }
+            Body::Routing(routing) => {
+                use proto::routing_message::Body as R;
+                self.metrics.message("in", "control");
+                match routing.body {
+                    Some(R::Ping(ping)) => {
+                        let pong = envelope(Body::Routing(proto::RoutingMessage {
+                            body: Some(R::Pong(proto::Pong { nonce: ping.nonce })),
+                        }));
+                        self.send_on(&peer, conn_id, &pong);
+                    }
+                    Some(R::Pong(_)) => {}
+                    _ => self.count_drop(DropReason::Unsupported, Some(&peer), "routing message"),
+                }
+                Ok(())
+            }
+            Body::PeerExchange(px) => {
+                self.metrics.message("in", "control");
+                self.handle_peer_exchange(&peer, px);
+                Ok(())
+            }
+            Body::StatusRequest(_) => {
+                self.metrics.message("in", "control");
+                let status = self.status_message();
+                self.send_on(&peer, conn_id, &envelope(Body::Status(status)));
+                Ok(())
+            }
+            _ => {
+                self.count_drop(DropReason::Unsupported, Some(&peer), "envelope kind not handled");
+                Ok(())
+            }
+        }
+    }
+
+    fn send_on(&self, peer: &NodeId, conn_id: u64, env: &proto::Envelope) {
+        let Some(frame) = self.frame(env) else { return };
+        let st = self.lock();
+        if let Some(c) = st
+            .peers
+            .get(peer)
+            .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
+        {
+            if let Err(reason) = c.writer.try_send(frame) {
+                self.count_drop(reason, Some(peer), "control reply");
+            }
+        }
+    }
+
+    fn peer_ready(self: &Arc<Self>, conn: &Arc<dyn Connection>, conn_id: u64, record: NodeRecord, now: Instant) {
+        let peer = conn.peer();
+        let first = {
+            let mut st = self.lock();
+            let _ = st.records.insert(record.clone());
+            let Some(p) = st.peers.get_mut(&peer) else {
+                return;
+            };
+            p.record = Some(record);
+            let mut first = false;
+            if let Some(c) = p.conns.iter_mut().find(|c| c.id == conn_id) {
+                c.ready = true;
+            }
+            if !p.announced {
+                p.announced = true;
+                first = true;
+            }
+            for w in st.wanted.iter_mut() {
+                if w.node == Some(peer) {
+                    w.reached = true;
+                    w.backoff = self.config.timeouts.reconnect_min;
+                    w.last_error = None;
+                }
+            }
+            // Px on connect, so a node learns the network from its first peer.
+            let px = self.exchange_message(&st, &peer);
+            if let Some(c) = st
+                .peers
+                .get(&peer)
+                .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
+            {
+                if let Some(frame) = self.frame(&px) {
+                    let _ = c.writer.try_send(frame);
+                }
+            }
+            self.flush_peer(&mut st, &peer, now);
+            first
+        };
+        self.topology.send_modify(|v| *v += 1);
+        if first {
+            tracing::info!(%peer, transport = %conn.kind(), "peer connected");
+            self.emit(Event::PeerConnected {
+                peer,
+                transport: conn.kind(),
+                addr: conn.remote_addr(),
+                inbound: self
+                    .lock()
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
+                    .is_some_and(|c| c.inbound),
+            });
+        }
+    }
+
+    fn exchange_message(&self, st: &State, to: &NodeId) -> proto::Envelope {
+        let now = unix_secs();
+        let mut records: Vec<proto::SignedNodeRecord> = Vec::new();
+        records.push(self.own_record().signed().clone());
+        // Connected peers first (they are known to be alive), then other known records.
+        for (id, p) in &st.peers {
+            if records.len() >= wire::MAX_EXCHANGE_RECORDS {
+                break;
+            }
+            if id != to {
+                if let Some(r) = &p.record {
+                    if !r.addresses().is_empty() && !r.is_expired(now) {
+                        records.push(r.signed().clone());
+                    }
+                }
+            }
+        }
+        envelope(proto::envelope::Body::PeerExchange(proto::PeerExchange { records }))
+    }
+
+    fn handle_peer_exchange(self: &Arc<Self>, from: &NodeId, px: proto::PeerExchange) {
+        let now = unix_secs();
+        let me = self.identity.node_id();
+        let mut discovered = Vec::new();
+        {
+            let mut st = self.lock();
+            for signed in &px.records {
+                match NodeRecord::verify(signed, now) {
+                    Ok(record) => {
+                        let id = record.node_id();
+                        if id == me || st.banned.contains(&id) {
+                            continue;
+                        }
+                        let new = st.records.get(&id).is_none();
+                        let _ = st.records.insert(record);
+                        if new && !st.peers.contains_key(&id) {
+                            discovered.push(id);
+                        }
+                    }
+                    Err(e) => self.count_drop(DropReason::Crypto, Some(from), &e.to_string()),
+                }
+            }
+            let room = self.config.target_peers.saturating_sub(st.peers.len());
+            discovered.truncate(room);
+        }
+        for id in discovered {
+            self.emit(Event::PeerDiscovered {
+                peer: id,
+                via: "peer-exchange",
+            });
+            self.ensure_connected(id);
+        }
+    }
+
+    fn handle_private(
+        self: &Arc<Self>,
+        conn: &Arc<dyn Connection>,
+        private: proto::PrivateEnvelope,
+        acks: &mut HashMap<NodeId, Vec<MessageId>>,
+        now: Instant,
+    ) {
+        use proto::private_envelope::Body as P;
+        let from_conn = conn.peer();
+        if private.recipient.as_ref() != self.identity.node_id().as_bytes() {
+            // Relaying arrives with the routing layer; until then, refuse transit traffic.
+            self.count_drop(DropReason::Unsupported, Some(&from_conn), "not addressed to us");
+            return;
+        }
+        let Some(body) = private.body else { return };
+        match body {
+            P::HandshakeInit(init) => {
+                let mut st = self.lock();
+                let st = &mut *st;
+                match session::respond(&self.identity, &init, &mut st.guard, unix_secs(), now) {
+                    Ok((session, response)) => {
+                        let initiator = session.peer_id();
+                        let _ = st.records.insert(session.peer().clone());
+                        self.add_session(st, session);
+                        let env = private_envelope(
+                            &initiator,
+                            P::HandshakeResponse(response),
+                        );
+                        if let (Some(frame), Some(writer)) = (self.frame(&env), st.ready_writer(&from_conn)) {
+                            if let Err(reason) = writer.try_send(frame) {
+                                self.count_drop(reason, Some(&from_conn), "handshake response");
+                            }
+                        }
+                    }
+                    Err(e) => self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string()),
+                }
+            }
+            P::HandshakeResponse(response) => {
+                let mut st = self.lock();
+                let Some(initiator) = st.initiators.remove(&response.initiator_index) else {
+                    self.count_drop(DropReason::Crypto, Some(&from_conn), "unexpected handshake response");
+                    return;
+                };
+                let peer = initiator.responder().node_id();
+                match initiator.complete(&self.identity, &response, now) {
+                    Ok(session) => {
+                        if let Some(s) = st.sessions.get_mut(&peer) {
+                            s.initiating = None;
+                        }
+                        self.add_session(&mut st, session);
+                        self.flush_peer(&mut st, &peer, now);
+                    }
+                    Err(e) => self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string()),
+                }
+            }
+            P::Session(msg) => {
+                let decrypted = {
+                    let mut st = self.lock();
+                    let Some(peer) = st.session_index.get(&msg.session_index).copied() else {
+                        self.count_drop(DropReason::Crypto, Some(&from_conn), "unknown session");
+                        return;
+                    };
+                    let Some(sessions) = st.sessions.get_mut(&peer) else { return };
+                    let Some(session) = sessions
+                        .sessions
+                        .iter_mut()
+                        .find(|s| s.local_index() == msg.session_index)
+                    else {
+                        return;
+                    };
+                    let was_confirmed = session.is_confirmed();
+                    match session.decrypt(&msg, now) {
+                        Ok(plain) => {
+                            if !was_confirmed {
+                                // The initiator proved the session: messages waiting for this
+                                // peer can go out on it.
+                                self.flush_peer(&mut st, &peer, now);
+                            }
+                            Some((peer, plain))
+                        }
+                        Err(e) => {
+                            self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string());
+                            None
+                        }
+                    }
+                };
+                if let Some((sender, plain)) = decrypted {
+                    match message::decode_payload(&plain) {
+                        Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
+                        Err(e) => self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string()),
+                    }
+                }
+            }
+            P::Sealed(sealed) => match crate::crypto::seal::open(&self.identity, &sealed, unix_secs()) {
+                Ok(opened) => {
+                    let sender = opened.sender.node_id();
+                    match message::decode_payload(&opened.payload) {
+                        Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
+                        Err(e) => self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string()),
+                    }
+                }
+                Err(e) => self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string()),
+            },
+        }
+    }
+
+    fn dispatch_payload(
+        self: &Arc<Self>,
+        sender: NodeId,
+        payload: proto::PrivatePayload,
+        acks: &mut HashMap<NodeId, Vec<MessageId>>,
+        now: Instant,
+    ) {
+        use proto::private_payload::Body as B;
+        let Some(body) = payload.body else { return };
+        match body {
+            B::Message(m) => {
+                let id = match message::verify_private_message(&m, &sender, &self.identity.node_id()) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.count_drop(DropReason::Crypto, Some(&sender), &e.to_string());
+                        return;
+                    }
+                };
+                if m.ack_requested {
+                    acks.entry(sender).or_default().push(id);
+                }
+                if !self.lock().seen_messages.insert(id) {
+                    self.metrics.drop(DropReason::Duplicate);
+                    return;
+                }
+                self.emit(Event::Message(ReceivedMessage {
+                    id,
+                    from: sender,
+                    content_type: m.content_type,
+                    content: m.content,
+                    sent_at_ms: m.sent_at_ms,
+                }));
+            }
+            B::Ack(ack) => {
+                self.metrics.message("in", "ack");
+                let mut confirmed = Vec::new();
+                {
+                    let mut st = self.lock();
+                    for raw in &ack.message_ids {
+                        let Ok(bytes) = <[u8; 32]>::try_from(raw.as_ref()) else { continue };
+                        let id = MessageId(bytes);
+                        if let Some(done) = st.outbox.handle_ack(&id, &sender, now) {
+                            let delivered = Delivered {
+                                id,
+                                peer: sender,
+                                latency: done.latency.unwrap_or_default(),
+                                attempts: done.attempts,
+                            };
+                            if let Some(waiter) = st.waiters.remove(&id) {
+                                let _ = waiter.send(Ok(delivered));
+                            }
+                            confirmed.push(delivered);
+                        }
+                    }
+                    self.metrics.outbox.set(st.outbox.len() as i64);
+                }
+                for d in confirmed {
+                    self.metrics.delivery_latency.observe(d.latency.as_secs_f64());
+                    self.metrics
+                        .deliveries
+                        .get_or_create(&super::metrics::ResultLabels { result: "confirmed" })
+                        .inc();
+                    self.emit(Event::DeliveryConfirmed {
+                        id: d.id,
+                        peer: d.peer,
+                        latency: d.latency,
+                        attempts: d.attempts,
+                    });
+                }
+            }
+            B::Query(q) => {
+                self.metrics.message("in", "query");
+                let Ok(query_id) = <[u8; 16]>::try_from(q.query_id.as_ref()) else { return };
+                let over = {
+                    let mut st = self.lock();
+                    if st.inbound_queries >= self.config.limits.max_inbound_queries {
+                        true
+                    } else {
+                        st.inbound_queries += 1;
+                        false
+                    }
+                };
+                if over {
+                    self.count_drop(DropReason::InboundQueries, Some(&sender), "too many unanswered queries");
+                    let mut st = self.lock();
+                    st.inbound_queries += 1;
+                    drop(st);
+                    let _ = self.send_query_response(sender, query_id, 503, Bytes::new(), "busy: too many unanswered queries".into());
+                    return;
+                }
+                if q.method == "meshara.status" {
+                    let status = self.status_message();
+                    let _ = self.send_query_response(sender, query_id, 0, Bytes::from(status.encode_to_vec()), String::new());
+                    return;
+                }
+                let timeout = Duration::from_millis(u64::from(q.timeout_ms));
+                let query = IncomingQuery::new(
+                    sender,
+                    q.method,
+                    q.body,
+                    timeout,
+                    Responder {
+                        node: self.weak.clone(),
+                        peer: sender,
+                        query_id,
+                        answered: Mutex::new(false),
+                    },
+                );
+                self.emit(Event::Query(query));
+            }
+            B::Response(r) => {
+                self.metrics.message("in", "response");
+                let Ok(query_id) = <[u8; 16]>::try_from(r.query_id.as_ref()) else { return };
+                let pending = {
+                    let mut st = self.lock();
+                    match st.queries.get(&query_id) {
+                        Some(q) if q.peer == sender => st.queries.remove(&query_id),
+                        _ => None,
+                    }
+                };
+                if let Some(q) = pending {
+                    self.metrics
+                        .query_latency
+                        .observe(q.started.elapsed().as_secs_f64());
+                    let answer = if r.status == 0 {
+                        Ok(r.body)
+                    } else {
+                        Err(QueryError::Rejected {
+                            peer: sender,
+                            status: r.status,
+                            message: r.error,
+                        })
+                    };
+                    let _ = q.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn status_message(&self) -> proto::NodeStatus {
+        let st = self.lock();
+        proto::NodeStatus {
+            record: Some(self.own_record().signed().clone()),
+            uptime_s: self.started_at.elapsed().as_secs(),
+            peer_count: u32::try_from(st.peers.len()).unwrap_or(u32::MAX),
+            peers: st
+                .peers
+                .keys()
+                .take(wire::MAX_STATUS_PEERS)
+                .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
+            messages_in: self.totals.messages_in.load(Ordering::Relaxed),
+            messages_out: self.totals.messages_out.load(Ordering::Relaxed),
+            bytes_in: self.totals.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.totals.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Maintenance
+
+    pub(crate) async fn maintenance(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            self.tick(Instant::now());
+        }
+    }
+
+    fn tick(self: &Arc<Self>, now: Instant) {
+        let t = &self.config.timeouts;
+        let mut dial_peers = Vec::new();
+        let mut dial_wanted = Vec::new();
+        let mut failed = Vec::new();
+        let mut close = Vec::new();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            // Delivery: (re)send what is due, fail what is out of attempts or time.
+            let ready: HashSet<NodeId> = st
+                .peers
+                .iter()
+                .filter(|(_, p)| p.conns.iter().any(|c| c.ready))
+                .map(|(id, _)| *id)
+                .collect();
+            let actions = st.outbox.poll(now, |peer| {
+                if !ready.contains(peer) {
+                    dial_peers.push(*peer);
+                }
+                ready.contains(peer)
+            });
+            for action in actions {
+                match action {
+                    OutboxAction::Send { id, peer, payload } => {
+                        if self.send_payload(st, &peer, &payload, now) == Sent::Queued {
+                            st.outbox.mark_sent(&id, now);
+                        }
+                    }
+                    OutboxAction::Fail { id, peer, attempts } => {
+                        if let Some(waiter) = st.waiters.remove(&id) {
+                            let _ = waiter.send(Err(DeliveryError::Unacknowledged { id, peer, attempts }));
+                        }
+                        failed.push((id, peer, attempts));
+                    }
+                }
+            }
+            self.metrics.outbox.set(st.outbox.len() as i64);
+            // Unsent queries wait for a connection too.
+            for q in st.queries.values() {
+                if !q.sent && !ready.contains(&q.peer) {
+                    dial_peers.push(q.peer);
+                }
+            }
+            // Keepalive pings and idle connections.
+            let elapsed_ms = self.started_at.elapsed().as_millis() as u64;
+            let ping = envelope(proto::envelope::Body::Routing(proto::RoutingMessage {
+                body: Some(proto::routing_message::Body::Ping(proto::Ping { nonce: elapsed_ms })),
+            }));
+            let ping = self.frame(&ping);
+            for p in st.peers.values_mut() {
+                for c in &mut p.conns {
+                    let last_rx = c.last_rx.load(Ordering::Relaxed);
+                    let silent = Duration::from_millis(elapsed_ms.saturating_sub(last_rx));
+                    if silent >= t.idle && now.saturating_duration_since(p.connected_at) >= t.idle {
+                        close.push(c.conn.clone());
+                    } else if c.ready && now.saturating_duration_since(c.last_ping) >= t.keepalive {
+                        c.last_ping = now;
+                        if let Some(frame) = &ping {
+                            let _ = c.writer.try_send(frame.clone());
+                        }
+                    }
+                }
+            }
+            // Periodic peer exchange.
+            if now.saturating_duration_since(st.last_exchange) >= t.peer_exchange {
+                st.last_exchange = now;
+                let targets: Vec<NodeId> = ready.iter().copied().collect();
+                for peer in targets {
+                    let px = self.exchange_message(st, &peer);
+                    if let (Some(frame), Some(w)) = (self.frame(&px), st.ready_writer(&peer)) {
+                        let _ = w.try_send(frame);
+                    }
+                }
+                // Top up toward target_peers from known records.
+                let room = self.config.target_peers.saturating_sub(st.peers.len());
+                let candidates: Vec<NodeId> = st
+                    .records
+                    .iter()
+                    .map(|r| r.node_id())
+                    .filter(|id| !st.peers.contains_key(id) && !st.banned.contains(id) && *id != self.identity.node_id())
+                    .take(room)
+                    .collect();
+                dial_peers.extend(candidates);
+                let _ = st.records.prune(unix_secs());
+            }
+            // Session upkeep: rekey old initiator sessions, forget expired ones.
+            let mut rekey = Vec::new();
+            for (peer, s) in st.sessions.iter_mut() {
+                s.sessions.retain(|session| !session.is_expired(now));
+                let newest_initiator_old = s
+                    .sessions
+                    .iter()
+                    .rev()
+                    .find(|x| x.role() == Role::Initiator)
+                    .is_some_and(|x| x.should_rehandshake(now));
+                if newest_initiator_old && s.initiating.is_none() {
+                    rekey.push(*peer);
+                }
+            }
+            let live: HashSet<u64> = st
+                .sessions
+                .values()
+                .flat_map(|s| s.sessions.iter().map(Session::local_index))
+                .collect();
+            st.session_index.retain(|index, _| live.contains(index));
+            for peer in rekey {
+                if let Some(w) = st.ready_writer(&peer) {
+                    self.start_handshake(st, &peer, &w, now);
+                }
+            }
+            // Wanted peers: reconnect with backoff.
+            for w in st.wanted.iter_mut() {
+                let connected = w.node.is_some_and(|n| ready.contains(&n));
+                if connected || w.dialing || now < w.next_attempt {
+                    continue;
+                }
+                w.dialing = true;
+                dial_wanted.push(w.addr.clone());
+            }
+        }
+        for conn in close {
+            conn.close(close_code::IDLE, "idle timeout");
+        }
+        for (id, peer, attempts) in failed {
+            self.metrics
+                .deliveries
+                .get_or_create(&super::metrics::ResultLabels { result: "failed" })
+                .inc();
+            tracing::info!(%peer, %id, attempts, "private message not acknowledged");
+            self.emit(Event::DeliveryFailed { id, peer, attempts });
+        }
+        dial_peers.sort_unstable_by_key(|p| *p.as_bytes());
+        dial_peers.dedup();
+        for peer in dial_peers {
+            self.ensure_connected(peer);
+        }
+        for addr in dial_wanted {
+            let inner = self.clone();
+            self.tasks.spawn(async move { inner.dial_wanted(addr).await });
+        }
+    }
+
+    async fn dial_wanted(self: Arc<Self>, addr: PeerAddr) {
+        let result = self.connect(&addr).await;
+        let mut st = self.lock();
+        let t = &self.config.timeouts;
+        if let Some(w) = st.wanted.iter_mut().find(|w| w.addr == addr) {
+            w.dialing = false;
+            match result {
+                Ok(node) => {
+                    w.node = Some(node);
+                    w.reached = true;
+                    w.last_error = None;
+                    w.backoff = t.reconnect_min;
+                    w.next_attempt = Instant::now() + w.backoff;
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, backoff = ?w.backoff, "dial failed; will retry");
+                    w.last_error = Some(e.to_string());
+                    // Exponential backoff with up to 25% jitter so restarts do not synchronise.
+                    let jitter = 1.0 + f64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 250) / 1000.0;
+                    w.next_attempt = Instant::now() + w.backoff.mul_f64(jitter);
+                    w.backoff = (w.backoff * 2).min(t.reconnect_max);
+                }
+            }
+        }
+    }
+
+    /// Stops everything: closes connections, fails what is pending, waits for tasks.
+    pub(crate) async fn stop(self: &Arc<Self>) {
+        let pending = {
+            let mut st = self.lock();
+            if st.stopped {
+                return;
+            }
+            st.stopped = true;
+            let pending = st.outbox.drain();
+            for (id, _) in &pending {
+                if let Some(w) = st.waiters.remove(id) {
+                    let _ = w.send(Err(DeliveryError::Stopped(*id)));
+                }
+            }
+            for (_, q) in st.queries.drain() {
+                let _ = q.reply.send(Err(QueryError::Stopped));
+            }
+            pending
+        };
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "stopping with unacknowledged messages");
+        }
+        self.shutdown.cancel();
+        self.endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"node shutting down");
+        self.tasks.close();
+        // Give connections a moment to say goodbye, bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+fn release_ip(st: &mut State, ip: IpAddr) {
+    if let Some(n) = st.per_ip.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            st.per_ip.remove(&ip);
+        }
+    }
+}
+
+/// Accept loop of the QUIC endpoint, with admission control before any TLS work.
+pub(crate) async fn quic_accept_loop(inner: Arc<Inner>) {
+    loop {
+        let incoming = tokio::select! {
+            i = inner.endpoint.accept() => match i { Some(i) => i, None => return },
+            () = inner.shutdown.cancelled() => return,
+        };
+        let ip = incoming.remote_address().ip();
+        if let Err(reason) = inner.admit(ip) {
+            inner.metrics.attempt("in", "refused");
+            inner.count_drop(reason, None, &format!("refused QUIC connection from {ip}"));
+            incoming.refuse();
+            continue;
+        }
+        let node = inner.clone();
+        inner.tasks.spawn(async move {
+            let timeout = node.config.timeouts.connect;
+            let result = async {
+                let connecting = incoming
+                    .accept()
+                    .map_err(|e| TransportError::Closed(e.to_string()))?;
+                let conn = tokio::time::timeout(timeout, connecting)
+                    .await
+                    .map_err(|_| TransportError::Timeout(timeout))?
+                    .map_err(|e| TransportError::from_quic_handshake(e, None))?;
+                transport::QuicConnection::new(conn)
+            }
+            .await;
+            match result {
+                Ok(conn) => node.inbound_established(Arc::new(conn), ip),
+                Err(e) => {
+                    node.release_admission(ip);
+                    node.metrics.attempt("in", "error");
+                    let reason = if matches!(e, TransportError::ProtocolMismatch { .. }) {
+                        DropReason::ProtocolVersion
+                    } else {
+                        DropReason::Handshake
+                    };
+                    node.count_drop(reason, None, &format!("inbound QUIC handshake from {ip}: {e}"));
+                }
+            }
+        });
+    }
+}
+
+/// Accept loop of the TCP listener (TLS over TCP, the UDP-blocked fallback).
+pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = inner.shutdown.cancelled() => return,
+        };
+        let ip = addr.ip();
+        if let Err(reason) = inner.admit(ip) {
+            inner.metrics.attempt("in", "refused");
+            inner.count_drop(reason, None, &format!("refused TCP connection from {ip}"));
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let node = inner.clone();
+        inner.tasks.spawn(async move {
+            let timeout = node.config.timeouts.connect;
+            let accepted = tokio::time::timeout(
+                timeout,
+                StreamConnection::accept(tcp, node.stream_tls.clone(), TransportKind::Tcp, Some(addr)),
+            )
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))
+            .and_then(|r| r);
+            match accepted {
+                Ok(conn) => node.inbound_established(Arc::new(conn), ip),
+                Err(e) => {
+                    node.release_admission(ip);
+                    node.metrics.attempt("in", "error");
+                    let reason = if matches!(e, TransportError::ProtocolMismatch { .. }) {
+                        DropReason::ProtocolVersion
+                    } else {
+                        DropReason::Handshake
+                    };
+                    node.count_drop(reason, None, &format!("inbound TCP handshake from {ip}: {e}"));
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,36 @@
+//! The networking runtime (feature `net`): transports, the [`Node`] API, discovery, limits and
+//! metrics.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `tls` | TLS 1.3 with raw Ed25519 keys (RFC 7250): the identity check both transports share |
+//! | [`transport`] | the [`Connection`] seam, QUIC (quinn) and TLS-over-byte-stream (TCP, Tor, I2P) |
+//! | `core` | connection manager, per-connection tasks, envelope dispatch, sessions, timers |
+//! | `node` | [`NodeBuilder`] and [`Node`], the developer API |
+//! | [`config`] | [`NodeConfig`], [`Limits`], [`Timeouts`], [`PeerAddr`] |
+//! | `events` | [`Event`], [`EventStream`], [`IncomingQuery`], [`PeerStream`] |
+//! | `discovery` | mDNS announcement and discovery |
+//! | `metrics` | Prometheus metrics, [`DropReason`] |
+//!
+//! The protocol decisions (what to resend, when a delivery has failed, how fast a peer may
+//! send) are pure state machines outside this module ([`crate::delivery`], [`crate::rate`]);
+//! this module only moves bytes and time into them.
+
+pub mod config;
+mod core;
+mod discovery;
+mod error;
+mod events;
+mod metrics;
+mod node;
+mod tls;
+pub mod transport;
+
+pub use config::{Limits, NodeConfig, PeerAddr, Timeouts};
+pub use core::Delivered;
+pub use discovery::MDNS_SERVICE;
+pub use error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
+pub use events::{Event, EventStream, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, StreamListener};
+pub use metrics::DropReason;
+pub use node::{BootstrapStatus, Diagnostics, NetworkStats, Node, NodeBuilder, PeerInfo, PendingDelivery};
+pub use transport::{Connection, TransportKind};

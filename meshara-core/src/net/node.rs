@@ -1,0 +1,774 @@
+//! The developer API: [`NodeBuilder`] → [`Node`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::{NodeConfig, PeerAddr};
+use super::core::{self, Delivered, Inner, STREAM_USER, State, Wanted, close_code, unix_ms, unix_secs};
+use super::discovery;
+use super::error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
+use super::events::{EventStream, PeerStream, StreamListener};
+use super::transport::{self, ByteStream, Connection, StreamConnection, TransportKind};
+use crate::crypto::padding::Padding;
+use crate::identity::{Fingerprint, Identity, NodeId};
+use crate::keystore::{KdfParams, Keystore};
+use crate::message::MessageId;
+use crate::record::{Address, NodeRecord, NodeRecordBuilder, Transport};
+
+/// Configures and starts a [`Node`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use meshara_core::{Identity, NodeBuilder};
+///
+/// let node = NodeBuilder::new()
+///     .identity(Identity::generate())
+///     .listen_quic("127.0.0.1:0".parse()?)
+///     .bootstrap("quic://127.0.0.1:7340".parse()?)
+///     .start()
+///     .await?;
+/// println!("I am {}", node.node_id());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct NodeBuilder {
+    config: NodeConfig,
+    identity: Option<Identity>,
+    keystore: Option<(PathBuf, Vec<u8>, KdfParams)>,
+    padding: Option<Padding>,
+}
+
+impl NodeBuilder {
+    /// Defaults: QUIC on `0.0.0.0:<random>`, no TCP, no mDNS, default limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts from a full configuration (as read from TOML by `meshara run`).
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses this identity.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Loads the identity from an encrypted keystore file, creating it (with a fresh identity)
+    /// if it does not exist. A wrong passphrase or a damaged file is an error, never a new
+    /// identity.
+    pub fn keystore(mut self, path: impl Into<PathBuf>, passphrase: impl Into<Vec<u8>>) -> Self {
+        self.keystore = Some((path.into(), passphrase.into(), KdfParams::default()));
+        self
+    }
+
+    /// Like [`NodeBuilder::keystore`] with explicit Argon2id parameters for a new file.
+    pub fn keystore_with_params(
+        mut self,
+        path: impl Into<PathBuf>,
+        passphrase: impl Into<Vec<u8>>,
+        params: KdfParams,
+    ) -> Self {
+        self.keystore = Some((path.into(), passphrase.into(), params));
+        self
+    }
+
+    /// QUIC listening socket (`None` to only dial out).
+    pub fn listen_quic(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
+        self.config.listen_quic = addr.into();
+        self
+    }
+
+    /// TCP listening socket for TLS over TCP.
+    pub fn listen_tcp(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
+        self.config.listen_tcp = addr.into();
+        self
+    }
+
+    /// Adds a bootstrap peer, kept connected with reconnect backoff.
+    pub fn bootstrap(mut self, peer: PeerAddr) -> Self {
+        self.config.bootstrap.push(peer);
+        self
+    }
+
+    /// Enables mDNS announcement and discovery on the local network.
+    pub fn mdns(mut self, enabled: bool) -> Self {
+        self.config.mdns = enabled;
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: super::config::Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Replaces the timeouts.
+    pub fn timeouts(mut self, timeouts: super::config::Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Padding of private messages: [`Padding::Buckets`] (default) hides message sizes from
+    /// anyone who sees ciphertext; [`Padding::None`] saves bandwidth.
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = Some(padding);
+        self
+    }
+
+    /// Binds the sockets, starts discovery and returns the running node.
+    pub async fn start(self) -> Result<Node, StartError> {
+        let config = self.config;
+        config.validate().map_err(StartError::Config)?;
+        let (identity, keystore) = match (self.identity, self.keystore) {
+            (Some(identity), _) => (identity, None),
+            (None, Some((path, passphrase, params))) => {
+                let store = Keystore::new(&path);
+                let (identity, created) = store.load_or_create(&passphrase, params, unix_secs())?;
+                if created {
+                    tracing::info!(path = %path.display(), node = %identity.node_id(), "created a new identity");
+                }
+                (identity, Some(path))
+            }
+            (None, None) => return Err(StartError::NoIdentity),
+        };
+        let identity = Arc::new(identity);
+
+        let mut transport_config = quinn::TransportConfig::default();
+        transport_config
+            .max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .keep_alive_interval(Some(config.timeouts.keepalive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.timeouts.idle)
+                    .map_err(|e| StartError::Config(format!("timeouts.idle: {e}")))?,
+            ));
+        let quic_transport = Arc::new(transport_config);
+        let server_config = transport::quic_server_config(&identity, quic_transport.clone())?;
+        let bind = |addr: SocketAddr| -> Result<quinn::Endpoint, StartError> {
+            quinn::Endpoint::server(server_config.clone(), addr).map_err(|error| StartError::Bind { addr, error })
+        };
+        // Without a QUIC listener we still need an endpoint to dial from.
+        let endpoint = match config.listen_quic {
+            Some(addr) => bind(addr)?,
+            None => {
+                let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+                quinn::Endpoint::client(addr).map_err(|error| StartError::Bind { addr, error })?
+            }
+        };
+        let local_quic = match config.listen_quic {
+            Some(_) => Some(endpoint.local_addr().map_err(|error| StartError::Bind {
+                addr: config.listen_quic.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                error,
+            })?),
+            None => None,
+        };
+        let tcp_listener = match config.listen_tcp {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| StartError::Bind { addr, error })?,
+            ),
+            None => None,
+        };
+        let local_tcp = match &tcp_listener {
+            Some(l) => Some(l.local_addr().map_err(|error| StartError::Bind {
+                addr: config.listen_tcp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                error,
+            })?),
+            None => None,
+        };
+
+        let record = sign_record(&identity, &config, local_quic, local_tcp)?;
+        let (events, _) = broadcast::channel(config.limits.event_buffer);
+        let (topology, _) = watch::channel(0);
+        let stream_tls = transport::stream_server_config(&identity)?;
+        let mut state = State::new(&config);
+        let now = Instant::now();
+        for addr in &config.bootstrap {
+            state.wanted.push(Wanted {
+                addr: addr.clone(),
+                node: addr.node,
+                backoff: config.timeouts.reconnect_min,
+                next_attempt: now,
+                dialing: false,
+                last_error: None,
+                reached: false,
+            });
+        }
+        let inner = Arc::new_cyclic(|weak| Inner {
+            identity: identity.clone(),
+            padding: self.padding.unwrap_or(Padding::Buckets),
+            metrics: super::metrics::Metrics::new(),
+            totals: Default::default(),
+            events,
+            state: Mutex::new(state),
+            record: RwLock::new(record),
+            endpoint,
+            quic_transport,
+            stream_tls,
+            local_quic,
+            local_tcp,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started_at: now,
+            broadcast_seq: AtomicU64::new(unix_ms()),
+            handshake_ts: AtomicU64::new(0),
+            next_conn_id: AtomicU64::new(1),
+            streams: Mutex::new(Default::default()),
+            topology,
+            inbound_seen: AtomicBool::new(false),
+            keystore,
+            mdns: Mutex::new(None),
+            weak: weak.clone(),
+            config,
+        });
+        if inner.local_quic.is_some() {
+            inner.tasks.spawn(core::quic_accept_loop(inner.clone()));
+        }
+        if let Some(listener) = tcp_listener {
+            inner.tasks.spawn(core::tcp_accept_loop(inner.clone(), listener));
+        }
+        inner.tasks.spawn(inner.clone().maintenance());
+        if inner.config.mdns {
+            discovery::start_mdns(&inner).map_err(StartError::Config)?;
+        }
+        tracing::info!(
+            node = %identity.node_id(),
+            quic = ?inner.local_quic,
+            tcp = ?inner.local_tcp,
+            "node started"
+        );
+        Ok(Node { inner })
+    }
+}
+
+fn sign_record(
+    identity: &Identity,
+    config: &NodeConfig,
+    quic: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+) -> Result<NodeRecord, StartError> {
+    let mut builder = NodeRecordBuilder::new(identity, unix_ms()).agent(config.agent.clone());
+    let mut addresses: Vec<Address> = config.advertise.clone();
+    if addresses.is_empty() {
+        for (transport, addr) in [(Transport::Quic, quic), (Transport::Tcp, tcp)] {
+            if let Some(addr) = addr.filter(|a| !a.ip().is_unspecified()) {
+                addresses.push(Address {
+                    transport,
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                });
+            }
+        }
+    }
+    for a in addresses {
+        builder = builder.address(a.transport, a.host, a.port);
+    }
+    Ok(builder.sign(unix_secs())?)
+}
+
+/// A running Meshara node. Cheap to clone (an `Arc`), usable from any thread or task.
+///
+/// Dropping every clone does not stop the node's background tasks; call [`Node::stop`].
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.inner.identity.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A private message on its way; await [`PendingDelivery::confirmed`] for the end-to-end
+/// acknowledgement (or watch for [`crate::Event::DeliveryConfirmed`]).
+#[derive(Debug)]
+pub struct PendingDelivery {
+    id: MessageId,
+    rx: oneshot::Receiver<Result<Delivered, DeliveryError>>,
+}
+
+impl PendingDelivery {
+    /// The message id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Waits for the recipient's acknowledgement, or for delivery to fail after every retry.
+    pub async fn confirmed(self) -> Result<Delivered, DeliveryError> {
+        self.rx.await.unwrap_or(Err(DeliveryError::Stopped(self.id)))
+    }
+}
+
+/// One connected peer, as reported by [`Node::peers`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The peer.
+    pub node_id: NodeId,
+    /// Its transport (of the newest connection).
+    pub transport: TransportKind,
+    /// Its address.
+    pub addr: Option<SocketAddr>,
+    /// Whether it dialed us.
+    pub inbound: bool,
+    /// Open connections to it.
+    pub connections: usize,
+    /// Connected for this long.
+    pub connected_for: Duration,
+    /// Transport round-trip time, if measured.
+    pub rtt: Option<Duration>,
+    /// Software it announced.
+    pub agent: Option<String>,
+    /// Envelopes received from it.
+    pub messages_in: u64,
+    /// Envelopes sent to it.
+    pub messages_out: u64,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+    /// Its messages dropped by rate limits.
+    pub dropped: u64,
+}
+
+/// Node-wide counters, as reported by [`Node::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetworkStats {
+    /// Connected peers.
+    pub peers: usize,
+    /// Open connections.
+    pub connections: usize,
+    /// Node records known.
+    pub known_nodes: usize,
+    /// Private messages awaiting acknowledgement.
+    pub outbox: usize,
+    /// Envelopes received.
+    pub messages_in: u64,
+    /// Envelopes sent.
+    pub messages_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Time since start.
+    pub uptime: Duration,
+}
+
+/// Health of a node, as reported by [`Node::diagnostics`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Diagnostics {
+    /// Sockets the node listens on.
+    pub listening: Vec<(TransportKind, SocketAddr)>,
+    /// Whether another node has connected to us (evidence we are reachable from outside).
+    pub inbound_reachable: bool,
+    /// Bootstrap peers and whether each is reachable now.
+    pub bootstrap: Vec<BootstrapStatus>,
+    /// Whether the data directory (and keystore, when used) can be written.
+    pub storage_ok: bool,
+    /// What is wrong with storage, if anything.
+    pub storage_error: Option<String>,
+    /// Connected peers.
+    pub peers: usize,
+}
+
+/// Reachability of one bootstrap peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BootstrapStatus {
+    /// The configured address.
+    pub addr: PeerAddr,
+    /// Connected, or a fresh dial succeeded.
+    pub reachable: bool,
+    /// The last error, when not reachable.
+    pub error: Option<String>,
+}
+
+impl Node {
+    /// Shorthand for [`NodeBuilder::new`].
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::new()
+    }
+
+    /// This node's NodeId.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.identity.node_id()
+    }
+
+    /// This node's human fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.identity.fingerprint()
+    }
+
+    /// This node's signed record (addresses, keys, capabilities).
+    pub fn record(&self) -> NodeRecord {
+        self.inner
+            .record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The address others can dial this node at over QUIC, with its NodeId.
+    pub fn quic_addr(&self) -> Option<PeerAddr> {
+        self.inner.local_quic.map(|a| peer_addr(self.node_id(), Transport::Quic, a))
+    }
+
+    /// The address others can dial this node at over TCP, with its NodeId.
+    pub fn tcp_addr(&self) -> Option<PeerAddr> {
+        self.inner.local_tcp.map(|a| peer_addr(self.node_id(), Transport::Tcp, a))
+    }
+
+    /// Exports the identity as a passphrase-protected armored bundle (to move it to another
+    /// machine; import with [`Identity::import_bundle`] and [`NodeBuilder::identity`]).
+    pub fn export_identity(&self, passphrase: &[u8]) -> Result<String, crate::KeystoreError> {
+        self.inner
+            .identity
+            .export_bundle(passphrase, KdfParams::default(), unix_secs())
+    }
+
+    /// Subscribes to the node's events.
+    pub fn events(&self) -> EventStream {
+        EventStream::new(self.inner.events.subscribe())
+    }
+
+    /// Sends an end-to-end encrypted message to `peer`, dialing it if needed. Returns once the
+    /// message is queued; [`PendingDelivery::confirmed`] waits for the acknowledgement.
+    /// Waits (does not fail) while the peer's connection queue is full.
+    pub async fn send_private(
+        &self,
+        peer: NodeId,
+        content_type: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<PendingDelivery, SendError> {
+        let (id, rx) = self
+            .inner
+            .send_private(peer, content_type, content.into())
+            .await?;
+        Ok(PendingDelivery { id, rx })
+    }
+
+    /// Signs and sends a broadcast on `topic` to the network. Returns its id.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        content_type: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<MessageId, SendError> {
+        self.inner.broadcast(topic, content_type, content.into())
+    }
+
+    /// Asks `peer` a query and waits up to `timeout` for its answer.
+    pub async fn query(
+        &self,
+        peer: NodeId,
+        method: &str,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, QueryError> {
+        self.inner.query(peer, method, body.into(), timeout).await
+    }
+
+    /// Opens a bidirectional byte stream to `peer` for `protocol` (1..=255 bytes), connecting
+    /// first if needed. The peer must be listening with [`Node::listen_streams`].
+    pub async fn open_stream(&self, peer: NodeId, protocol: &str) -> Result<PeerStream, StreamError> {
+        let name = protocol.as_bytes();
+        if name.is_empty() || name.len() > 255 {
+            return Err(StreamError::InvalidProtocol);
+        }
+        let conn = self.ready_connection(peer).await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        let mut header = Vec::with_capacity(2 + name.len());
+        header.push(STREAM_USER);
+        header.push(name.len() as u8);
+        header.extend_from_slice(name);
+        send.write_all(&header)
+            .await
+            .map_err(TransportError::from)?;
+        Ok(PeerStream::new(peer, protocol.to_owned(), send, recv))
+    }
+
+    /// Accepts byte streams peers open for `protocol`. Replaces an earlier listener for the
+    /// same protocol. At most 64 unaccepted streams wait; more are reset.
+    pub fn listen_streams(&self, protocol: &str) -> StreamListener {
+        let (tx, rx) = mpsc::channel(64);
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(protocol.to_owned(), tx);
+        StreamListener {
+            protocol: protocol.to_owned(),
+            rx,
+        }
+    }
+
+    /// Waits (up to the connect timeout) for a ready connection to `peer`, dialing it.
+    async fn ready_connection(&self, peer: NodeId) -> Result<Arc<dyn Connection>, SendError> {
+        {
+            let st = self.inner.lock();
+            self.inner.check_peer(&st, &peer)?;
+        }
+        let mut topology = self.inner.topology.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeouts.connect;
+        loop {
+            let conn = {
+                let st = self.inner.lock();
+                st.peers
+                    .get(&peer)
+                    .and_then(|p| p.conns.iter().rev().find(|c| c.ready))
+                    .map(|c| c.conn.clone())
+            };
+            if let Some(conn) = conn {
+                return Ok(conn);
+            }
+            let known = self.inner.lock().records.get(&peer).is_some();
+            if !known {
+                return Err(SendError::NoRoute(peer));
+            }
+            self.inner.ensure_connected(peer);
+            tokio::select! {
+                r = topology.changed() => if r.is_err() { return Err(SendError::Stopped) },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(SendError::Transport(TransportError::Timeout(self.inner.config.timeouts.connect)))
+                }
+                () = self.inner.shutdown.cancelled() => return Err(SendError::Stopped),
+            }
+        }
+    }
+
+    /// Connects to `addr` now and keeps the connection (in addition to discovery). Returns the
+    /// peer's NodeId. With a NodeId in the address, a different key fails the handshake.
+    pub async fn connect(&self, addr: &PeerAddr) -> Result<NodeId, TransportError> {
+        let node = self.inner.connect(addr).await?;
+        // Wait until the peer's record arrived so messages can flow at once.
+        let mut topology = self.inner.topology.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeouts.connect;
+        while !self.inner.lock().is_ready(&node) {
+            tokio::select! {
+                r = topology.changed() => if r.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => return Err(TransportError::Timeout(self.inner.config.timeouts.connect)),
+            }
+        }
+        Ok(node)
+    }
+
+    /// Adds a peer to keep connected (reconnecting with backoff) and dials it.
+    pub fn add_peer(&self, addr: PeerAddr) {
+        let mut st = self.inner.lock();
+        if st.wanted.iter().any(|w| w.addr == addr) {
+            return;
+        }
+        st.wanted.push(Wanted {
+            node: addr.node,
+            addr,
+            backoff: self.inner.config.timeouts.reconnect_min,
+            next_attempt: Instant::now(),
+            dialing: false,
+            last_error: None,
+            reached: false,
+        });
+    }
+
+    /// Stops keeping `peer` connected and closes its connections.
+    pub fn remove_peer(&self, peer: NodeId) {
+        let conns = {
+            let mut st = self.inner.lock();
+            st.wanted.retain(|w| w.node != Some(peer));
+            st.peers
+                .get(&peer)
+                .map(|p| p.conns.iter().map(|c| c.conn.clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        for c in conns {
+            c.close(close_code::REMOVED, "removed by operator");
+        }
+    }
+
+    /// Bans `peer`: closes its connections, refuses new ones and drops its messages.
+    pub fn ban_peer(&self, peer: NodeId) {
+        self.inner.lock().banned.insert(peer);
+        self.remove_peer(peer);
+        tracing::info!(%peer, "peer banned");
+    }
+
+    /// Lifts a ban.
+    pub fn unban_peer(&self, peer: NodeId) {
+        self.inner.lock().banned.remove(&peer);
+    }
+
+    /// Connected peers with their statistics.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let st = self.inner.lock();
+        let mut out: Vec<PeerInfo> = st
+            .peers
+            .iter()
+            .filter(|(_, p)| p.announced)
+            .filter_map(|(id, p)| {
+                let newest = p.conns.iter().rev().find(|c| c.ready)?;
+                let c = &p.counters;
+                Some(PeerInfo {
+                    node_id: *id,
+                    transport: newest.conn.kind(),
+                    addr: newest.conn.remote_addr(),
+                    inbound: newest.inbound,
+                    connections: p.conns.len(),
+                    connected_for: p.connected_at.elapsed(),
+                    rtt: newest.conn.rtt(),
+                    agent: p.record.as_ref().map(|r| r.agent().to_owned()),
+                    messages_in: c.messages_in.load(Ordering::Relaxed),
+                    messages_out: c.messages_out.load(Ordering::Relaxed),
+                    bytes_in: c.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: c.bytes_out.load(Ordering::Relaxed),
+                    dropped: c.drops.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| *p.node_id.as_bytes());
+        out
+    }
+
+    /// Node-wide statistics.
+    pub fn stats(&self) -> NetworkStats {
+        let st = self.inner.lock();
+        let t = &self.inner.totals;
+        NetworkStats {
+            peers: st.peers.values().filter(|p| p.announced).count(),
+            connections: st.peers.values().map(|p| p.conns.len()).sum(),
+            known_nodes: st.records.len(),
+            outbox: st.outbox.len(),
+            messages_in: t.messages_in.load(Ordering::Relaxed),
+            messages_out: t.messages_out.load(Ordering::Relaxed),
+            bytes_in: t.bytes_in.load(Ordering::Relaxed),
+            bytes_out: t.bytes_out.load(Ordering::Relaxed),
+            uptime: self.inner.started_at.elapsed(),
+        }
+    }
+
+    /// Prometheus text exposition of the node's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
+    }
+
+    /// How many times something was dropped for `reason` (the `meshara_drops_total` counter).
+    pub fn drops(&self, reason: super::metrics::DropReason) -> u64 {
+        self.inner.metrics.drop_count(reason)
+    }
+
+    /// Checks reachability, bootstrap peers (dialing those not connected) and storage.
+    pub async fn diagnostics(&self) -> Diagnostics {
+        let mut listening = Vec::new();
+        if let Some(a) = self.inner.local_quic {
+            listening.push((TransportKind::Quic, a));
+        }
+        if let Some(a) = self.inner.local_tcp {
+            listening.push((TransportKind::Tcp, a));
+        }
+        let bootstrap_addrs = self.inner.config.bootstrap.clone();
+        let mut bootstrap = Vec::new();
+        for addr in bootstrap_addrs {
+            let connected = addr.node.is_some_and(|n| self.inner.lock().is_ready(&n));
+            let (reachable, error) = if connected {
+                (true, None)
+            } else {
+                match self.inner.connect(&addr).await {
+                    Ok(_) => (true, None),
+                    Err(e) => (false, Some(e.to_string())),
+                }
+            };
+            bootstrap.push(BootstrapStatus {
+                addr,
+                reachable,
+                error,
+            });
+        }
+        let storage = check_storage(
+            self.inner.config.data_dir.as_deref(),
+            self.inner.keystore.as_deref(),
+        );
+        Diagnostics {
+            listening,
+            inbound_reachable: self.inner.inbound_seen.load(Ordering::Relaxed),
+            bootstrap,
+            storage_ok: storage.is_ok(),
+            storage_error: storage.err(),
+            peers: self.peers().len(),
+        }
+    }
+
+    /// Runs TLS (client side) over an already-connected byte stream — a Tor or I2P stream, a
+    /// pipe — and registers the connection like any other. `expected` is checked in the
+    /// handshake when given.
+    pub async fn connect_stream<S: ByteStream>(
+        &self,
+        io: S,
+        expected: Option<NodeId>,
+    ) -> Result<NodeId, TransportError> {
+        let conn = StreamConnection::connect(io, &self.inner.identity, expected, TransportKind::Stream, None).await?;
+        let peer = conn.peer();
+        self.inner.lock().total_conns += 1;
+        self.inner.establish(Arc::new(conn), false, None)?;
+        Ok(peer)
+    }
+
+    /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
+    /// onion-service stream) and registers the connection. Returns the caller's NodeId.
+    pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
+        let conn = StreamConnection::accept(io, self.inner.stream_tls.clone(), TransportKind::Stream, None).await?;
+        let peer = conn.peer();
+        self.inner.lock().total_conns += 1;
+        self.inner.establish(Arc::new(conn), true, None)?;
+        Ok(peer)
+    }
+
+    /// Stops the node gracefully: closes connections with a reason, fails pending deliveries
+    /// and queries with `Stopped`, and waits (bounded) for background tasks.
+    pub async fn stop(&self) {
+        discovery::stop_mdns(&self.inner);
+        self.inner.stop().await;
+    }
+}
+
+fn peer_addr(node: NodeId, transport: Transport, addr: SocketAddr) -> PeerAddr {
+    PeerAddr {
+        node: Some(node),
+        address: Address {
+            transport,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+    }
+}
+
+fn check_storage(data_dir: Option<&std::path::Path>, keystore: Option<&std::path::Path>) -> Result<(), String> {
+    let dir = match (data_dir, keystore.and_then(|k| k.parent())) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) => d.to_path_buf(),
+        (None, None) => return Ok(()),
+    };
+    let probe = dir.join(format!(".meshara-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    if let Some(k) = keystore {
+        std::fs::metadata(k).map_err(|e| format!("keystore {}: {e}", k.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,454 @@
+//! The transport seam: one trait for an authenticated, multiplexed connection to a peer, and
+//! its two implementations.
+//!
+//! - [`QuicConnection`]: quinn over UDP, TLS 1.3 built into QUIC. The default.
+//! - [`StreamConnection`]: TLS 1.3 (the same raw-key identity check) over *any* reliable byte
+//!   stream, multiplexed with yamux. Plain TCP is the first adapter; Tor and I2P streams plug in
+//!   the same way: hand a connected `AsyncRead + AsyncWrite` to [`StreamConnection::connect`] or
+//!   [`StreamConnection::accept`] (or to [`crate::Node::connect_stream`] /
+//!   [`crate::Node::accept_stream`], which also register the connection with the node).
+//!
+//! Everything above this module sees only [`Connection`]: open or accept a bidirectional byte
+//! stream, learn the peer's verified [`NodeId`], close.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+use super::error::TransportError;
+use super::tls;
+use crate::identity::{Identity, NodeId};
+use crate::wire::ALPN;
+
+/// The sending half of a stream.
+pub type SendHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The receiving half of a stream.
+pub type RecvHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// A boxed future, as returned by [`Connection`]'s methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which transport carries a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP.
+    Tcp,
+    /// TLS 1.3 over another byte stream (Tor, I2P, a test pipe, …).
+    Stream,
+}
+
+impl TransportKind {
+    /// Short lowercase name, as used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Quic => "quic",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated connection to one peer, over any transport.
+pub trait Connection: Send + Sync + fmt::Debug + 'static {
+    /// The peer's NodeId, proven during the TLS handshake.
+    fn peer(&self) -> NodeId;
+    /// The transport underneath.
+    fn kind(&self) -> TransportKind;
+    /// The peer's socket address, where the transport has one.
+    fn remote_addr(&self) -> Option<SocketAddr>;
+    /// Round-trip time as measured by the transport, where it measures one.
+    fn rtt(&self) -> Option<Duration>;
+    /// Opens a new bidirectional stream.
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>>;
+    /// Waits for the peer to open a bidirectional stream.
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>>;
+    /// Closes the connection, telling the peer why.
+    fn close(&self, code: u32, reason: &str);
+    /// Resolves when the connection is closed, with the reason.
+    fn closed(&self) -> BoxFuture<'_, TransportError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// QUIC
+
+/// A QUIC connection (quinn) whose peer proved its identity key.
+#[derive(Debug, Clone)]
+pub struct QuicConnection {
+    inner: quinn::Connection,
+    peer: NodeId,
+}
+
+impl QuicConnection {
+    /// Wraps an established quinn connection, reading the peer's NodeId from the TLS session.
+    pub fn new(inner: quinn::Connection) -> Result<Self, TransportError> {
+        let peer = inner
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| tls::peer_node_id(&certs))
+            .ok_or(TransportError::NoPeerIdentity)?;
+        Ok(Self { inner, peer })
+    }
+
+    /// The underlying quinn connection.
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.inner
+    }
+}
+
+impl Connection for QuicConnection {
+    fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Quic
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.inner.remote_address())
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.inner.rtt())
+    }
+
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>> {
+        Box::pin(async move {
+            let (send, recv) = self.inner.open_bi().await.map_err(TransportError::from)?;
+            Ok((Box::new(send) as SendHalf, Box::new(recv) as RecvHalf))
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>> {
+        Box::pin(async move {
+            let (send, recv) = self.inner.accept_bi().await.map_err(TransportError::from)?;
+            Ok((Box::new(send) as SendHalf, Box::new(recv) as RecvHalf))
+        })
+    }
+
+    fn close(&self, code: u32, reason: &str) {
+        self.inner
+            .close(quinn::VarInt::from_u32(code), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'_, TransportError> {
+        Box::pin(async move { TransportError::from(self.inner.closed().await) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS over a byte stream, multiplexed with yamux
+
+/// Any reliable, ordered byte stream a [`StreamConnection`] can run over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// Most inbound streams a stream connection buffers before the node accepts them; more are
+/// reset rather than queued.
+const STREAM_ACCEPT_BACKLOG: usize = 64;
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, TransportError>>),
+    Close,
+}
+
+/// A TLS 1.3 connection over a byte stream (TCP, Tor, I2P, …), multiplexed with yamux.
+pub struct StreamConnection {
+    peer: NodeId,
+    kind: TransportKind,
+    remote: Option<SocketAddr>,
+    commands: mpsc::Sender<Command>,
+    inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
+    closed: watch::Receiver<Option<TransportError>>,
+}
+
+impl fmt::Debug for StreamConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamConnection")
+            .field("peer", &self.peer)
+            .field("kind", &self.kind)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamConnection {
+    /// Runs the client side of TLS over `io`, checking the server is `expected` when given,
+    /// then starts the multiplexer. `kind` and `remote` only label the connection.
+    pub async fn connect<S: ByteStream>(
+        io: S,
+        identity: &Arc<Identity>,
+        expected: Option<NodeId>,
+        kind: TransportKind,
+        remote: Option<SocketAddr>,
+    ) -> Result<Self, TransportError> {
+        let config = tls::client_config(identity, expected).map_err(TransportError::Tls)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)
+            .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+        let tls = connector
+            .connect(name, io)
+            .await
+            .map_err(|e| TransportError::from_tls_io(e, expected))?;
+        let (_, session) = tls.get_ref();
+        check_alpn(session.alpn_protocol())?;
+        let peer = session
+            .peer_certificates()
+            .and_then(tls::peer_node_id)
+            .ok_or(TransportError::NoPeerIdentity)?;
+        Ok(Self::start(tls, yamux::Mode::Client, peer, kind, remote))
+    }
+
+    /// Runs the server side of TLS over `io` and starts the multiplexer; the caller's NodeId
+    /// is learned from its key.
+    pub async fn accept<S: ByteStream>(
+        io: S,
+        config: Arc<rustls::ServerConfig>,
+        kind: TransportKind,
+        remote: Option<SocketAddr>,
+    ) -> Result<Self, TransportError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor
+            .accept(io)
+            .await
+            .map_err(|e| TransportError::from_tls_io(e, None))?;
+        let (_, session) = tls.get_ref();
+        check_alpn(session.alpn_protocol())?;
+        let peer = session
+            .peer_certificates()
+            .and_then(tls::peer_node_id)
+            .ok_or(TransportError::NoPeerIdentity)?;
+        Ok(Self::start(tls, yamux::Mode::Server, peer, kind, remote))
+    }
+
+    fn start<S: ByteStream>(
+        io: S,
+        mode: yamux::Mode,
+        peer: NodeId,
+        kind: TransportKind,
+        remote: Option<SocketAddr>,
+    ) -> Self {
+        let mut config = yamux::Config::default();
+        config.set_max_num_streams(256);
+        let connection = yamux::Connection::new(io.compat(), config, mode);
+        let (commands, command_rx) = mpsc::channel(64);
+        let (inbound_tx, inbound) = mpsc::channel(STREAM_ACCEPT_BACKLOG);
+        let (closed_tx, closed) = watch::channel(None);
+        tokio::spawn(drive_yamux(connection, command_rx, inbound_tx, closed_tx));
+        Self {
+            peer,
+            kind,
+            remote,
+            commands,
+            inbound: Mutex::new(inbound),
+            closed,
+        }
+    }
+
+    fn closed_error(&self) -> TransportError {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or(TransportError::Closed("connection closed".into()))
+    }
+}
+
+fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TransportError> {
+    match alpn {
+        Some(p) if p == ALPN => Ok(()),
+        other => Err(TransportError::ProtocolMismatch {
+            ours: String::from_utf8_lossy(ALPN).into_owned(),
+            theirs: other.map(|p| String::from_utf8_lossy(p).into_owned()),
+        }),
+    }
+}
+
+/// Owns the yamux connection: opens streams on request, hands inbound streams to the node,
+/// and records why the connection ended.
+async fn drive_yamux<S: ByteStream>(
+    mut connection: yamux::Connection<tokio_util::compat::Compat<S>>,
+    mut commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<yamux::Stream>,
+    closed: watch::Sender<Option<TransportError>>,
+) {
+    let mut waiting: std::collections::VecDeque<oneshot::Sender<Result<yamux::Stream, TransportError>>> =
+        Default::default();
+    let mut closing = false;
+    let result: Result<(), yamux::ConnectionError> = poll_fn(|cx| {
+        loop {
+            while !closing {
+                match commands.poll_recv(cx) {
+                    Poll::Ready(Some(Command::Open(reply))) => waiting.push_back(reply),
+                    Poll::Ready(Some(Command::Close)) | Poll::Ready(None) => closing = true,
+                    Poll::Pending => break,
+                }
+            }
+            if closing {
+                return connection.poll_close(cx);
+            }
+            while !waiting.is_empty() {
+                match connection.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(reply) = waiting.pop_front() {
+                            let _ = reply.send(Ok(stream));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            match connection.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    // A full backlog means the node is not keeping up: drop (reset) the stream
+                    // instead of queueing without bound.
+                    if inbound.try_send(stream).is_err() {
+                        tracing::debug!("inbound stream backlog full; stream reset");
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let reason = match result {
+        Ok(()) => TransportError::Closed("connection closed".into()),
+        Err(e) => TransportError::Closed(e.to_string()),
+    };
+    for reply in waiting {
+        let _ = reply.send(Err(reason.clone()));
+    }
+    let _ = closed.send(Some(reason));
+}
+
+fn split_yamux(stream: yamux::Stream) -> (SendHalf, RecvHalf) {
+    let (recv, send) = tokio::io::split(stream.compat());
+    (Box::new(send), Box::new(recv))
+}
+
+impl Connection for StreamConnection {
+    fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
+
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.commands
+                .send(Command::Open(reply))
+                .await
+                .map_err(|_| self.closed_error())?;
+            let stream = answer.await.map_err(|_| self.closed_error())??;
+            Ok(split_yamux(stream))
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), TransportError>> {
+        Box::pin(async move {
+            let stream = self
+                .inbound
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| self.closed_error())?;
+            Ok(split_yamux(stream))
+        })
+    }
+
+    fn close(&self, _code: u32, _reason: &str) {
+        let _ = self.commands.try_send(Command::Close);
+    }
+
+    fn closed(&self) -> BoxFuture<'_, TransportError> {
+        Box::pin(async move {
+            let mut closed = self.closed.clone();
+            match closed.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or(TransportError::Closed(String::new())),
+                Err(_) => TransportError::Closed("connection closed".into()),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-side QUIC dialing
+
+/// Dials a QUIC peer from `endpoint`, checking its NodeId when `expected` is given.
+pub async fn connect_quic(
+    endpoint: &quinn::Endpoint,
+    identity: &Arc<Identity>,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<QuicConnection, TransportError> {
+    let tls = tls::client_config(identity, expected).map_err(TransportError::Tls)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    let connecting = endpoint
+        .connect_with(config, addr, tls::SERVER_NAME)
+        .map_err(|e| TransportError::Connect(e.to_string()))?;
+    let connection = connecting
+        .await
+        .map_err(|e| TransportError::from_quic_handshake(e, expected))?;
+    QuicConnection::new(connection)
+}
+
+/// quinn's server configuration for `identity` with the given transport parameters.
+pub fn quic_server_config(
+    identity: &Arc<Identity>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let tls = tls::server_config(identity).map_err(TransportError::Tls)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport);
+    // The node enforces its own admission limits; address validation (Retry) would cost a
+    // round trip on every connection, so it is left to operators behind hostile networks.
+    Ok(config)
+}
+
+/// The rustls server configuration the stream transport uses for `identity`.
+pub fn stream_server_config(
+    identity: &Arc<Identity>,
+) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    Ok(Arc::new(
+        tls::server_config(identity).map_err(TransportError::Tls)?,
+    ))
+}
