@@ -84,15 +84,21 @@ impl NodeBuilder {
         self
     }
 
-    /// QUIC listening socket (`None` to only dial out).
-    pub fn listen_quic(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
-        self.config.listen_quic = addr.into();
+    /// QUIC listening socket (default `0.0.0.0:0`, a random port on every interface).
+    pub fn listen_quic(mut self, addr: SocketAddr) -> Self {
+        self.config.listen_quic = Some(addr);
         self
     }
 
-    /// TCP listening socket for TLS over TCP.
-    pub fn listen_tcp(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
-        self.config.listen_tcp = addr.into();
+    /// No QUIC listener: the node dials out over QUIC but accepts only over TCP (if enabled).
+    pub fn no_quic_listener(mut self) -> Self {
+        self.config.listen_quic = None;
+        self
+    }
+
+    /// TCP listening socket for TLS over TCP (off by default).
+    pub fn listen_tcp(mut self, addr: SocketAddr) -> Self {
+        self.config.listen_tcp = Some(addr);
         self
     }
 

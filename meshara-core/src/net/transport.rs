@@ -167,6 +167,113 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 /// reset rather than queued.
 const STREAM_ACCEPT_BACKLOG: usize = 64;
 
+/// Streams per stream-transport connection.
+const YAMUX_MAX_STREAMS: usize = 64;
+/// Receive window across a connection's streams (yamux requires 256 KiB per stream).
+const YAMUX_CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
+/// Bytes read ahead of yamux: the whole window plus room for control frames.
+const READ_AHEAD_BUDGET: usize = YAMUX_CONNECTION_WINDOW + (1 << 20);
+
+/// Keeps reading the socket while yamux is busy writing.
+///
+/// yamux 0.13 stops reading its socket while it holds a control frame (a pong, a window
+/// update) it cannot write yet. When both ends send at full speed, both socket send buffers
+/// fill, both ends hold a pong, neither reads: a deadlock. A task
+/// that always drains the socket into a buffer breaks the cycle. The buffer stays bounded
+/// because a peer cannot send stream data beyond the receive window it was granted; a peer
+/// that does only waits on its own socket once [`READ_AHEAD_BUDGET`] is queued.
+struct ReadAhead<S> {
+    chunks: mpsc::Receiver<std::io::Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>>,
+    current: Option<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>,
+    write: tokio::io::WriteHalf<S>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl<S: ByteStream> ReadAhead<S> {
+    fn new(io: S) -> Self {
+        use tokio::io::AsyncReadExt;
+        let (mut read, write) = tokio::io::split(io);
+        let (tx, chunks) = mpsc::channel(1024);
+        let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BUDGET));
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+                match read.read_buf(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let permits = u32::try_from(n).unwrap_or(u32::MAX);
+                        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
+                            return;
+                        };
+                        if tx.send(Ok((buf.freeze(), permit))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            chunks,
+            current: None,
+            write,
+            reader,
+        }
+    }
+}
+
+impl<S> Drop for ReadAhead<S> {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl<S: ByteStream> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if let Some((chunk, _)) = &mut self.current {
+                if !chunk.is_empty() {
+                    let n = chunk.len().min(buf.remaining());
+                    buf.put_slice(&chunk.split_to(n));
+                    return Poll::Ready(Ok(()));
+                }
+                self.current = None;
+            }
+            match self.chunks.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = Some(chunk),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: ByteStream> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}
+
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, TransportError>>),
     Close,
@@ -249,8 +356,9 @@ impl StreamConnection {
         remote: Option<SocketAddr>,
     ) -> Self {
         let mut config = yamux::Config::default();
-        config.set_max_num_streams(256);
-        let connection = yamux::Connection::new(io.compat(), config, mode);
+        config.set_max_num_streams(YAMUX_MAX_STREAMS);
+        config.set_max_connection_receive_window(Some(YAMUX_CONNECTION_WINDOW));
+        let connection = yamux::Connection::new(ReadAhead::new(io).compat(), config, mode);
         let (commands, command_rx) = mpsc::channel(64);
         let (inbound_tx, inbound) = mpsc::channel(STREAM_ACCEPT_BACKLOG);
         let (closed_tx, closed) = watch::channel(None);
@@ -286,7 +394,7 @@ fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TransportError> {
 /// Owns the yamux connection: opens streams on request, hands inbound streams to the node,
 /// and records why the connection ended.
 async fn drive_yamux<S: ByteStream>(
-    mut connection: yamux::Connection<tokio_util::compat::Compat<S>>,
+    mut connection: yamux::Connection<tokio_util::compat::Compat<ReadAhead<S>>>,
     mut commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<yamux::Stream>,
     closed: watch::Sender<Option<TransportError>>,
@@ -342,8 +450,21 @@ async fn drive_yamux<S: ByteStream>(
     let _ = closed.send(Some(reason));
 }
 
+/// Hands a yamux stream to the application as independent halves.
+///
+/// A yamux stream must not be polled from two tasks: its reads send window updates through
+/// the same channel handle its writes use, and that handle remembers only the last task to
+/// wait on it, so a reader blocked behind a busy writer is never woken and the peer's window
+/// never reopens (seen as a stall after ~2 MiB each way). One pump task owns the stream and
+/// copies both directions to an in-memory pipe whose halves the application may use from
+/// separate tasks.
 fn split_yamux(stream: yamux::Stream) -> (SendHalf, RecvHalf) {
-    let (recv, send) = tokio::io::split(stream.compat());
+    let (near, mut far) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let mut stream = stream.compat();
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut far).await;
+    });
+    let (recv, send) = tokio::io::split(near);
     (Box::new(send), Box::new(recv))
 }
 

@@ -1,0 +1,376 @@
+//! Two or more real nodes over real loopback sockets (QUIC and TLS over TCP).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use meshara_core::net::{DropReason, Limits, PeerAddr, Timeouts};
+use meshara_core::{Event, EventStream, Identity, Node, NodeBuilder, NodeId, TransportError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fast_timeouts() -> Timeouts {
+    Timeouts {
+        ack: Duration::from_millis(300),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        peer_exchange: Duration::from_millis(500),
+        ..Timeouts::default()
+    }
+}
+
+fn builder() -> NodeBuilder {
+    NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .timeouts(fast_timeouts())
+}
+
+async fn node() -> Node {
+    builder().start().await.unwrap()
+}
+
+/// Waits for the first event matching `f`, failing the test after [`WAIT`].
+async fn wait_for<T>(events: &mut EventStream, mut f: impl FnMut(Event) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.next().await {
+            if let Some(t) = f(e) {
+                return t;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await
+    .expect("timed out waiting for an event")
+}
+
+/// Exercises messages, a broadcast, a query and a stream between `a` and `b`, both ways.
+async fn exchange_traffic(a: &Node, b: &Node, stream_bytes: usize) {
+    for (x, y) in [(a, b), (b, a)] {
+        let mut y_events = y.events();
+        let pending = x
+            .send_private(y.node_id(), "text/plain", format!("hello from {}", x.node_id()))
+            .await
+            .unwrap();
+        let id = pending.id();
+        let got = wait_for(&mut y_events, |e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got.id, id);
+        assert_eq!(got.from, x.node_id());
+        assert_eq!(got.content_type, "text/plain");
+        assert_eq!(got.content, format!("hello from {}", x.node_id()).as_bytes());
+        let delivered = tokio::time::timeout(WAIT, pending.confirmed()).await.unwrap().unwrap();
+        assert_eq!(delivered.id, id);
+        assert_eq!(delivered.peer, y.node_id());
+
+        let bid = x.broadcast("news", "text/plain", "extra!").unwrap();
+        let b = wait_for(&mut y_events, |e| match e {
+            Event::Broadcast(b) => Some(b),
+            _ => None,
+        })
+        .await;
+        assert_eq!(b.broadcast.id, bid);
+        assert_eq!(b.broadcast.author, x.node_id());
+        assert_eq!(b.broadcast.topic, "news");
+        assert_eq!(&b.broadcast.content[..], b"extra!");
+
+        // Query: answered by an application task on y.
+        let responder = tokio::spawn(async move {
+            let q = wait_for(&mut y_events, |e| match e {
+                Event::Query(q) => Some(q),
+                _ => None,
+            })
+            .await;
+            assert_eq!(q.method, "echo");
+            let mut body = q.body.to_vec();
+            body.reverse();
+            q.respond(body).unwrap();
+        });
+        let answer = x
+            .query(y.node_id(), "echo", &b"abc"[..], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(&answer[..], b"cba");
+        responder.await.unwrap();
+    }
+    stream_both_ways(a, b, stream_bytes).await;
+}
+
+/// Streams `len` bytes a→b and b→a at once over one stream and checks every byte.
+async fn stream_both_ways(a: &Node, b: &Node, len: usize) {
+    let mut listener = b.listen_streams("bulk");
+    let pattern = |i: usize| (i % 251) as u8;
+    let server = tokio::spawn(async move {
+        let stream = listener.accept().await.unwrap();
+        let (mut send, mut recv) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            write_pattern(&mut send, len).await;
+            send.shutdown().await.unwrap();
+        });
+        let received = read_and_check(&mut recv, pattern).await;
+        writer.await.unwrap();
+        received
+    });
+    let stream = a.open_stream(b.node_id(), "bulk").await.unwrap();
+    assert_eq!(stream.peer(), b.node_id());
+    let (mut send, mut recv) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write_pattern(&mut send, len).await;
+        send.shutdown().await.unwrap();
+    });
+    let received_by_a = read_and_check(&mut recv, pattern).await;
+    writer.await.unwrap();
+    let received_by_b = server.await.unwrap();
+    assert_eq!(received_by_a, len);
+    assert_eq!(received_by_b, len);
+}
+
+async fn write_pattern(w: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = buf.len().min(len - sent);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((sent + i) % 251) as u8;
+        }
+        w.write_all(&buf[..n]).await.unwrap();
+        sent += n;
+    }
+}
+
+async fn read_and_check(r: &mut (impl tokio::io::AsyncRead + Unpin), pattern: impl Fn(usize) -> u8) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return total;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            assert_eq!(*b, pattern(total + i), "byte {} corrupted", total + i);
+        }
+        total += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_nodes_exchange_everything_both_ways() {
+    let a = node().await;
+    let b = node().await;
+    let id = a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    assert_eq!(id, b.node_id());
+    exchange_traffic(&a, &b, 100 << 20).await;
+    let peers = a.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].node_id, b.node_id());
+    assert!(peers[0].messages_in > 0 && peers[0].bytes_out > 0);
+    let metrics = a.metrics_text();
+    assert!(metrics.contains("meshara_messages_total{direction=\"in\",kind=\"private\"}"), "{metrics}");
+    assert!(metrics.contains("meshara_delivery_latency_seconds_count"), "{metrics}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_transport_carries_the_same_traffic() {
+    let a = NodeBuilder::new()
+        .identity(Identity::generate())
+        .no_quic_listener()
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .timeouts(fast_timeouts())
+        .start()
+        .await
+        .unwrap();
+    let b = node().await;
+    a.connect(&b.tcp_addr().unwrap()).await.unwrap();
+    assert_eq!(a.peers()[0].transport, meshara_core::net::TransportKind::Tcp);
+    exchange_traffic(&a, &b, 100 << 20).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_the_wrong_node_id_is_refused() {
+    let a = node().await;
+    let b = node().await;
+    let impostor = Identity::generate().node_id();
+    for addr in [b.quic_addr().unwrap(), b.tcp_addr().unwrap()] {
+        let wrong = PeerAddr {
+            node: Some(impostor),
+            address: addr.address.clone(),
+        };
+        let err = a.connect(&wrong).await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::WrongPeer { expected } if expected == impostor),
+            "{addr}: {err:?}"
+        );
+    }
+    assert!(a.peers().is_empty());
+    // The right id still works.
+    assert_eq!(a.connect(&b.quic_addr().unwrap()).await.unwrap(), b.node_id());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_the_same_keystore_keeps_the_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.key");
+    let params = meshara_core::KdfParams::minimum();
+    let start = || {
+        NodeBuilder::new()
+            .keystore_with_params(&path, "correct horse", params)
+            .listen_quic("127.0.0.1:0".parse().unwrap())
+            .start()
+    };
+    let first = start().await.unwrap();
+    let id = first.node_id();
+    first.stop().await;
+    let second = start().await.unwrap();
+    assert_eq!(second.node_id(), id);
+    second.stop().await;
+    let wrong = NodeBuilder::new()
+        .keystore_with_params(&path, "wrong", params)
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("passphrase"), "{wrong}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_learns_the_network_from_one_bootstrap() {
+    let hub = node().await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(builder().bootstrap(hub.quic_addr().unwrap()).start().await.unwrap());
+    }
+    // Every node ends up connected to every other one via peer exchange.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if others.iter().all(|n| n.peers().len() == 3) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("peer exchange did not connect the network");
+    // A broadcast from one leaf reaches the others.
+    let mut e2 = others[2].events();
+    let id = others[0].broadcast("t", "", "x").unwrap();
+    let got = wait_for(&mut e2, |e| match e {
+        Event::Broadcast(b) => Some(b.broadcast.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, id);
+    for n in others {
+        n.stop().await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_to_an_unreachable_peer_fails_after_retries() {
+    let timeouts = Timeouts {
+        ack: Duration::from_millis(100),
+        max_attempts: 2,
+        delivery: Duration::from_secs(2),
+        connect: Duration::from_millis(500),
+        ..fast_timeouts()
+    };
+    let a = builder().timeouts(timeouts).start().await.unwrap();
+    let b = node().await;
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    let b_id = b.node_id();
+    b.stop().await;
+    let mut events = a.events();
+    let pending = a.send_private(b_id, "", "anyone there?").await.unwrap();
+    let id = pending.id();
+    let err = tokio::time::timeout(WAIT, pending.confirmed()).await.unwrap().unwrap_err();
+    assert!(matches!(err, meshara_core::DeliveryError::Unacknowledged { id: i, .. } if i == id), "{err}");
+    let failed = wait_for(&mut events, |e| match e {
+        Event::DeliveryFailed { id, .. } => Some(id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failed, id);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_time_out_and_unanswered_queries_are_rejected() {
+    let a = node().await;
+    let b = node().await;
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    // Nobody subscribed on b: the query is answered 501 at once.
+    let err = a
+        .query(b.node_id(), "nobody-home", &b""[..], Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, meshara_core::QueryError::Rejected { status: 501, .. }), "{err}");
+    // A subscriber that holds the query without answering: the asker times out.
+    let mut events = b.events();
+    let holder = tokio::spawn(async move {
+        let q = wait_for(&mut events, |e| match e {
+            Event::Query(q) => Some(q),
+            _ => None,
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(q);
+    });
+    let err = a
+        .query(b.node_id(), "slow", &b""[..], Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, meshara_core::QueryError::Timeout { .. }), "{err}");
+    holder.await.unwrap();
+    // Built-in status query.
+    let status = a
+        .query(b.node_id(), "meshara.status", &b""[..], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(!status.is_empty());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_and_remove_peer() {
+    let a = node().await;
+    let b = node().await;
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    let mut events = a.events();
+    a.ban_peer(b.node_id());
+    let gone = wait_for(&mut events, |e| match e {
+        Event::PeerDisconnected { peer, .. } => Some(peer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone, b.node_id());
+    // b cannot come back while banned, and a refuses to send to it.
+    let _ = b.connect(&a.quic_addr().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.peers().is_empty());
+    assert!(a.drops(DropReason::Banned) >= 1);
+    assert!(matches!(
+        a.send_private(b.node_id(), "", "x").await.unwrap_err(),
+        meshara_core::SendError::Banned(_)
+    ));
+    a.unban_peer(b.node_id());
+    assert_eq!(a.connect(&b.quic_addr().unwrap()).await.unwrap(), b.node_id());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync(n: Node, l: Limits, id: NodeId) -> impl Send + Sync {
+    (n, l, id)
+}
