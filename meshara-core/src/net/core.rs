@@ -2052,7 +2052,7 @@ pub(crate) async fn quic_accept_loop(inner: Arc<Inner>) {
             let result = async {
                 let connecting = incoming
                     .accept()
-                    .map_err(|e| TransportError::Closed(e.to_string()))?;
+                    .map_err(|e| TransportError::from_quic_handshake(e, None))?;
                 let conn = tokio::time::timeout(timeout, connecting)
                     .await
                     .map_err(|_| TransportError::Timeout(timeout))?

@@ -26,6 +26,9 @@ mod node;
 mod tls;
 pub mod transport;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::{Limits, NodeConfig, PeerAddr, Timeouts};
 pub use core::Delivered;
 pub use discovery::MDNS_SERVICE;

@@ -413,6 +413,11 @@ impl Node {
         NodeBuilder::new()
     }
 
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// This node's NodeId.
     pub fn node_id(&self) -> NodeId {
         self.inner.identity.node_id()
