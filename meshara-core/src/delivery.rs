@@ -153,7 +153,12 @@ impl Outbox {
 
     /// Handles an end-to-end acknowledgement from `from`. Acknowledgements from anyone but the
     /// recipient are ignored.
-    pub fn handle_ack(&mut self, id: &MessageId, from: &NodeId, now: Instant) -> Option<Acknowledged> {
+    pub fn handle_ack(
+        &mut self,
+        id: &MessageId,
+        from: &NodeId,
+        now: Instant,
+    ) -> Option<Acknowledged> {
         match self.entries.get(id) {
             Some(entry) if &entry.peer == from => {}
             _ => return None,
@@ -168,14 +173,19 @@ impl Outbox {
 
     /// Everything due at `now`: sends for messages whose recipient `reachable` says can be
     /// sent to, failures for messages out of attempts or past their deadline.
-    pub fn poll(&mut self, now: Instant, mut reachable: impl FnMut(&NodeId) -> bool) -> Vec<OutboxAction> {
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        mut reachable: impl FnMut(&NodeId) -> bool,
+    ) -> Vec<OutboxAction> {
         let mut actions = Vec::new();
         let mut failed = Vec::new();
         for (id, entry) in &mut self.entries {
             if entry.next_send > now {
                 continue;
             }
-            let out_of_time = now.saturating_duration_since(entry.queued_at) >= self.policy.deadline;
+            let out_of_time =
+                now.saturating_duration_since(entry.queued_at) >= self.policy.deadline;
             if entry.attempts >= self.policy.max_attempts || out_of_time {
                 failed.push(*id);
             } else if reachable(&entry.peer) {
@@ -232,18 +242,28 @@ mod tests {
         let id = MessageId([1; 32]);
         let t0 = Instant::now();
         let mut outbox = Outbox::new(policy(), 10);
-        outbox.insert(id, peer, Bytes::from_static(b"x"), t0).unwrap();
+        outbox
+            .insert(id, peer, Bytes::from_static(b"x"), t0)
+            .unwrap();
         // Not reachable: nothing to send, nothing failed.
         assert!(outbox.poll(t0, |_| false).is_empty());
         let actions = outbox.poll(t0, |_| true);
         assert!(matches!(actions.as_slice(), [OutboxAction::Send { .. }]));
         outbox.mark_sent(&id, t0);
-        assert!(outbox.poll(t0 + Duration::from_millis(999), |_| true).is_empty());
+        assert!(
+            outbox
+                .poll(t0 + Duration::from_millis(999), |_| true)
+                .is_empty()
+        );
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(outbox.poll(t1, |_| true).len(), 1);
         outbox.mark_sent(&id, t1);
         // Second timeout is doubled.
-        assert!(outbox.poll(t1 + Duration::from_millis(1999), |_| true).is_empty());
+        assert!(
+            outbox
+                .poll(t1 + Duration::from_millis(1999), |_| true)
+                .is_empty()
+        );
         let t2 = t1 + Duration::from_secs(2);
         assert_eq!(outbox.poll(t2, |_| true).len(), 1);
         outbox.mark_sent(&id, t2);
@@ -270,7 +290,9 @@ mod tests {
         outbox.insert(id, peer, Bytes::new(), t0).unwrap();
         outbox.mark_sent(&id, t0);
         assert!(outbox.handle_ack(&id, &other, t0).is_none());
-        let ack = outbox.handle_ack(&id, &peer, t0 + Duration::from_millis(5)).unwrap();
+        let ack = outbox
+            .handle_ack(&id, &peer, t0 + Duration::from_millis(5))
+            .unwrap();
         assert_eq!(ack.attempts, 1);
         assert_eq!(ack.latency, Some(Duration::from_millis(5)));
         assert!(outbox.handle_ack(&id, &peer, t0).is_none());
@@ -281,13 +303,18 @@ mod tests {
         let peer = Identity::generate().node_id();
         let t0 = Instant::now();
         let mut outbox = Outbox::new(policy(), 1);
-        outbox.insert(MessageId([3; 32]), peer, Bytes::new(), t0).unwrap();
+        outbox
+            .insert(MessageId([3; 32]), peer, Bytes::new(), t0)
+            .unwrap();
         assert_eq!(
             outbox.insert(MessageId([4; 32]), peer, Bytes::new(), t0),
             Err(OutboxFull(1))
         );
         // Never reachable: fails at the deadline with zero attempts.
         let actions = outbox.poll(t0 + Duration::from_secs(60), |_| false);
-        assert!(matches!(actions.as_slice(), [OutboxAction::Fail { attempts: 0, .. }]));
+        assert!(matches!(
+            actions.as_slice(),
+            [OutboxAction::Fail { attempts: 0, .. }]
+        ));
     }
 }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use meshara_core::net::{DropReason, Limits, Timeouts, TransportKind};
 use meshara_core::net::transport::{Connection, StreamConnection};
+use meshara_core::net::{DropReason, Limits, Timeouts, TransportKind};
 use meshara_core::{Event, EventStream, Identity, Node, NodeBuilder, SendError};
 use tokio::io::AsyncWriteExt;
 
@@ -71,7 +71,14 @@ async fn next_matching<T>(events: &mut EventStream, mut f: impl FnMut(Event) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn total_connection_cap() {
-    let server = start(Limits { max_connections: 3, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            max_connections: 3,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     let mut attackers = Vec::new();
@@ -94,7 +101,14 @@ async fn total_connection_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_connection_cap() {
-    let server = start(Limits { max_connections_per_ip: 2, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     // Attackers share another loopback address.
@@ -114,27 +128,57 @@ async fn per_ip_connection_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_peer_connection_cap() {
-    let server = start(Limits { max_connections_per_peer: 1, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            max_connections_per_peer: 1,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     // Two processes with one identity: the second connection is closed.
     let twin = Identity::generate();
-    let one = NodeBuilder::new().identity(twin.clone()).listen_quic("127.0.0.1:0".parse().unwrap()).start().await.unwrap();
-    let two = NodeBuilder::new().identity(twin).listen_quic("127.0.0.1:0".parse().unwrap()).start().await.unwrap();
+    let one = NodeBuilder::new()
+        .identity(twin.clone())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let two = NodeBuilder::new()
+        .identity(twin)
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
     one.connect(&server.quic_addr().unwrap()).await.unwrap();
     let _ = two.connect(&server.quic_addr().unwrap()).await;
     wait_until(|| server.drops(DropReason::MaxConnectionsPerPeer) == 1).await;
-    let twin_info = server.peers().into_iter().find(|p| p.node_id == one.node_id()).unwrap();
+    let twin_info = server
+        .peers()
+        .into_iter()
+        .find(|p| p.node_id == one.node_id())
+        .unwrap();
     assert_eq!(twin_info.connections, 1);
     honest_round_trip(&honest, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_handshake_cap() {
-    let server = start(Limits { max_pending_handshakes: 2, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            max_pending_handshakes: 2,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
-    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port).parse().unwrap();
+    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
+        .parse()
+        .unwrap();
     // Slowloris: TCP connections that never start TLS hold handshake slots.
     let mut idle = Vec::new();
     for _ in 0..2 {
@@ -143,7 +187,10 @@ async fn pending_handshake_cap() {
     wait_until(|| server.stats().connections == 1).await;
     // A third handshake is refused while the slots are held...
     let late = plain("127.0.0.1:0").await;
-    let err = late.connect(&server.quic_addr().unwrap()).await.unwrap_err();
+    let err = late
+        .connect(&server.quic_addr().unwrap())
+        .await
+        .unwrap_err();
     assert!(!err.to_string().is_empty());
     assert!(server.drops(DropReason::MaxPendingHandshakes) >= 1);
     // ...while the established honest peer is served.
@@ -171,7 +218,10 @@ async fn per_peer_message_rate_and_disconnect() {
     flooder.connect(&server.quic_addr().unwrap()).await.unwrap();
     let mut events = server.events();
     for i in 0..1000 {
-        flooder.send_private(server.node_id(), "", format!("flood {i}")).await.unwrap();
+        flooder
+            .send_private(server.node_id(), "", format!("flood {i}"))
+            .await
+            .unwrap();
     }
     wait_until(|| server.drops(DropReason::PeerMessageRate) > 0).await;
     let gone = next_matching(&mut events, |e| match e {
@@ -186,14 +236,24 @@ async fn per_peer_message_rate_and_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_peer_byte_rate() {
-    let server = start(Limits { peer_bytes_per_sec: 256 * 1024, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            peer_bytes_per_sec: 256 * 1024,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let honest = plain("127.0.0.1:0").await;
     let greedy = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     greedy.connect(&server.quic_addr().unwrap()).await.unwrap();
     let big = vec![7u8; 60 * 1024];
     for _ in 0..40 {
-        greedy.send_private(server.node_id(), "", big.clone()).await.unwrap();
+        greedy
+            .send_private(server.node_id(), "", big.clone())
+            .await
+            .unwrap();
     }
     wait_until(|| server.drops(DropReason::PeerByteRate) > 0).await;
     honest_round_trip(&honest, &server).await;
@@ -205,18 +265,28 @@ async fn oversized_frames_close_only_the_offender() {
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     // A hostile client speaks TLS correctly, then announces a 64 MiB frame.
-    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port).parse().unwrap();
+    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
+        .parse()
+        .unwrap();
     let hostile = std::sync::Arc::new(Identity::generate());
     let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
-    let conn = StreamConnection::connect(io, &hostile, Some(server.node_id()), TransportKind::Tcp, Some(tcp))
-        .await
-        .unwrap();
+    let conn = StreamConnection::connect(
+        io,
+        &hostile,
+        Some(server.node_id()),
+        TransportKind::Tcp,
+        Some(tcp),
+    )
+    .await
+    .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[1]).await.unwrap();
     send.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
     send.flush().await.unwrap();
     wait_until(|| server.drops(DropReason::FrameTooLarge) == 1).await;
-    let closed = tokio::time::timeout(WAIT, conn.closed()).await.expect("hostile connection not closed");
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("hostile connection not closed");
     assert!(!closed.to_string().is_empty());
     honest_round_trip(&honest, &server).await;
 }
@@ -232,7 +302,9 @@ async fn message_size_outbox_and_event_buffer_are_bounded() {
     let too_big = vec![0u8; limits.max_message_len + 1];
     let peer = plain("127.0.0.1:0").await;
     assert!(matches!(
-        node.send_private(peer.node_id(), "", too_big).await.unwrap_err(),
+        node.send_private(peer.node_id(), "", too_big)
+            .await
+            .unwrap_err(),
         SendError::TooLarge { .. }
     ));
     // Nobody knows this peer's address: messages wait in the outbox, which is bounded.
@@ -241,22 +313,39 @@ async fn message_size_outbox_and_event_buffer_are_bounded() {
         node.send_private(nowhere, "", "wait").await.unwrap();
     }
     assert!(matches!(
-        node.send_private(nowhere, "", "one too many").await.unwrap_err(),
+        node.send_private(nowhere, "", "one too many")
+            .await
+            .unwrap_err(),
         SendError::OutboxFull(3)
     ));
     // A subscriber that does not read misses events instead of growing memory.
     let mut slow = node.events();
     peer.connect(&node.quic_addr().unwrap()).await.unwrap();
     for i in 0..20 {
-        peer.send_private(node.node_id(), "", format!("{i}")).await.unwrap().confirmed().await.unwrap();
+        peer.send_private(node.node_id(), "", format!("{i}"))
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
     }
     let first = slow.next().await.unwrap();
-    assert!(matches!(first, Event::Lagged { missed } if missed > 0), "{first:?}");
+    assert!(
+        matches!(first, Event::Lagged { missed } if missed > 0),
+        "{first:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_incoming_queries_are_bounded() {
-    let server = start(Limits { max_inbound_queries: 1, ..Limits::default() }, "127.0.0.1:0").await;
+    let server = start(
+        Limits {
+            max_inbound_queries: 1,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
     let asker = plain("127.0.0.1:0").await;
     asker.connect(&server.quic_addr().unwrap()).await.unwrap();
     let mut events = server.events();
@@ -271,11 +360,20 @@ async fn unanswered_incoming_queries_are_bounded() {
     });
     let a2 = asker.clone();
     let server_id = server.node_id();
-    let first = tokio::spawn(async move { a2.query(server_id, "slow", &b""[..], Duration::from_secs(10)).await });
+    let first = tokio::spawn(async move {
+        a2.query(server_id, "slow", &b""[..], Duration::from_secs(10))
+            .await
+    });
     wait_until(|| server.stats().messages_in >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let err = asker.query(server.node_id(), "slow", &b""[..], Duration::from_secs(10)).await.unwrap_err();
-    assert!(matches!(err, meshara_core::QueryError::Rejected { status: 503, .. }), "{err}");
+    let err = asker
+        .query(server.node_id(), "slow", &b""[..], Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, meshara_core::QueryError::Rejected { status: 503, .. }),
+        "{err}"
+    );
     assert_eq!(server.drops(DropReason::InboundQueries), 1);
     assert_eq!(&first.await.unwrap().unwrap()[..], b"late");
     held.await.unwrap();

@@ -51,7 +51,11 @@ async fn exchange_traffic(a: &Node, b: &Node, stream_bytes: usize) {
     for (x, y) in [(a, b), (b, a)] {
         let mut y_events = y.events();
         let pending = x
-            .send_private(y.node_id(), "text/plain", format!("hello from {}", x.node_id()))
+            .send_private(
+                y.node_id(),
+                "text/plain",
+                format!("hello from {}", x.node_id()),
+            )
             .await
             .unwrap();
         let id = pending.id();
@@ -63,8 +67,14 @@ async fn exchange_traffic(a: &Node, b: &Node, stream_bytes: usize) {
         assert_eq!(got.id, id);
         assert_eq!(got.from, x.node_id());
         assert_eq!(got.content_type, "text/plain");
-        assert_eq!(got.content, format!("hello from {}", x.node_id()).as_bytes());
-        let delivered = tokio::time::timeout(WAIT, pending.confirmed()).await.unwrap().unwrap();
+        assert_eq!(
+            got.content,
+            format!("hello from {}", x.node_id()).as_bytes()
+        );
+        let delivered = tokio::time::timeout(WAIT, pending.confirmed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(delivered.id, id);
         assert_eq!(delivered.peer, y.node_id());
 
@@ -143,7 +153,10 @@ async fn write_pattern(w: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize)
     }
 }
 
-async fn read_and_check(r: &mut (impl tokio::io::AsyncRead + Unpin), pattern: impl Fn(usize) -> u8) -> usize {
+async fn read_and_check(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    pattern: impl Fn(usize) -> u8,
+) -> usize {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
@@ -170,8 +183,14 @@ async fn quic_nodes_exchange_everything_both_ways() {
     assert_eq!(peers[0].node_id, b.node_id());
     assert!(peers[0].messages_in > 0 && peers[0].bytes_out > 0);
     let metrics = a.metrics_text();
-    assert!(metrics.contains("meshara_messages_total{direction=\"in\",kind=\"private\"}"), "{metrics}");
-    assert!(metrics.contains("meshara_delivery_latency_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("meshara_messages_total{direction=\"in\",kind=\"private\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshara_delivery_latency_seconds_count"),
+        "{metrics}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -188,7 +207,10 @@ async fn tcp_transport_carries_the_same_traffic() {
         .unwrap();
     let b = node().await;
     a.connect(&b.tcp_addr().unwrap()).await.unwrap();
-    assert_eq!(a.peers()[0].transport, meshara_core::net::TransportKind::Tcp);
+    assert_eq!(
+        a.peers()[0].transport,
+        meshara_core::net::TransportKind::Tcp
+    );
     exchange_traffic(&a, &b, 100 << 20).await;
     a.stop().await;
     b.stop().await;
@@ -212,7 +234,10 @@ async fn dialing_the_wrong_node_id_is_refused() {
     }
     assert!(a.peers().is_empty());
     // The right id still works.
-    assert_eq!(a.connect(&b.quic_addr().unwrap()).await.unwrap(), b.node_id());
+    assert_eq!(
+        a.connect(&b.quic_addr().unwrap()).await.unwrap(),
+        b.node_id()
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -248,7 +273,13 @@ async fn a_node_learns_the_network_from_one_bootstrap() {
     let hub = node().await;
     let mut others = Vec::new();
     for _ in 0..3 {
-        others.push(builder().bootstrap(hub.quic_addr().unwrap()).start().await.unwrap());
+        others.push(
+            builder()
+                .bootstrap(hub.quic_addr().unwrap())
+                .start()
+                .await
+                .unwrap(),
+        );
     }
     // Every node ends up connected to every other one via peer exchange.
     tokio::time::timeout(WAIT, async {
@@ -293,8 +324,14 @@ async fn delivery_to_an_unreachable_peer_fails_after_retries() {
     let mut events = a.events();
     let pending = a.send_private(b_id, "", "anyone there?").await.unwrap();
     let id = pending.id();
-    let err = tokio::time::timeout(WAIT, pending.confirmed()).await.unwrap().unwrap_err();
-    assert!(matches!(err, meshara_core::DeliveryError::Unacknowledged { id: i, .. } if i == id), "{err}");
+    let err = tokio::time::timeout(WAIT, pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, meshara_core::DeliveryError::Unacknowledged { id: i, .. } if i == id),
+        "{err}"
+    );
     let failed = wait_for(&mut events, |e| match e {
         Event::DeliveryFailed { id, .. } => Some(id),
         _ => None,
@@ -311,10 +348,18 @@ async fn queries_time_out_and_unanswered_queries_are_rejected() {
     a.connect(&b.quic_addr().unwrap()).await.unwrap();
     // Nobody subscribed on b: the query is answered 501 at once.
     let err = a
-        .query(b.node_id(), "nobody-home", &b""[..], Duration::from_secs(10))
+        .query(
+            b.node_id(),
+            "nobody-home",
+            &b""[..],
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, meshara_core::QueryError::Rejected { status: 501, .. }), "{err}");
+    assert!(
+        matches!(err, meshara_core::QueryError::Rejected { status: 501, .. }),
+        "{err}"
+    );
     // A subscriber that holds the query without answering: the asker times out.
     let mut events = b.events();
     let holder = tokio::spawn(async move {
@@ -330,11 +375,19 @@ async fn queries_time_out_and_unanswered_queries_are_rejected() {
         .query(b.node_id(), "slow", &b""[..], Duration::from_millis(500))
         .await
         .unwrap_err();
-    assert!(matches!(err, meshara_core::QueryError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, meshara_core::QueryError::Timeout { .. }),
+        "{err}"
+    );
     holder.await.unwrap();
     // Built-in status query.
     let status = a
-        .query(b.node_id(), "meshara.status", &b""[..], Duration::from_secs(5))
+        .query(
+            b.node_id(),
+            "meshara.status",
+            &b""[..],
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert!(!status.is_empty());
@@ -365,7 +418,10 @@ async fn ban_and_remove_peer() {
         meshara_core::SendError::Banned(_)
     ));
     a.unban_peer(b.node_id());
-    assert_eq!(a.connect(&b.quic_addr().unwrap()).await.unwrap(), b.node_id());
+    assert_eq!(
+        a.connect(&b.quic_addr().unwrap()).await.unwrap(),
+        b.node_id()
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -197,15 +197,30 @@ impl NodeConfig {
         let t = &self.timeouts;
         let positive = [
             ("limits.max_connections", l.max_connections as u64),
-            ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
-            ("limits.max_connections_per_peer", l.max_connections_per_peer as u64),
-            ("limits.max_pending_handshakes", l.max_pending_handshakes as u64),
-            ("limits.peer_messages_per_sec", u64::from(l.peer_messages_per_sec)),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip as u64,
+            ),
+            (
+                "limits.max_connections_per_peer",
+                l.max_connections_per_peer as u64,
+            ),
+            (
+                "limits.max_pending_handshakes",
+                l.max_pending_handshakes as u64,
+            ),
+            (
+                "limits.peer_messages_per_sec",
+                u64::from(l.peer_messages_per_sec),
+            ),
             ("limits.peer_bytes_per_sec", l.peer_bytes_per_sec),
             ("limits.max_outbox", l.max_outbox as u64),
             ("limits.event_buffer", l.event_buffer as u64),
             ("limits.max_records", l.max_records as u64),
-            ("limits.max_streams_per_connection", u64::from(l.max_streams_per_connection)),
+            (
+                "limits.max_streams_per_connection",
+                u64::from(l.max_streams_per_connection),
+            ),
             ("timeouts.max_attempts", u64::from(t.max_attempts)),
         ];
         for (key, value) in positive {
@@ -368,7 +383,9 @@ pub(crate) fn parse_address(text: &str) -> Result<Address, &'static str> {
     if host.is_empty() || host.len() > crate::record::MAX_HOST_LEN {
         return Err("host must be 1..=255 characters");
     }
-    let port: u16 = port.parse().map_err(|_| "port must be a number 1..=65535")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "port must be a number 1..=65535")?;
     if port == 0 {
         return Err("port must be a number 1..=65535");
     }
@@ -416,7 +433,12 @@ mod tests {
         assert!(err.to_string().contains("missing :<port>"), "{err}");
         let mut config = NodeConfig::default();
         config.timeouts.keepalive = Duration::from_secs(60);
-        assert!(config.validate().unwrap_err().contains("timeouts.keepalive"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("timeouts.keepalive")
+        );
         let config: NodeConfig = toml::from_str("[timeouts]\nack = 0.25\n").unwrap();
         assert_eq!(config.timeouts.ack, Duration::from_millis(250));
         NodeConfig::default().validate().unwrap();

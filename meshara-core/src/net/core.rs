@@ -21,7 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use super::config::{NodeConfig, PeerAddr};
 use super::error::{DeliveryError, QueryError, SendError, TransportError};
-use super::events::{Event, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, Responder};
+use super::events::{
+    Event, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, Responder,
+};
 use super::metrics::{BytesLabels, DropReason, Metrics, TransportLabels};
 use super::transport::{self, Connection, RecvHalf, SendHalf, StreamConnection, TransportKind};
 use crate::crypto::padding::Padding;
@@ -401,7 +403,12 @@ impl Inner {
         let mut prev = self.handshake_ts.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.handshake_ts.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.handshake_ts.compare_exchange(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return next,
                 Err(actual) => prev = actual,
             }
@@ -418,9 +425,11 @@ impl Inner {
             return Sent::NoConnection;
         };
         let sessions = st.sessions.entry(*peer).or_default();
-        let usable = sessions.sessions.iter_mut().rev().find(|s| {
-            !s.is_expired(now) && (s.role() == Role::Initiator || s.is_confirmed())
-        });
+        let usable = sessions
+            .sessions
+            .iter_mut()
+            .rev()
+            .find(|s| !s.is_expired(now) && (s.role() == Role::Initiator || s.is_confirmed()));
         let Some(session) = usable else {
             self.start_handshake(st, peer, &writer, now);
             return Sent::AwaitingSession;
@@ -475,7 +484,8 @@ impl Inner {
                     }
                 }
                 st.initiators.insert(index, initiator);
-                let env = private_envelope(peer, proto::private_envelope::Body::HandshakeInit(init));
+                let env =
+                    private_envelope(peer, proto::private_envelope::Body::HandshakeInit(init));
                 if let Some(frame) = self.frame(&env) {
                     if let Err(reason) = writer.try_send(frame) {
                         self.count_drop(reason, Some(peer), "handshake init");
@@ -543,7 +553,13 @@ impl Inner {
         peer: NodeId,
         content_type: &str,
         content: Bytes,
-    ) -> Result<(MessageId, oneshot::Receiver<Result<Delivered, DeliveryError>>), SendError> {
+    ) -> Result<
+        (
+            MessageId,
+            oneshot::Receiver<Result<Delivered, DeliveryError>>,
+        ),
+        SendError,
+    > {
         let max = self.config.limits.max_message_len;
         if content.len() > max {
             return Err(SendError::TooLarge {
@@ -680,12 +696,14 @@ impl Inner {
             });
         }
         let payload = message::encode_payload(&proto::PrivatePayload {
-            body: Some(proto::private_payload::Body::Response(proto::QueryResponse {
-                query_id: Bytes::copy_from_slice(&query_id),
-                status,
-                body,
-                error,
-            })),
+            body: Some(proto::private_payload::Body::Response(
+                proto::QueryResponse {
+                    query_id: Bytes::copy_from_slice(&query_id),
+                    status,
+                    body,
+                    error,
+                },
+            )),
         })
         .map_err(|e| SendError::Invalid(e.to_string()))?;
         let mut st = self.lock();
@@ -707,15 +725,9 @@ impl Inner {
         content: Bytes,
     ) -> Result<MessageId, SendError> {
         let seq = self.broadcast_seq.fetch_add(1, Ordering::Relaxed);
-        let (id, signed) = message::sign_broadcast(
-            &self.identity,
-            topic,
-            content_type,
-            content,
-            seq,
-            unix_ms(),
-        )
-        .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let (id, signed) =
+            message::sign_broadcast(&self.identity, topic, content_type, content, seq, unix_ms())
+                .map_err(|e| SendError::Invalid(e.to_string()))?;
         let mut st = self.lock();
         if st.stopped {
             return Err(SendError::Stopped);
@@ -788,7 +800,10 @@ impl Inner {
     }
 
     /// Dials `addr` and registers the connection. Returns the peer's NodeId.
-    pub(crate) async fn connect(self: &Arc<Self>, addr: &PeerAddr) -> Result<NodeId, TransportError> {
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        addr: &PeerAddr,
+    ) -> Result<NodeId, TransportError> {
         if let Some(node) = addr.node {
             if node == self.identity.node_id() {
                 return Err(TransportError::Connect("that address is this node".into()));
@@ -805,7 +820,11 @@ impl Inner {
             Ok(Err(e)) => {
                 self.metrics.attempt("out", "error");
                 if matches!(e, TransportError::ProtocolMismatch { .. }) {
-                    self.count_drop(DropReason::ProtocolVersion, addr.node.as_ref(), &e.to_string());
+                    self.count_drop(
+                        DropReason::ProtocolVersion,
+                        addr.node.as_ref(),
+                        &e.to_string(),
+                    );
                 }
                 return Err(e);
             }
@@ -825,7 +844,9 @@ impl Inner {
                 drop(st);
                 conn.close(close_code::TOO_MANY, "connection limit reached");
                 self.count_drop(DropReason::MaxConnections, Some(&peer), "outbound");
-                return Err(TransportError::Connect("local connection limit reached".into()));
+                return Err(TransportError::Connect(
+                    "local connection limit reached".into(),
+                ));
             }
             st.total_conns += 1;
         }
@@ -833,7 +854,10 @@ impl Inner {
         Ok(peer)
     }
 
-    async fn dial(self: &Arc<Self>, addr: &PeerAddr) -> Result<Arc<dyn Connection>, TransportError> {
+    async fn dial(
+        self: &Arc<Self>,
+        addr: &PeerAddr,
+    ) -> Result<Arc<dyn Connection>, TransportError> {
         let a = &addr.address;
         let target = tokio::net::lookup_host((a.host.as_str(), a.port))
             .await
@@ -935,14 +959,24 @@ impl Inner {
         let refusal = {
             let mut st = self.lock();
             let refusal = if st.stopped {
-                Some((close_code::SHUTDOWN, "node stopping", DropReason::MaxConnections))
+                Some((
+                    close_code::SHUTDOWN,
+                    "node stopping",
+                    DropReason::MaxConnections,
+                ))
             } else if st.banned.contains(&peer) {
                 Some((close_code::BANNED, "banned", DropReason::Banned))
             } else if peer == self.identity.node_id() {
-                Some((close_code::PROTOCOL, "connected to ourselves", DropReason::Handshake))
-            } else if st.peers.get(&peer).is_some_and(|p| {
-                p.conns.len() >= self.config.limits.max_connections_per_peer
-            }) {
+                Some((
+                    close_code::PROTOCOL,
+                    "connected to ourselves",
+                    DropReason::Handshake,
+                ))
+            } else if st
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.conns.len() >= self.config.limits.max_connections_per_peer)
+            {
                 Some((
                     close_code::TOO_MANY,
                     "too many connections from this NodeId",
@@ -1013,7 +1047,8 @@ impl Inner {
         }
         let inner = self.clone();
         let c = conn.clone();
-        self.tasks.spawn(async move { inner.write_loop(c, rx).await });
+        self.tasks
+            .spawn(async move { inner.write_loop(c, rx).await });
         let inner = self.clone();
         let c = conn.clone();
         self.tasks
@@ -1079,7 +1114,11 @@ impl Inner {
         }
     }
 
-    async fn write_loop(self: Arc<Self>, conn: Arc<dyn Connection>, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    async fn write_loop(
+        self: Arc<Self>,
+        conn: Arc<dyn Connection>,
+        mut rx: mpsc::UnboundedReceiver<Frame>,
+    ) {
         let (mut send, _recv): (SendHalf, RecvHalf) = match conn.open_bi().await {
             Ok(halves) => halves,
             Err(e) => {
@@ -1125,7 +1164,12 @@ impl Inner {
         let _ = send.shutdown().await;
     }
 
-    async fn accept_loop(self: Arc<Self>, conn: Arc<dyn Connection>, id: u64, last_rx: Arc<AtomicU64>) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        conn: Arc<dyn Connection>,
+        id: u64,
+        last_rx: Arc<AtomicU64>,
+    ) {
         let mut envelope_stream = false;
         loop {
             let (send, mut recv) = match conn.accept_bi().await {
@@ -1133,7 +1177,9 @@ impl Inner {
                 Err(_) => return,
             };
             let mut kind = [0u8; 1];
-            let header = tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut kind)).await;
+            let header =
+                tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut kind))
+                    .await;
             if !matches!(header, Ok(Ok(_))) {
                 continue;
             }
@@ -1153,7 +1199,11 @@ impl Inner {
                         .spawn(async move { inner.accept_user_stream(peer, send, recv).await });
                 }
                 _ => {
-                    self.count_drop(DropReason::Malformed, Some(&conn.peer()), "unknown stream kind");
+                    self.count_drop(
+                        DropReason::Malformed,
+                        Some(&conn.peer()),
+                        "unknown stream kind",
+                    );
                     conn.close(close_code::PROTOCOL, "unknown stream kind");
                     return;
                 }
@@ -1171,7 +1221,8 @@ impl Inner {
             recv.read_exact(&mut name).await.ok()?;
             String::from_utf8(name).ok()
         };
-        let Ok(Some(protocol)) = tokio::time::timeout(self.config.timeouts.connect, name).await else {
+        let Ok(Some(protocol)) = tokio::time::timeout(self.config.timeouts.connect, name).await
+        else {
             self.count_drop(DropReason::Stream, Some(&peer), "bad stream header");
             return;
         };
@@ -1182,7 +1233,11 @@ impl Inner {
             .get(&protocol)
             .cloned();
         let Some(listener) = listener else {
-            self.count_drop(DropReason::Stream, Some(&peer), "no listener for stream protocol");
+            self.count_drop(
+                DropReason::Stream,
+                Some(&peer),
+                "no listener for stream protocol",
+            );
             return;
         };
         let stream = PeerStream::new(peer, protocol.clone(), send, recv);
@@ -1197,7 +1252,13 @@ impl Inner {
         }
     }
 
-    async fn read_loop(self: Arc<Self>, conn: Arc<dyn Connection>, id: u64, mut recv: RecvHalf, last_rx: Arc<AtomicU64>) {
+    async fn read_loop(
+        self: Arc<Self>,
+        conn: Arc<dyn Connection>,
+        id: u64,
+        mut recv: RecvHalf,
+        last_rx: Arc<AtomicU64>,
+    ) {
         let peer = conn.peer();
         let (counters, limiter) = {
             let st = self.lock();
@@ -1229,7 +1290,10 @@ impl Inner {
             bytes_in.inc_by(n as u64);
             self.totals.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            last_rx.store(self.started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+            last_rx.store(
+                self.started_at.elapsed().as_millis() as u64,
+                Ordering::Relaxed,
+            );
             loop {
                 let frame = match decoder.decode(&mut buf) {
                     Ok(Some(frame)) => frame,
@@ -1265,7 +1329,10 @@ impl Inner {
                         } else {
                             DropReason::PeerMessageRate
                         };
-                        Some((reason, l.violations > self.config.limits.peer_violations_before_disconnect))
+                        Some((
+                            reason,
+                            l.violations > self.config.limits.peer_violations_before_disconnect,
+                        ))
                     }
                 };
                 if let Some((reason, disconnect)) = verdict {
@@ -1332,7 +1399,11 @@ impl Inner {
         use proto::envelope::Body;
         let peer = conn.peer();
         let Some(body) = env.body else {
-            self.count_drop(DropReason::Unsupported, Some(&peer), "unknown envelope kind");
+            self.count_drop(
+                DropReason::Unsupported,
+                Some(&peer),
+                "unknown envelope kind",
+            );
             return Ok(());
         };
         let now = Instant::now();
@@ -1372,7 +1443,9 @@ impl Inner {
                     }
                 };
                 let mut st = self.lock();
-                if verified.author == self.identity.node_id() || !st.seen_broadcasts.insert(verified.id) {
+                if verified.author == self.identity.node_id()
+                    || !st.seen_broadcasts.insert(verified.id)
+                {
                     self.metrics.drop(DropReason::Duplicate);
                     return Ok(());
                 }
@@ -1414,7 +1487,11 @@ impl Inner {
                 Ok(())
             }
             _ => {
-                self.count_drop(DropReason::Unsupported, Some(&peer), "envelope kind not handled");
+                self.count_drop(
+                    DropReason::Unsupported,
+                    Some(&peer),
+                    "envelope kind not handled",
+                );
                 Ok(())
             }
         }
@@ -1434,7 +1511,13 @@ impl Inner {
         }
     }
 
-    fn peer_ready(self: &Arc<Self>, conn: &Arc<dyn Connection>, conn_id: u64, record: NodeRecord, now: Instant) {
+    fn peer_ready(
+        self: &Arc<Self>,
+        conn: &Arc<dyn Connection>,
+        conn_id: u64,
+        record: NodeRecord,
+        now: Instant,
+    ) {
         let peer = conn.peer();
         let first = {
             let mut st = self.lock();
@@ -1506,7 +1589,9 @@ impl Inner {
                 }
             }
         }
-        envelope(proto::envelope::Body::PeerExchange(proto::PeerExchange { records }))
+        envelope(proto::envelope::Body::PeerExchange(proto::PeerExchange {
+            records,
+        }))
     }
 
     fn handle_peer_exchange(self: &Arc<Self>, from: &NodeId, px: proto::PeerExchange) {
@@ -1554,7 +1639,11 @@ impl Inner {
         let from_conn = conn.peer();
         if private.recipient.as_ref() != self.identity.node_id().as_bytes() {
             // Relaying arrives with the routing layer; until then, refuse transit traffic.
-            self.count_drop(DropReason::Unsupported, Some(&from_conn), "not addressed to us");
+            self.count_drop(
+                DropReason::Unsupported,
+                Some(&from_conn),
+                "not addressed to us",
+            );
             return;
         }
         let Some(body) = private.body else { return };
@@ -1567,11 +1656,10 @@ impl Inner {
                         let initiator = session.peer_id();
                         let _ = st.records.insert(session.peer().clone());
                         self.add_session(st, session);
-                        let env = private_envelope(
-                            &initiator,
-                            P::HandshakeResponse(response),
-                        );
-                        if let (Some(frame), Some(writer)) = (self.frame(&env), st.ready_writer(&from_conn)) {
+                        let env = private_envelope(&initiator, P::HandshakeResponse(response));
+                        if let (Some(frame), Some(writer)) =
+                            (self.frame(&env), st.ready_writer(&from_conn))
+                        {
                             if let Err(reason) = writer.try_send(frame) {
                                 self.count_drop(reason, Some(&from_conn), "handshake response");
                             }
@@ -1583,7 +1671,11 @@ impl Inner {
             P::HandshakeResponse(response) => {
                 let mut st = self.lock();
                 let Some(initiator) = st.initiators.remove(&response.initiator_index) else {
-                    self.count_drop(DropReason::Crypto, Some(&from_conn), "unexpected handshake response");
+                    self.count_drop(
+                        DropReason::Crypto,
+                        Some(&from_conn),
+                        "unexpected handshake response",
+                    );
                     return;
                 };
                 let peer = initiator.responder().node_id();
@@ -1605,7 +1697,9 @@ impl Inner {
                         self.count_drop(DropReason::Crypto, Some(&from_conn), "unknown session");
                         return;
                     };
-                    let Some(sessions) = st.sessions.get_mut(&peer) else { return };
+                    let Some(sessions) = st.sessions.get_mut(&peer) else {
+                        return;
+                    };
                     let Some(session) = sessions
                         .sessions
                         .iter_mut()
@@ -1632,20 +1726,28 @@ impl Inner {
                 if let Some((sender, plain)) = decrypted {
                     match message::decode_payload(&plain) {
                         Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
-                        Err(e) => self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string()),
+                        Err(e) => {
+                            self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string())
+                        }
                     }
                 }
             }
-            P::Sealed(sealed) => match crate::crypto::seal::open(&self.identity, &sealed, unix_secs()) {
-                Ok(opened) => {
-                    let sender = opened.sender.node_id();
-                    match message::decode_payload(&opened.payload) {
-                        Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
-                        Err(e) => self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string()),
+            P::Sealed(sealed) => {
+                match crate::crypto::seal::open(&self.identity, &sealed, unix_secs()) {
+                    Ok(opened) => {
+                        let sender = opened.sender.node_id();
+                        match message::decode_payload(&opened.payload) {
+                            Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
+                            Err(e) => self.count_drop(
+                                DropReason::Malformed,
+                                Some(&sender),
+                                &e.to_string(),
+                            ),
+                        }
                     }
+                    Err(e) => self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string()),
                 }
-                Err(e) => self.count_drop(DropReason::Crypto, Some(&from_conn), &e.to_string()),
-            },
+            }
         }
     }
 
@@ -1660,13 +1762,14 @@ impl Inner {
         let Some(body) = payload.body else { return };
         match body {
             B::Message(m) => {
-                let id = match message::verify_private_message(&m, &sender, &self.identity.node_id()) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        self.count_drop(DropReason::Crypto, Some(&sender), &e.to_string());
-                        return;
-                    }
-                };
+                let id =
+                    match message::verify_private_message(&m, &sender, &self.identity.node_id()) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            self.count_drop(DropReason::Crypto, Some(&sender), &e.to_string());
+                            return;
+                        }
+                    };
                 if m.ack_requested {
                     acks.entry(sender).or_default().push(id);
                 }
@@ -1688,7 +1791,9 @@ impl Inner {
                 {
                     let mut st = self.lock();
                     for raw in &ack.message_ids {
-                        let Ok(bytes) = <[u8; 32]>::try_from(raw.as_ref()) else { continue };
+                        let Ok(bytes) = <[u8; 32]>::try_from(raw.as_ref()) else {
+                            continue;
+                        };
                         let id = MessageId(bytes);
                         if let Some(done) = st.outbox.handle_ack(&id, &sender, now) {
                             let delivered = Delivered {
@@ -1706,10 +1811,14 @@ impl Inner {
                     self.metrics.outbox.set(st.outbox.len() as i64);
                 }
                 for d in confirmed {
-                    self.metrics.delivery_latency.observe(d.latency.as_secs_f64());
+                    self.metrics
+                        .delivery_latency
+                        .observe(d.latency.as_secs_f64());
                     self.metrics
                         .deliveries
-                        .get_or_create(&super::metrics::ResultLabels { result: "confirmed" })
+                        .get_or_create(&super::metrics::ResultLabels {
+                            result: "confirmed",
+                        })
                         .inc();
                     self.emit(Event::DeliveryConfirmed {
                         id: d.id,
@@ -1721,7 +1830,9 @@ impl Inner {
             }
             B::Query(q) => {
                 self.metrics.message("in", "query");
-                let Ok(query_id) = <[u8; 16]>::try_from(q.query_id.as_ref()) else { return };
+                let Ok(query_id) = <[u8; 16]>::try_from(q.query_id.as_ref()) else {
+                    return;
+                };
                 let over = {
                     let mut st = self.lock();
                     if st.inbound_queries >= self.config.limits.max_inbound_queries {
@@ -1732,16 +1843,32 @@ impl Inner {
                     }
                 };
                 if over {
-                    self.count_drop(DropReason::InboundQueries, Some(&sender), "too many unanswered queries");
+                    self.count_drop(
+                        DropReason::InboundQueries,
+                        Some(&sender),
+                        "too many unanswered queries",
+                    );
                     let mut st = self.lock();
                     st.inbound_queries += 1;
                     drop(st);
-                    let _ = self.send_query_response(sender, query_id, 503, Bytes::new(), "busy: too many unanswered queries".into());
+                    let _ = self.send_query_response(
+                        sender,
+                        query_id,
+                        503,
+                        Bytes::new(),
+                        "busy: too many unanswered queries".into(),
+                    );
                     return;
                 }
                 if q.method == "meshara.status" {
                     let status = self.status_message();
-                    let _ = self.send_query_response(sender, query_id, 0, Bytes::from(status.encode_to_vec()), String::new());
+                    let _ = self.send_query_response(
+                        sender,
+                        query_id,
+                        0,
+                        Bytes::from(status.encode_to_vec()),
+                        String::new(),
+                    );
                     return;
                 }
                 let timeout = Duration::from_millis(u64::from(q.timeout_ms));
@@ -1761,7 +1888,9 @@ impl Inner {
             }
             B::Response(r) => {
                 self.metrics.message("in", "response");
-                let Ok(query_id) = <[u8; 16]>::try_from(r.query_id.as_ref()) else { return };
+                let Ok(query_id) = <[u8; 16]>::try_from(r.query_id.as_ref()) else {
+                    return;
+                };
                 let pending = {
                     let mut st = self.lock();
                     match st.queries.get(&query_id) {
@@ -1853,7 +1982,11 @@ impl Inner {
                     }
                     OutboxAction::Fail { id, peer, attempts } => {
                         if let Some(waiter) = st.waiters.remove(&id) {
-                            let _ = waiter.send(Err(DeliveryError::Unacknowledged { id, peer, attempts }));
+                            let _ = waiter.send(Err(DeliveryError::Unacknowledged {
+                                id,
+                                peer,
+                                attempts,
+                            }));
                         }
                         failed.push((id, peer, attempts));
                     }
@@ -1869,7 +2002,9 @@ impl Inner {
             // Keepalive pings and idle connections.
             let elapsed_ms = self.started_at.elapsed().as_millis() as u64;
             let ping = envelope(proto::envelope::Body::Routing(proto::RoutingMessage {
-                body: Some(proto::routing_message::Body::Ping(proto::Ping { nonce: elapsed_ms })),
+                body: Some(proto::routing_message::Body::Ping(proto::Ping {
+                    nonce: elapsed_ms,
+                })),
             }));
             let ping = self.frame(&ping);
             for p in st.peers.values_mut() {
@@ -1902,7 +2037,11 @@ impl Inner {
                     .records
                     .iter()
                     .map(|r| r.node_id())
-                    .filter(|id| !st.peers.contains_key(id) && !st.banned.contains(id) && *id != self.identity.node_id())
+                    .filter(|id| {
+                        !st.peers.contains_key(id)
+                            && !st.banned.contains(id)
+                            && *id != self.identity.node_id()
+                    })
                     .take(room)
                     .collect();
                 dial_peers.extend(candidates);
@@ -1961,7 +2100,8 @@ impl Inner {
         }
         for addr in dial_wanted {
             let inner = self.clone();
-            self.tasks.spawn(async move { inner.dial_wanted(addr).await });
+            self.tasks
+                .spawn(async move { inner.dial_wanted(addr).await });
         }
     }
 
@@ -1983,7 +2123,9 @@ impl Inner {
                     tracing::debug!(%addr, error = %e, backoff = ?w.backoff, "dial failed; will retry");
                     w.last_error = Some(e.to_string());
                     // Exponential backoff with up to 25% jitter so restarts do not synchronise.
-                    let jitter = 1.0 + f64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 250) / 1000.0;
+                    let jitter = 1.0
+                        + f64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 250)
+                            / 1000.0;
                     w.next_attempt = Instant::now() + w.backoff.mul_f64(jitter);
                     w.backoff = (w.backoff * 2).min(t.reconnect_max);
                 }
@@ -2011,15 +2153,24 @@ impl Inner {
             pending
         };
         if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "stopping with unacknowledged messages");
+            tracing::info!(
+                count = pending.len(),
+                "stopping with unacknowledged messages"
+            );
         }
         self.shutdown.cancel();
-        self.endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"node shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(close_code::SHUTDOWN),
+            b"node shutting down",
+        );
         self.tasks.close();
         // Give connections a moment to say goodbye, bounded.
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -2070,7 +2221,11 @@ pub(crate) async fn quic_accept_loop(inner: Arc<Inner>) {
                     } else {
                         DropReason::Handshake
                     };
-                    node.count_drop(reason, None, &format!("inbound QUIC handshake from {ip}: {e}"));
+                    node.count_drop(
+                        reason,
+                        None,
+                        &format!("inbound QUIC handshake from {ip}: {e}"),
+                    );
                 }
             }
         });
@@ -2104,7 +2259,12 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
             let timeout = node.config.timeouts.connect;
             let accepted = tokio::time::timeout(
                 timeout,
-                StreamConnection::accept(tcp, node.stream_tls.clone(), TransportKind::Tcp, Some(addr)),
+                StreamConnection::accept(
+                    tcp,
+                    node.stream_tls.clone(),
+                    TransportKind::Tcp,
+                    Some(addr),
+                ),
             )
             .await
             .map_err(|_| TransportError::Timeout(timeout))
@@ -2119,7 +2279,11 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
                     } else {
                         DropReason::Handshake
                     };
-                    node.count_drop(reason, None, &format!("inbound TCP handshake from {ip}: {e}"));
+                    node.count_drop(
+                        reason,
+                        None,
+                        &format!("inbound TCP handshake from {ip}: {e}"),
+                    );
                 }
             }
         });

@@ -138,11 +138,7 @@ fn handle_resolved(inner: &Arc<Inner>, info: &mdns_sd::ServiceInfo) {
 
 pub(crate) fn stop_mdns(inner: &Arc<Inner>) {
     if let Some(daemon) = inner.mdns.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        let _ = daemon.unregister(&format!(
-            "{}.{}",
-            inner.identity.node_id(),
-            MDNS_SERVICE
-        ));
+        let _ = daemon.unregister(&format!("{}.{}", inner.identity.node_id(), MDNS_SERVICE));
         let _ = daemon.shutdown();
     }
 }

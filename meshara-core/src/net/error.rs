@@ -50,7 +50,10 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    pub(crate) fn from_quic_handshake(error: quinn::ConnectionError, expected: Option<NodeId>) -> Self {
+    pub(crate) fn from_quic_handshake(
+        error: quinn::ConnectionError,
+        expected: Option<NodeId>,
+    ) -> Self {
         let alpn_refused = quinn::TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL);
         match error {
             quinn::ConnectionError::TransportError(e) => {
@@ -106,7 +109,9 @@ impl From<quinn::ConnectionError> for TransportError {
                 String::from_utf8_lossy(&close.reason)
             )),
             quinn::ConnectionError::TimedOut => TransportError::Closed("idle timeout".into()),
-            quinn::ConnectionError::LocallyClosed => TransportError::Closed("closed locally".into()),
+            quinn::ConnectionError::LocallyClosed => {
+                TransportError::Closed("closed locally".into())
+            }
             other => TransportError::Closed(other.to_string()),
         }
     }

@@ -208,8 +208,7 @@ impl IncomingQuery {
             }
             message.truncate(cut);
         }
-        self.responder
-            .answer(status.max(1), Bytes::new(), message)
+        self.responder.answer(status.max(1), Bytes::new(), message)
     }
 }
 
@@ -217,12 +216,21 @@ impl IncomingQuery {
 /// (`limits.event_buffer`); one that falls behind gets [`Event::Lagged`] instead of blocking
 /// the node or growing without bound.
 pub struct EventStream {
-    future: ReusableBoxFuture<'static, (Result<Event, broadcast::error::RecvError>, broadcast::Receiver<Event>)>,
+    future: ReusableBoxFuture<
+        'static,
+        (
+            Result<Event, broadcast::error::RecvError>,
+            broadcast::Receiver<Event>,
+        ),
+    >,
 }
 
 async fn next_event(
     mut rx: broadcast::Receiver<Event>,
-) -> (Result<Event, broadcast::error::RecvError>, broadcast::Receiver<Event>) {
+) -> (
+    Result<Event, broadcast::error::RecvError>,
+    broadcast::Receiver<Event>,
+) {
     let result = rx.recv().await;
     (result, rx)
 }

@@ -151,16 +151,36 @@ impl Metrics {
         let query_latency = latency();
         let connect_latency = latency();
         let outbox = Gauge::default();
-        registry.register("messages", "Envelopes by direction and kind", messages.clone());
-        registry.register("bytes", "Bytes on the wire by direction and transport", bytes.clone());
-        registry.register("connections", "Open connections by transport", connections.clone());
+        registry.register(
+            "messages",
+            "Envelopes by direction and kind",
+            messages.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes on the wire by direction and transport",
+            bytes.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections by transport",
+            connections.clone(),
+        );
         registry.register(
             "connection_attempts",
             "Connection attempts by direction and result",
             attempts.clone(),
         );
-        registry.register("drops", "Messages, frames and connections dropped, by reason", drops.clone());
-        registry.register("deliveries", "Private messages confirmed or failed", deliveries.clone());
+        registry.register(
+            "drops",
+            "Messages, frames and connections dropped, by reason",
+            drops.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Private messages confirmed or failed",
+            deliveries.clone(),
+        );
         registry.register(
             "delivery_latency_seconds",
             "Private message send to end-to-end acknowledgement",
@@ -176,7 +196,11 @@ impl Metrics {
             "Dial to authenticated connection",
             connect_latency.clone(),
         );
-        registry.register("outbox", "Private messages awaiting acknowledgement", outbox.clone());
+        registry.register(
+            "outbox",
+            "Private messages awaiting acknowledgement",
+            outbox.clone(),
+        );
         Self {
             registry,
             messages,

@@ -33,7 +33,12 @@ pub use config::{Limits, NodeConfig, PeerAddr, Timeouts};
 pub use core::Delivered;
 pub use discovery::MDNS_SERVICE;
 pub use error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
-pub use events::{Event, EventStream, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, StreamListener};
+pub use events::{
+    Event, EventStream, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage,
+    StreamListener,
+};
 pub use metrics::DropReason;
-pub use node::{BootstrapStatus, Diagnostics, NetworkStats, Node, NodeBuilder, PeerInfo, PendingDelivery};
+pub use node::{
+    BootstrapStatus, Diagnostics, NetworkStats, Node, NodeBuilder, PeerInfo, PendingDelivery,
+};
 pub use transport::{Connection, TransportKind};

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::{NodeConfig, PeerAddr};
-use super::core::{self, Delivered, Inner, STREAM_USER, State, Wanted, close_code, unix_ms, unix_secs};
+use super::core::{
+    self, Delivered, Inner, STREAM_USER, State, Wanted, close_code, unix_ms, unix_secs,
+};
 use super::discovery;
 use super::error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
 use super::events::{EventStream, PeerStream, StreamListener};
@@ -163,7 +165,8 @@ impl NodeBuilder {
         let quic_transport = Arc::new(transport_config);
         let server_config = transport::quic_server_config(&identity, quic_transport.clone())?;
         let bind = |addr: SocketAddr| -> Result<quinn::Endpoint, StartError> {
-            quinn::Endpoint::server(server_config.clone(), addr).map_err(|error| StartError::Bind { addr, error })
+            quinn::Endpoint::server(server_config.clone(), addr)
+                .map_err(|error| StartError::Bind { addr, error })
         };
         // Without a QUIC listener we still need an endpoint to dial from.
         let endpoint = match config.listen_quic {
@@ -174,9 +177,13 @@ impl NodeBuilder {
             }
         };
         let local_quic = match config.listen_quic {
-            Some(_) => Some(endpoint.local_addr().map_err(|error| StartError::Bind {
-                addr: config.listen_quic.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                error,
+            Some(_) => Some(endpoint.local_addr().map_err(|error| {
+                StartError::Bind {
+                    addr: config
+                        .listen_quic
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    error,
+                }
             })?),
             None => None,
         };
@@ -189,9 +196,13 @@ impl NodeBuilder {
             None => None,
         };
         let local_tcp = match &tcp_listener {
-            Some(l) => Some(l.local_addr().map_err(|error| StartError::Bind {
-                addr: config.listen_tcp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                error,
+            Some(l) => Some(l.local_addr().map_err(|error| {
+                StartError::Bind {
+                    addr: config
+                        .listen_tcp
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    error,
+                }
             })?),
             None => None,
         };
@@ -244,7 +255,9 @@ impl NodeBuilder {
             inner.tasks.spawn(core::quic_accept_loop(inner.clone()));
         }
         if let Some(listener) = tcp_listener {
-            inner.tasks.spawn(core::tcp_accept_loop(inner.clone(), listener));
+            inner
+                .tasks
+                .spawn(core::tcp_accept_loop(inner.clone(), listener));
         }
         inner.tasks.spawn(inner.clone().maintenance());
         if inner.config.mdns {
@@ -317,7 +330,9 @@ impl PendingDelivery {
 
     /// Waits for the recipient's acknowledgement, or for delivery to fail after every retry.
     pub async fn confirmed(self) -> Result<Delivered, DeliveryError> {
-        self.rx.await.unwrap_or(Err(DeliveryError::Stopped(self.id)))
+        self.rx
+            .await
+            .unwrap_or(Err(DeliveryError::Stopped(self.id)))
     }
 }
 
@@ -439,12 +454,16 @@ impl Node {
 
     /// The address others can dial this node at over QUIC, with its NodeId.
     pub fn quic_addr(&self) -> Option<PeerAddr> {
-        self.inner.local_quic.map(|a| peer_addr(self.node_id(), Transport::Quic, a))
+        self.inner
+            .local_quic
+            .map(|a| peer_addr(self.node_id(), Transport::Quic, a))
     }
 
     /// The address others can dial this node at over TCP, with its NodeId.
     pub fn tcp_addr(&self) -> Option<PeerAddr> {
-        self.inner.local_tcp.map(|a| peer_addr(self.node_id(), Transport::Tcp, a))
+        self.inner
+            .local_tcp
+            .map(|a| peer_addr(self.node_id(), Transport::Tcp, a))
     }
 
     /// Exports the identity as a passphrase-protected armored bundle (to move it to another
@@ -499,7 +518,11 @@ impl Node {
 
     /// Opens a bidirectional byte stream to `peer` for `protocol` (1..=255 bytes), connecting
     /// first if needed. The peer must be listening with [`Node::listen_streams`].
-    pub async fn open_stream(&self, peer: NodeId, protocol: &str) -> Result<PeerStream, StreamError> {
+    pub async fn open_stream(
+        &self,
+        peer: NodeId,
+        protocol: &str,
+    ) -> Result<PeerStream, StreamError> {
         let name = protocol.as_bytes();
         if name.is_empty() || name.len() > 255 {
             return Err(StreamError::InvalidProtocol);
@@ -732,7 +755,14 @@ impl Node {
         io: S,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        let conn = StreamConnection::connect(io, &self.inner.identity, expected, TransportKind::Stream, None).await?;
+        let conn = StreamConnection::connect(
+            io,
+            &self.inner.identity,
+            expected,
+            TransportKind::Stream,
+            None,
+        )
+        .await?;
         let peer = conn.peer();
         self.inner.lock().total_conns += 1;
         self.inner.establish(Arc::new(conn), false, None)?;
@@ -742,7 +772,13 @@ impl Node {
     /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
     /// onion-service stream) and registers the connection. Returns the caller's NodeId.
     pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
-        let conn = StreamConnection::accept(io, self.inner.stream_tls.clone(), TransportKind::Stream, None).await?;
+        let conn = StreamConnection::accept(
+            io,
+            self.inner.stream_tls.clone(),
+            TransportKind::Stream,
+            None,
+        )
+        .await?;
         let peer = conn.peer();
         self.inner.lock().total_conns += 1;
         self.inner.establish(Arc::new(conn), true, None)?;
@@ -768,7 +804,10 @@ fn peer_addr(node: NodeId, transport: Transport, addr: SocketAddr) -> PeerAddr {
     }
 }
 
-fn check_storage(data_dir: Option<&std::path::Path>, keystore: Option<&std::path::Path>) -> Result<(), String> {
+fn check_storage(
+    data_dir: Option<&std::path::Path>,
+    keystore: Option<&std::path::Path>,
+) -> Result<(), String> {
     let dir = match (data_dir, keystore.and_then(|k| k.parent())) {
         (Some(d), _) => d.to_path_buf(),
         (None, Some(d)) => d.to_path_buf(),

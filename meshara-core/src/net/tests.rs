@@ -27,15 +27,23 @@ async fn quic_client_with_another_version_gets_a_clear_error() {
     let node = node().await;
     let addr = node.inner().local_quic.unwrap();
     let client = Arc::new(Identity::generate());
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(wrong_version_client(&client)).unwrap();
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(wrong_version_client(&client)).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let err = endpoint
-        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), addr, super::tls::SERVER_NAME)
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            addr,
+            super::tls::SERVER_NAME,
+        )
         .unwrap()
         .await
         .unwrap_err();
     let err = TransportError::from_quic_handshake(err, None);
-    assert!(matches!(err, TransportError::ProtocolMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, TransportError::ProtocolMismatch { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("we speak meshara/1"), "{err}");
     // The node counted the refusal and still serves a current peer.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -55,7 +63,10 @@ async fn tcp_client_with_another_version_gets_a_clear_error() {
     let name = rustls::pki_types::ServerName::try_from(super::tls::SERVER_NAME).unwrap();
     let err = connector.connect(name, tcp).await.unwrap_err();
     let err = TransportError::from_tls_io(err, None);
-    assert!(matches!(err, TransportError::ProtocolMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, TransportError::ProtocolMismatch { .. }),
+        "{err:?}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(node.drops(DropReason::ProtocolVersion), 1);
     let other = node_dialing(&node).await;

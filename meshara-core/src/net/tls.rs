@@ -70,7 +70,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Error code carried by [`TlsError::General`] when the dialed NodeId did not answer.
-pub(crate) const WRONG_PEER: &str = "meshara: peer presented a different NodeId than the one dialed";
+pub(crate) const WRONG_PEER: &str =
+    "meshara: peer presented a different NodeId than the one dialed";
 
 /// Builds the client (dialer) configuration. With `expected`, the handshake fails unless the
 /// server proves that NodeId.

@@ -265,11 +265,17 @@ impl<S: ByteStream> AsyncWrite for ReadAhead<S> {
         Pin::new(&mut self.write).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.write).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.write).poll_shutdown(cx)
     }
 }
@@ -399,8 +405,9 @@ async fn drive_yamux<S: ByteStream>(
     inbound: mpsc::Sender<yamux::Stream>,
     closed: watch::Sender<Option<TransportError>>,
 ) {
-    let mut waiting: std::collections::VecDeque<oneshot::Sender<Result<yamux::Stream, TransportError>>> =
-        Default::default();
+    let mut waiting: std::collections::VecDeque<
+        oneshot::Sender<Result<yamux::Stream, TransportError>>,
+    > = Default::default();
     let mut closing = false;
     let result: Result<(), yamux::ConnectionError> = poll_fn(|cx| {
         loop {
@@ -518,7 +525,9 @@ impl Connection for StreamConnection {
         Box::pin(async move {
             let mut closed = self.closed.clone();
             match closed.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or(TransportError::Closed(String::new())),
+                Ok(reason) => reason
+                    .clone()
+                    .unwrap_or(TransportError::Closed(String::new())),
                 Err(_) => TransportError::Closed("connection closed".into()),
             }
         })

@@ -1,18 +1,20 @@
-//! `meshara`: the command-line tool for Meshara identities and (as the node runtime lands) nodes.
+//! `meshara`: the command-line tool for Meshara identities and nodes.
+
+mod control;
+mod devnet;
+mod run;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use data_encoding::HEXLOWER;
 use meshara_core::{
-    Capability, HandshakeGuard, Identity, KdfParams, Keystore, NodeRecord, NodeRecordBuilder,
-    Padding, Transport, message, open, proto, seal, session, vectors,
+    Capability, Identity, KdfParams, Keystore, NodeRecord, NodeRecordBuilder, Transport, vectors,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,9 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Control socket of a running node (default: $MESHARA_HOME/control.sock).
+    #[arg(long, global = true, env = "MESHARA_CONTROL")]
+    control: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,17 +87,55 @@ enum Command {
         /// The JSON file.
         file: PathBuf,
     },
-    /// Run a local demonstration network of several identities.
+    /// Run a node (TOML config, MESHARA_* environment overrides) until Ctrl-C.
+    Run {
+        /// Configuration file (see `meshara run --help`; every key is optional).
+        #[arg(long, env = "MESHARA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Send an end-to-end encrypted message through the running node and wait for the ack.
+    Send {
+        /// Recipient NodeId.
+        to: String,
+        /// Message text.
+        text: String,
+        /// Content type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// Return once queued instead of waiting for the acknowledgement.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Broadcast a signed message on a topic through the running node.
+    Broadcast {
+        /// Topic.
+        topic: String,
+        /// Message text.
+        text: String,
+        /// Content type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+    },
+    /// List the running node's peers.
+    Peers,
+    /// Show the running node's status.
+    Status,
+    /// Print the running node's Prometheus metrics.
+    Metrics,
+    /// Run a local network of several nodes on loopback, with traffic, until Ctrl-C.
     Devnet {
         /// Number of nodes.
         #[arg(long, default_value_t = 4)]
         nodes: usize,
-        /// Directory for the nodes' keystores (default: a fresh temporary directory).
+        /// Directory for the nodes' keystores and control sockets (default: a fresh temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Private messages each node sends to each other node over its session.
-        #[arg(long, default_value_t = 2000)]
-        messages: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Time between traffic rounds, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
 }
 
@@ -108,12 +151,36 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn default_keystore() -> PathBuf {
+fn meshara_home() -> PathBuf {
     if let Some(home) = std::env::var_os("MESHARA_HOME") {
-        return PathBuf::from(home).join("identity.key");
+        return PathBuf::from(home);
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".meshara").join("identity.key")
+    home.join(".meshara")
+}
+
+fn default_keystore() -> PathBuf {
+    meshara_home().join("identity.key")
+}
+
+fn control_path(cli: &Cli) -> PathBuf {
+    cli.control
+        .clone()
+        .unwrap_or_else(|| meshara_home().join("control.sock"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn print_result(cli: &Cli, value: &Value, human: impl FnOnce(&Value)) {
+    if cli.json {
+        out(value.to_string());
+    } else {
+        human(value);
+    }
 }
 
 fn passphrase(cli: &Cli, prompt: &str, confirm: bool) -> Result<zeroize::Zeroizing<String>> {
@@ -308,11 +375,114 @@ fn main() -> Result<()> {
             vectors::check(&value)?;
             out(format!("{}: all vectors verified", file.display()));
         }
+        Command::Run { config } => {
+            let settings = run::load_settings(config.as_deref(), &|k| std::env::var(k).ok())?;
+            let keystore = settings
+                .keystore
+                .clone()
+                .or_else(|| cli.keystore.clone())
+                .unwrap_or_else(default_keystore);
+            if let Some(dir) = keystore.parent().filter(|d| !d.as_os_str().is_empty()) {
+                devnet::private_dir(dir)?;
+            }
+            let confirm = !keystore.exists();
+            let pass = passphrase(&cli, "Keystore passphrase: ", confirm)?;
+            runtime()?.block_on(run::run(settings, keystore, pass, cli.json))?;
+        }
+        Command::Send {
+            to,
+            text,
+            content_type,
+            no_wait,
+        } => {
+            let result = control::request(
+                &control_path(&cli),
+                json!({"cmd": "send", "to": to, "text": text, "content_type": content_type, "wait": !no_wait}),
+            )?;
+            print_result(&cli, &result, |r| {
+                let id = r["id"].as_str().unwrap_or_default();
+                match r["latency_ms"].as_f64() {
+                    Some(ms) => out(format!(
+                        "delivered {id} ({ms:.2} ms, {} attempt(s))",
+                        r["attempts"]
+                    )),
+                    None => out(format!("queued {id}")),
+                }
+            });
+        }
+        Command::Broadcast {
+            topic,
+            text,
+            content_type,
+        } => {
+            let result = control::request(
+                &control_path(&cli),
+                json!({"cmd": "broadcast", "topic": topic, "text": text, "content_type": content_type}),
+            )?;
+            print_result(&cli, &result, |r| {
+                out(format!(
+                    "broadcast {}",
+                    r["id"].as_str().unwrap_or_default()
+                ));
+            });
+        }
+        Command::Peers => {
+            let result = control::request(&control_path(&cli), json!({"cmd": "peers"}))?;
+            print_result(&cli, &result, |r| {
+                let peers = r.as_array().cloned().unwrap_or_default();
+                if peers.is_empty() {
+                    out("no peers");
+                }
+                for p in peers {
+                    out(format!(
+                        "{}  {:<4} {:<22} {}  in {} / out {} msgs  rtt {}",
+                        p["node_id"].as_str().unwrap_or_default(),
+                        p["transport"].as_str().unwrap_or_default(),
+                        p["addr"].as_str().unwrap_or("-"),
+                        if p["inbound"].as_bool() == Some(true) {
+                            "in "
+                        } else {
+                            "out"
+                        },
+                        p["messages_in"],
+                        p["messages_out"],
+                        p["rtt_ms"]
+                            .as_f64()
+                            .map_or("-".into(), |v| format!("{v:.2} ms")),
+                    ));
+                }
+            });
+        }
+        Command::Status => {
+            let result = control::request(&control_path(&cli), json!({"cmd": "status"}))?;
+            print_result(&cli, &result, |r| {
+                if let Some(map) = r.as_object() {
+                    for (k, v) in map {
+                        out(format!(
+                            "{k:<12} {}",
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                        ));
+                    }
+                }
+            });
+        }
+        Command::Metrics => {
+            let result = control::request(&control_path(&cli), json!({"cmd": "metrics"}))?;
+            print_result(&cli, &result, |r| {
+                out(r.as_str().unwrap_or_default().trim_end())
+            });
+        }
         Command::Devnet {
             nodes,
             dir,
-            messages,
-        } => devnet(*nodes, dir.clone(), *messages)?,
+            duration,
+            interval_ms,
+        } => runtime()?.block_on(devnet::devnet(devnet::DevnetOptions {
+            nodes: *nodes,
+            dir: dir.clone(),
+            duration: *duration,
+            interval_ms: *interval_ms,
+        }))?,
     }
     Ok(())
 }
@@ -345,110 +515,4 @@ fn print_identity(cli: &Cli, identity: &Identity, path: &Path) {
         out(format!("fingerprint  {}", identity.fingerprint()));
         out(format!("keystore     {}", path.display()));
     }
-}
-
-/// The foundation-stage devnet: real keystores, records, sealed first contact and sessions
-/// between several identities, in one process. Networking joins with the node runtime.
-fn devnet(nodes: usize, dir: Option<PathBuf>, messages: usize) -> Result<()> {
-    if !(2..=64).contains(&nodes) {
-        bail!("--nodes must be between 2 and 64");
-    }
-    let temp;
-    let dir = match dir {
-        Some(d) => d,
-        None => {
-            temp = std::env::temp_dir().join(format!("meshara-devnet-{}", std::process::id()));
-            temp
-        }
-    };
-    const PASS: &[u8] = b"devnet passphrase (not for production)";
-    let now = now_secs();
-    out(format!(
-        "Meshara devnet: {nodes} nodes, keystores in {}",
-        dir.display()
-    ));
-    out(
-        "(foundation stage: identities, records and end-to-end crypto; QUIC networking arrives with the node runtime)",
-    );
-    let mut members = Vec::new();
-    for i in 0..nodes {
-        let store = Keystore::new(dir.join(format!("node{i}")).join("identity.key"));
-        let (identity, created) = store.load_or_create(PASS, KdfParams::minimum(), now)?;
-        let record = NodeRecordBuilder::new(&identity, now_millis())
-            .address(Transport::Quic, "127.0.0.1", 7700 + i as u16)
-            .capability(Capability::Relay)
-            .sign(now)?;
-        out(format!(
-            "  node{i}  {}  fingerprint {}  {}",
-            identity.node_id(),
-            identity.fingerprint(),
-            if created { "(new)" } else { "(loaded)" }
-        ));
-        members.push((identity, record));
-    }
-    // First contact: everyone seals a hello to everyone.
-    let started = Instant::now();
-    let mut sealed = 0;
-    for (a, (ida, reca)) in members.iter().enumerate() {
-        for (b, (idb, recb)) in members.iter().enumerate() {
-            if a == b {
-                continue;
-            }
-            let (_, msg) = message::new_private_message(
-                &ida.node_id(),
-                &idb.node_id(),
-                "text/plain",
-                Bytes::from(format!("hello node{b}, this is node{a}")),
-                now_millis(),
-                true,
-            );
-            let payload = message::encode_payload(&proto::PrivatePayload {
-                body: Some(proto::private_payload::Body::Message(msg)),
-            })?;
-            let s = seal(ida, reca, recb, &payload, Padding::Buckets)?;
-            let opened = open(idb, &s, now)?;
-            let decoded = message::decode_payload(&opened.payload)?;
-            if let Some(proto::private_payload::Body::Message(m)) = decoded.body {
-                message::verify_private_message(&m, &opened.sender.node_id(), &idb.node_id())?;
-            }
-            sealed += 1;
-        }
-    }
-    out(format!(
-        "sealed first-contact messages: {sealed} opened and verified in {:.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    ));
-    // Sessions: node0 handshakes with every other node and streams messages.
-    let (id0, rec0) = &members[0];
-    let t = Instant::now();
-    let mut guard = HandshakeGuard::new(1024);
-    let payload = vec![0x5a; 1024];
-    let mut total = 0usize;
-    let started = Instant::now();
-    for (idb, recb) in &members[1..] {
-        let (pending, init) = session::initiate(id0, rec0, recb, now_millis())?;
-        let (mut bob, resp) = session::respond(idb, &init, &mut guard, now, t)?;
-        let mut alice = pending.complete(id0, &resp, t)?;
-        for _ in 0..messages {
-            let m = alice.encrypt(&payload, Padding::None, t)?;
-            let back = bob.decrypt(&m, t)?;
-            total += back.len();
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    out(format!(
-        "sessions: node0 -> {} peers, {} x 1 KiB messages encrypted+decrypted in {:.1} ms ({:.0} msg/s on one core)",
-        nodes - 1,
-        messages * (nodes - 1),
-        secs * 1e3,
-        (messages * (nodes - 1)) as f64 / secs
-    ));
-    let _ = total;
-    out(format!(
-        "inspect an identity:  MESHARA_PASSPHRASE='{}' cargo run -q -p meshara-core --bin meshara -- --keystore {}/node0/identity.key identity",
-        String::from_utf8_lossy(PASS),
-        dir.display()
-    ));
-    out("protocol spec: docs/protocol.md   benchmarks: docs/benchmarks.md");
-    Ok(())
 }
