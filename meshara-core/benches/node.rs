@@ -5,7 +5,12 @@
 //! frames on a stream: no Meshara envelope, session encryption, acknowledgement or padding.
 //! Prints markdown; docs/benchmarks.md records the results.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    clippy::print_stdout
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -146,10 +151,8 @@ impl Raw {
                                     break;
                                 }
                                 count += 1;
-                                if ack {
-                                    if send.write_all(&[0u8; 32]).await.is_err() {
-                                        break;
-                                    }
+                                if ack && send.write_all(&[0u8; 32]).await.is_err() {
+                                    break;
                                 }
                             }
                             let _ = send.write_all(&count.to_be_bytes()).await;
@@ -211,7 +214,11 @@ async fn throughput(count: usize, padding: Padding) -> f64 {
     let started = Instant::now();
     let mut pending = Vec::with_capacity(count);
     for _ in 0..count {
-        pending.push(a.send_private(b.node_id(), "", payload.clone()).await.unwrap());
+        pending.push(
+            a.send_private(b.node_id(), "", payload.clone())
+                .await
+                .unwrap(),
+        );
     }
     for p in pending {
         p.confirmed().await.unwrap();
@@ -306,7 +313,13 @@ async fn connections(conns: usize) -> (u64, u64, Duration, Duration) {
         .env("MESHARA_PASSPHRASE", "bench")
         .arg("--keystore")
         .arg(&keystore)
-        .args(["keygen", "--kdf-memory-kib", "8192", "--kdf-iterations", "1"])
+        .args([
+            "keygen",
+            "--kdf-memory-kib",
+            "8192",
+            "--kdf-iterations",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(ok.status.success());
@@ -381,12 +394,15 @@ async fn connections(conns: usize) -> (u64, u64, Duration, Duration) {
         let mut tasks = Vec::new();
         for id in wave {
             let id = id.clone();
-            let client = r.client.clone();
+            // One endpoint (UDP socket) per connection, as each Meshara client node has.
+            let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = r.addr;
             let expected = r.server_id.node_id();
             let t = r.transport.clone();
             tasks.push(tokio::spawn(async move {
-                transport::connect_quic(&client, &id, addr, Some(expected), t).await.unwrap()
+                transport::connect_quic(&client, &id, addr, Some(expected), t)
+                    .await
+                    .unwrap()
             }));
         }
         for t in tasks {
@@ -454,7 +470,10 @@ async fn run() {
         raw_time.as_secs_f64(),
         mesh_time.as_secs_f64() / raw_time.as_secs_f64()
     );
-    println!("| `meshara run` RSS idle | {:.1} MB | | |", idle as f64 / 1024.0);
+    println!(
+        "| `meshara run` RSS idle | {:.1} MB | | |",
+        idle as f64 / 1024.0
+    );
     println!(
         "| `meshara run` RSS with {conns} peers / per connection | {:.1} MB / {:.1} KiB | | |",
         loaded as f64 / 1024.0,
