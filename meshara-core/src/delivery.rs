@@ -59,7 +59,7 @@ struct Entry {
     attempts: u32,
     queued_at: Instant,
     first_sent: Option<Instant>,
-    /// When the next send is due; `None` while one is in flight and not yet marked sent.
+    /// When the next (re)send is due.
     next_send: Instant,
 }
 
@@ -181,12 +181,15 @@ impl Outbox {
         let mut actions = Vec::new();
         let mut failed = Vec::new();
         for (id, entry) in &mut self.entries {
+            // The deadline holds even between resends.
+            if now.saturating_duration_since(entry.queued_at) >= self.policy.deadline {
+                failed.push(*id);
+                continue;
+            }
             if entry.next_send > now {
                 continue;
             }
-            let out_of_time =
-                now.saturating_duration_since(entry.queued_at) >= self.policy.deadline;
-            if entry.attempts >= self.policy.max_attempts || out_of_time {
+            if entry.attempts >= self.policy.max_attempts {
                 failed.push(*id);
             } else if reachable(&entry.peer) {
                 actions.push(OutboxAction::Send {

@@ -268,6 +268,7 @@ async fn oversized_frames_close_only_the_offender() {
     let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
         .parse()
         .unwrap();
+    let mut events = server.events();
     let hostile = std::sync::Arc::new(Identity::generate());
     let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
     let conn = StreamConnection::connect(
@@ -284,6 +285,15 @@ async fn oversized_frames_close_only_the_offender() {
     send.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
     send.flush().await.unwrap();
     wait_until(|| server.drops(DropReason::FrameTooLarge) == 1).await;
+    let reported = next_matching(&mut events, |e| match e {
+        Event::Error {
+            context: "connection",
+            message,
+        } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert!(reported.contains("frame"), "{reported}");
     let closed = tokio::time::timeout(WAIT, conn.closed())
         .await
         .expect("hostile connection not closed");

@@ -157,16 +157,17 @@ fn mdns_discovers_a_node_in_another_namespace() {
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
     assert!(
-        wait_for(&a, "via mdns", &mut seen_a),
-        "a never discovered b: {seen_a:#?}"
-    );
-    assert!(
         wait_for(&a, "peer connected", &mut seen_a),
         "a never connected: {seen_a:#?}"
     );
     assert!(
         wait_for(&b, "peer connected", &mut seen_b),
         "b never connected: {seen_b:#?}"
+    );
+    // Whichever side resolved the other first dialed it; the other just accepted.
+    assert!(
+        seen_a.iter().chain(&seen_b).any(|l| l.contains("via mdns")),
+        "no mDNS discovery reported: {seen_a:#?} {seen_b:#?}"
     );
     // The connection runs over the veth between the namespaces.
     assert!(

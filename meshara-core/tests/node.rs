@@ -426,6 +426,98 @@ async fn ban_and_remove_peer() {
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_byte_stream_carries_a_connection() {
+    // The seam Tor and I2P use: an already-connected byte stream (here an in-memory pipe).
+    let a = node().await;
+    let b = node().await;
+    let (left, right) = tokio::io::duplex(64 * 1024);
+    let b2 = b.clone();
+    let accept = tokio::spawn(async move { b2.accept_stream(right).await });
+    let id = a.connect_stream(left, Some(b.node_id())).await.unwrap();
+    assert_eq!(id, b.node_id());
+    assert_eq!(accept.await.unwrap().unwrap(), a.node_id());
+    tokio::time::timeout(WAIT, async {
+        while a.peers().is_empty() || b.peers().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.peers()[0].transport,
+        meshara_core::net::TransportKind::Stream
+    );
+    exchange_traffic(&a, &b, 8 << 20).await;
+    // A wrong expected identity fails inside the handshake here too.
+    let (left, right) = tokio::io::duplex(64 * 1024);
+    let b2 = b.clone();
+    let accept = tokio::spawn(async move { b2.accept_stream(right).await });
+    let impostor = Identity::generate().node_id();
+    let err = a.connect_stream(left, Some(impostor)).await.unwrap_err();
+    assert!(matches!(err, TransportError::WrongPeer { .. }), "{err:?}");
+    assert!(accept.await.unwrap().is_err());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_and_identity_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = node().await;
+    let dead: PeerAddr = "quic://127.0.0.1:9".parse().unwrap();
+    let a = builder()
+        .keystore_with_params(
+            dir.path().join("identity.key"),
+            "pw",
+            meshara_core::KdfParams::minimum(),
+        )
+        .bootstrap(b.quic_addr().unwrap())
+        .bootstrap(dead.clone())
+        .timeouts(Timeouts {
+            connect: Duration::from_millis(500),
+            ..fast_timeouts()
+        })
+        .start()
+        .await
+        .unwrap();
+    let d = a.diagnostics().await;
+    assert!(d.storage_ok, "{:?}", d.storage_error);
+    assert_eq!(d.listening.len(), 2);
+    assert_eq!(d.bootstrap.len(), 2);
+    let good = d
+        .bootstrap
+        .iter()
+        .find(|s| s.addr == b.quic_addr().unwrap())
+        .unwrap();
+    assert!(good.reachable, "{good:?}");
+    let bad = d.bootstrap.iter().find(|s| s.addr == dead).unwrap();
+    assert!(!bad.reachable && bad.error.is_some(), "{bad:?}");
+    // b has been dialed by a: b saw an inbound connection.
+    assert!(b.diagnostics().await.inbound_reachable);
+    // Identity export/import round trip.
+    let bundle = a.export_identity(b"bundle pw").unwrap();
+    let imported = Identity::import_bundle(&bundle, b"bundle pw").unwrap();
+    assert_eq!(imported.identity.node_id(), a.node_id());
+    assert!(Identity::import_bundle(&bundle, b"wrong").is_err());
+    // Storage problems are reported, not hidden.
+    let broken = builder()
+        .config(meshara_core::NodeConfig {
+            data_dir: Some(dir.path().join("missing/sub")),
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let d = broken.diagnostics().await;
+    assert!(!d.storage_ok);
+    assert!(d.storage_error.unwrap().contains("not writable"));
+    broken.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[allow(dead_code)]
 fn _assert_send_sync(n: Node, l: Limits, id: NodeId) -> impl Send + Sync {
     (n, l, id)

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::config::{NodeConfig, PeerAddr};
 use super::error::{DeliveryError, QueryError, SendError, TransportError};
@@ -221,6 +222,8 @@ pub(crate) struct State {
     pub(crate) wanted: Vec<Wanted>,
     pub(crate) banned: HashSet<NodeId>,
     pub(crate) dialing: HashSet<NodeId>,
+    /// On-demand dials that failed: when the next attempt may start, and the current delay.
+    dial_backoff: HashMap<NodeId, (Instant, Duration)>,
     pub(crate) stopped: bool,
     last_exchange: Instant,
 }
@@ -304,6 +307,7 @@ impl State {
             wanted: Vec::new(),
             banned: HashSet::new(),
             dialing: HashSet::new(),
+            dial_backoff: HashMap::new(),
             stopped: false,
             last_exchange: Instant::now(),
         }
@@ -585,9 +589,19 @@ impl Inner {
             self.check_peer(&st, &peer)?;
             st.ready_writer(&peer)
         };
+        // Padding can grow a message past the frame limit; refuse it now rather than letting
+        // it wait in the outbox for a frame that can never be sent.
+        let frame_estimate = self.padding.padded_len(payload.len()) + 160;
+        if frame_estimate > self.config.limits.max_frame_len {
+            return Err(SendError::TooLarge {
+                len: frame_estimate,
+                max: self.config.limits.max_frame_len,
+            });
+        }
         let permit = match writer {
             Some(w) => {
-                let need = permit_count(self.padding.padded_len(payload.len()) + 160);
+                let need =
+                    permit_count(frame_estimate.min(self.config.limits.connection_queue_bytes));
                 tokio::select! {
                     p = w.budget.clone().acquire_many_owned(need) => p.ok(),
                     () = self.shutdown.cancelled() => return Err(SendError::Stopped),
@@ -688,6 +702,10 @@ impl Inner {
         body: Bytes,
         error: String,
     ) -> Result<(), SendError> {
+        {
+            let mut st = self.lock();
+            st.inbound_queries = st.inbound_queries.saturating_sub(1);
+        }
         let max = wire::MAX_QUERY_BODY;
         if body.len() > max {
             return Err(SendError::TooLarge {
@@ -707,7 +725,6 @@ impl Inner {
         })
         .map_err(|e| SendError::Invalid(e.to_string()))?;
         let mut st = self.lock();
-        st.inbound_queries = st.inbound_queries.saturating_sub(1);
         self.metrics.message("out", "response");
         match self.send_payload(&mut st, &peer, &payload, Instant::now()) {
             Sent::Queued => Ok(()),
@@ -766,6 +783,15 @@ impl Inner {
             if st.is_ready(&peer) || st.dialing.contains(&peer) || st.banned.contains(&peer) {
                 return;
             }
+            // Failed dials back off (doubling up to reconnect_max) instead of retrying on
+            // every timer tick.
+            if st
+                .dial_backoff
+                .get(&peer)
+                .is_some_and(|(next, _)| Instant::now() < *next)
+            {
+                return;
+            }
             let Some(record) = st.peer_record(&peer) else {
                 return;
             };
@@ -782,7 +808,9 @@ impl Inner {
         };
         let inner = self.clone();
         self.tasks.spawn(async move {
-            let mut last = None;
+            let mut last = addrs
+                .is_empty()
+                .then(|| TransportError::Connect("its record has no QUIC or TCP address".into()));
             for addr in addrs {
                 match inner.connect(&addr).await {
                     Ok(_) => {
@@ -792,7 +820,21 @@ impl Inner {
                     Err(e) => last = Some(e),
                 }
             }
-            inner.lock().dialing.remove(&peer);
+            {
+                let mut st = inner.lock();
+                st.dialing.remove(&peer);
+                if last.is_some() {
+                    let t = &inner.config.timeouts;
+                    let delay = st
+                        .dial_backoff
+                        .get(&peer)
+                        .map_or(t.reconnect_min, |(_, d)| (*d * 2).min(t.reconnect_max));
+                    st.dial_backoff
+                        .insert(peer, (Instant::now() + delay, delay));
+                } else {
+                    st.dial_backoff.remove(&peer);
+                }
+            }
             if let Some(e) = last {
                 tracing::debug!(%peer, error = %e, "could not reach peer");
             }
@@ -927,6 +969,27 @@ impl Inner {
         release_ip(&mut st, ip);
     }
 
+    /// Takes a connection slot for a connection over an external byte stream (Tor, I2P, …),
+    /// refusing at `max_connections`.
+    pub(crate) fn reserve_stream_slot(self: &Arc<Self>) -> Result<StreamSlot, TransportError> {
+        let mut st = self.lock();
+        if st.stopped {
+            return Err(TransportError::Closed("node stopped".into()));
+        }
+        if st.total_conns >= self.config.limits.max_connections {
+            drop(st);
+            self.count_drop(DropReason::MaxConnections, None, "stream connection");
+            return Err(TransportError::Connect(
+                "local connection limit reached".into(),
+            ));
+        }
+        st.total_conns += 1;
+        Ok(StreamSlot {
+            inner: self.clone(),
+            armed: true,
+        })
+    }
+
     /// Handles an inbound connection whose TLS handshake finished (admission already taken).
     pub(crate) fn inbound_established(self: &Arc<Self>, conn: Arc<dyn Connection>, ip: IpAddr) {
         {
@@ -955,7 +1018,8 @@ impl Inner {
             tx,
             budget: Arc::new(Semaphore::new(self.config.limits.connection_queue_bytes)),
         };
-        let last_rx = Arc::new(AtomicU64::new(0));
+        // Silence is measured from establishment, not from node start.
+        let last_rx = Arc::new(AtomicU64::new(self.started_at.elapsed().as_millis() as u64));
         let refusal = {
             let mut st = self.lock();
             let refusal = if st.stopped {
@@ -1045,25 +1109,30 @@ impl Inner {
         if let Some(frame) = self.frame(&env) {
             let _ = writer.try_send(frame);
         }
+        // Every task of the connection logs inside one span naming the peer.
+        let span = tracing::info_span!("conn", peer = %peer, id, transport = %conn.kind(), inbound);
         let inner = self.clone();
         let c = conn.clone();
         self.tasks
-            .spawn(async move { inner.write_loop(c, rx).await });
+            .spawn(async move { inner.write_loop(c, rx).await }.instrument(span.clone()));
         let inner = self.clone();
         let c = conn.clone();
         self.tasks
-            .spawn(async move { inner.accept_loop(c, id, last_rx).await });
+            .spawn(async move { inner.accept_loop(c, id, last_rx).await }.instrument(span.clone()));
         let inner = self.clone();
-        self.tasks.spawn(async move {
-            let reason = tokio::select! {
-                r = conn.closed() => r.to_string(),
-                () = inner.shutdown.cancelled() => {
-                    conn.close(close_code::SHUTDOWN, "node shutting down");
-                    "node shutting down".to_owned()
-                }
-            };
-            inner.deregister(peer, id, &reason);
-        });
+        self.tasks.spawn(
+            async move {
+                let reason = tokio::select! {
+                    r = conn.closed() => r.to_string(),
+                    () = inner.shutdown.cancelled() => {
+                        conn.close(close_code::SHUTDOWN, "node shutting down");
+                        "node shutting down".to_owned()
+                    }
+                };
+                inner.deregister(peer, id, &reason);
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 
@@ -1170,43 +1239,61 @@ impl Inner {
         id: u64,
         last_rx: Arc<AtomicU64>,
     ) {
-        let mut envelope_stream = false;
+        let envelope_stream = Arc::new(AtomicBool::new(false));
         loop {
-            let (send, mut recv) = match conn.accept_bi().await {
+            let (send, recv) = match conn.accept_bi().await {
                 Ok(halves) => halves,
                 Err(_) => return,
             };
-            let mut kind = [0u8; 1];
-            let header =
-                tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut kind))
-                    .await;
-            if !matches!(header, Ok(Ok(_))) {
-                continue;
+            // Each stream's header is read in its own task, so a peer that opens a stream and
+            // stays silent delays nothing else.
+            let inner = self.clone();
+            let conn = conn.clone();
+            let last_rx = last_rx.clone();
+            let envelope_stream = envelope_stream.clone();
+            self.tasks.spawn(
+                async move {
+                    inner
+                        .accept_stream_kind(conn, id, send, recv, last_rx, envelope_stream)
+                        .await;
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    async fn accept_stream_kind(
+        self: Arc<Self>,
+        conn: Arc<dyn Connection>,
+        id: u64,
+        send: SendHalf,
+        mut recv: RecvHalf,
+        last_rx: Arc<AtomicU64>,
+        envelope_stream: Arc<AtomicBool>,
+    ) {
+        let mut kind = [0u8; 1];
+        let header =
+            tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut kind)).await;
+        if !matches!(header, Ok(Ok(_))) {
+            self.count_drop(
+                DropReason::Stream,
+                Some(&conn.peer()),
+                "stream without a header",
+            );
+            return;
+        }
+        match kind[0] {
+            STREAM_ENVELOPES if !envelope_stream.swap(true, Ordering::Relaxed) => {
+                self.read_loop(conn, id, recv, last_rx).await;
             }
-            match kind[0] {
-                STREAM_ENVELOPES if !envelope_stream => {
-                    envelope_stream = true;
-                    let inner = self.clone();
-                    let c = conn.clone();
-                    let last_rx = last_rx.clone();
-                    self.tasks
-                        .spawn(async move { inner.read_loop(c, id, recv, last_rx).await });
-                }
-                STREAM_USER => {
-                    let inner = self.clone();
-                    let peer = conn.peer();
-                    self.tasks
-                        .spawn(async move { inner.accept_user_stream(peer, send, recv).await });
-                }
-                _ => {
-                    self.count_drop(
-                        DropReason::Malformed,
-                        Some(&conn.peer()),
-                        "unknown stream kind",
-                    );
-                    conn.close(close_code::PROTOCOL, "unknown stream kind");
-                    return;
-                }
+            STREAM_USER => self.accept_user_stream(conn.peer(), send, recv).await,
+            _ => {
+                self.count_drop(
+                    DropReason::Malformed,
+                    Some(&conn.peer()),
+                    "unknown or repeated stream kind",
+                );
+                conn.close(close_code::PROTOCOL, "unknown or repeated stream kind");
             }
         }
     }
@@ -1284,7 +1371,11 @@ impl Inner {
                 buf.reserve(64 * 1024);
             }
             let n = match recv.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    // The peer closed its envelope stream: it is leaving or broken either way.
+                    conn.close(close_code::SHUTDOWN, "envelope stream ended");
+                    return;
+                }
                 Ok(n) => n,
             };
             bytes_in.inc_by(n as u64);
@@ -1306,6 +1397,10 @@ impl Inner {
                         };
                         self.count_drop(reason, Some(&peer), &e.to_string());
                         tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                        self.emit(Event::Error {
+                            context: "connection",
+                            message: format!("closed connection to {peer}: {e}"),
+                        });
                         conn.close(close_code::PROTOCOL, &e.to_string());
                         return;
                     }
@@ -1356,6 +1451,10 @@ impl Inner {
                 };
                 if let Err(close) = self.handle_envelope(&conn, id, env, &mut acks) {
                     tracing::warn!(%peer, reason = close, "closing connection");
+                    self.emit(Event::Error {
+                        context: "connection",
+                        message: format!("closed connection to {peer}: {close}"),
+                    });
                     conn.close(close_code::PROTOCOL, close);
                     return;
                 }
@@ -1558,16 +1657,19 @@ impl Inner {
         self.topology.send_modify(|v| *v += 1);
         if first {
             tracing::info!(%peer, transport = %conn.kind(), "peer connected");
+            // Never emit while holding the state lock: a dropped event may run code (an
+            // unanswered query's responder) that takes the lock again.
+            let inbound = self
+                .lock()
+                .peers
+                .get(&peer)
+                .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
+                .is_some_and(|c| c.inbound);
             self.emit(Event::PeerConnected {
                 peer,
                 transport: conn.kind(),
                 addr: conn.remote_addr(),
-                inbound: self
-                    .lock()
-                    .peers
-                    .get(&peer)
-                    .and_then(|p| p.conns.iter().find(|c| c.id == conn_id))
-                    .is_some_and(|c| c.inbound),
+                inbound,
             });
         }
     }
@@ -1652,6 +1754,15 @@ impl Inner {
                 let mut st = self.lock();
                 let st = &mut *st;
                 match session::respond(&self.identity, &init, &mut st.guard, unix_secs(), now) {
+                    Ok((session, _)) if session.peer_id() != from_conn => {
+                        // Until relaying exists, a handshake must come from the peer itself;
+                        // otherwise one connection could mint sessions for any identity.
+                        self.count_drop(
+                            DropReason::Crypto,
+                            Some(&from_conn),
+                            "handshake for another identity",
+                        );
+                    }
                     Ok((session, response)) => {
                         let initiator = session.peer_id();
                         let _ = st.records.insert(session.peer().clone());
@@ -2011,7 +2122,7 @@ impl Inner {
                 for c in &mut p.conns {
                     let last_rx = c.last_rx.load(Ordering::Relaxed);
                     let silent = Duration::from_millis(elapsed_ms.saturating_sub(last_rx));
-                    if silent >= t.idle && now.saturating_duration_since(p.connected_at) >= t.idle {
+                    if silent >= t.idle {
                         close.push(c.conn.clone());
                     } else if c.ready && now.saturating_duration_since(c.last_ping) >= t.keepalive {
                         c.last_ping = now;
@@ -2057,10 +2168,16 @@ impl Inner {
                     .rev()
                     .find(|x| x.role() == Role::Initiator)
                     .is_some_and(|x| x.should_rehandshake(now));
-                if newest_initiator_old && s.initiating.is_none() {
+                // A handshake that never got an answer must not block rekeying forever.
+                let stuck = s
+                    .initiating
+                    .is_some_and(|(_, started)| now.saturating_duration_since(started) >= t.ack);
+                if newest_initiator_old && (s.initiating.is_none() || stuck) {
                     rekey.push(*peer);
                 }
             }
+            st.sessions
+                .retain(|_, s| !s.sessions.is_empty() || s.initiating.is_some());
             let live: HashSet<u64> = st
                 .sessions
                 .values()
@@ -2072,6 +2189,9 @@ impl Inner {
                     self.start_handshake(st, &peer, &w, now);
                 }
             }
+            let stale = t.reconnect_max;
+            st.dial_backoff
+                .retain(|_, (next, _)| now.saturating_duration_since(*next) < stale);
             // Wanted peers: reconnect with backoff.
             for w in st.wanted.iter_mut() {
                 let connected = w.node.is_some_and(|n| ready.contains(&n));
@@ -2107,6 +2227,7 @@ impl Inner {
 
     async fn dial_wanted(self: Arc<Self>, addr: PeerAddr) {
         let result = self.connect(&addr).await;
+        let mut report = None;
         let mut st = self.lock();
         let t = &self.config.timeouts;
         if let Some(w) = st.wanted.iter_mut().find(|w| w.addr == addr) {
@@ -2121,6 +2242,10 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, backoff = ?w.backoff, "dial failed; will retry");
+                    report = Some(Event::Error {
+                        context: "dial",
+                        message: format!("{addr}: {e} (retrying in {:?})", w.backoff),
+                    });
                     w.last_error = Some(e.to_string());
                     // Exponential backoff with up to 25% jitter so restarts do not synchronise.
                     let jitter = 1.0
@@ -2130,6 +2255,10 @@ impl Inner {
                     w.backoff = (w.backoff * 2).min(t.reconnect_max);
                 }
             }
+        }
+        drop(st);
+        if let Some(event) = report {
+            self.emit(event);
         }
     }
 
@@ -2171,6 +2300,29 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+}
+
+/// A connection slot taken for a byte-stream connection; given back on drop unless the
+/// connection was registered (so a failed, timed-out or cancelled handshake never leaks it).
+pub(crate) struct StreamSlot {
+    inner: Arc<Inner>,
+    armed: bool,
+}
+
+impl StreamSlot {
+    /// The connection is registered: the slot now belongs to it.
+    pub(crate) fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self.inner.lock();
+            st.total_conns = st.total_conns.saturating_sub(1);
+        }
     }
 }
 

@@ -162,16 +162,29 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         let answered = *self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        if !answered {
-            if let Some(node) = self.node.upgrade() {
-                let _ = node.send_query_response(
-                    self.peer,
-                    self.query_id,
-                    501,
-                    Bytes::new(),
-                    "no handler answered this query".into(),
-                );
+        if answered {
+            return;
+        }
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let (peer, query_id) = (self.peer, self.query_id);
+        let answer = move || {
+            let _ = node.send_query_response(
+                peer,
+                query_id,
+                501,
+                Bytes::new(),
+                "no handler answered this query".into(),
+            );
+        };
+        // The last clone can be dropped anywhere, even inside the node while it holds its
+        // state lock (an event evicted from a full buffer); answer from a fresh task then.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { answer() });
             }
+            Err(_) => answer(),
         }
     }
 }
@@ -193,9 +206,17 @@ impl IncomingQuery {
         }
     }
 
-    /// Answers with `body` (status 0). Later answers are ignored.
+    /// Answers with `body` (status 0, at most 512 KiB). Later answers are ignored.
     pub fn respond(&self, body: impl Into<Bytes>) -> Result<(), SendError> {
-        self.responder.answer(0, body.into(), String::new())
+        let body = body.into();
+        // Checked before the answer is taken, so an oversized body can be replaced.
+        if body.len() > crate::wire::MAX_QUERY_BODY {
+            return Err(SendError::TooLarge {
+                len: body.len(),
+                max: crate::wire::MAX_QUERY_BODY,
+            });
+        }
+        self.responder.answer(0, body, String::new())
     }
 
     /// Answers with an error `status` (non-zero) and a message for the asking peer.

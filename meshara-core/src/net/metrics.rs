@@ -41,8 +41,6 @@ pub enum DropReason {
     Malformed,
     /// A connection's send queue was full.
     QueueFull,
-    /// An event subscriber fell behind.
-    EventsLagged,
     /// A private message or session message that failed to decrypt or verify.
     Crypto,
     /// A peer that is banned.
@@ -74,7 +72,6 @@ impl DropReason {
             DropReason::FrameTooLarge => "frame_too_large",
             DropReason::Malformed => "malformed",
             DropReason::QueueFull => "queue_full",
-            DropReason::EventsLagged => "events_lagged",
             DropReason::Crypto => "crypto",
             DropReason::Banned => "banned",
             DropReason::ProtocolVersion => "protocol_version",

@@ -755,16 +755,22 @@ impl Node {
         io: S,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        let conn = StreamConnection::connect(
-            io,
-            &self.inner.identity,
-            expected,
-            TransportKind::Stream,
-            None,
+        let slot = self.inner.reserve_stream_slot()?;
+        let timeout = self.inner.config.timeouts.connect;
+        let conn = tokio::time::timeout(
+            timeout,
+            StreamConnection::connect(
+                io,
+                &self.inner.identity,
+                expected,
+                TransportKind::Stream,
+                None,
+            ),
         )
-        .await?;
+        .await
+        .map_err(|_| TransportError::Timeout(timeout))??;
         let peer = conn.peer();
-        self.inner.lock().total_conns += 1;
+        slot.keep();
         self.inner.establish(Arc::new(conn), false, None)?;
         Ok(peer)
     }
@@ -772,15 +778,21 @@ impl Node {
     /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
     /// onion-service stream) and registers the connection. Returns the caller's NodeId.
     pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
-        let conn = StreamConnection::accept(
-            io,
-            self.inner.stream_tls.clone(),
-            TransportKind::Stream,
-            None,
+        let slot = self.inner.reserve_stream_slot()?;
+        let timeout = self.inner.config.timeouts.connect;
+        let conn = tokio::time::timeout(
+            timeout,
+            StreamConnection::accept(
+                io,
+                self.inner.stream_tls.clone(),
+                TransportKind::Stream,
+                None,
+            ),
         )
-        .await?;
+        .await
+        .map_err(|_| TransportError::Timeout(timeout))??;
         let peer = conn.peer();
-        self.inner.lock().total_conns += 1;
+        slot.keep();
         self.inner.establish(Arc::new(conn), true, None)?;
         Ok(peer)
     }

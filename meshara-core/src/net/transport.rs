@@ -428,6 +428,14 @@ async fn drive_yamux<S: ByteStream>(
                             let _ = reply.send(Ok(stream));
                         }
                     }
+                    // Our own stream limit: fail this open, keep the connection.
+                    Poll::Ready(Err(yamux::ConnectionError::TooManyStreams)) => {
+                        if let Some(reply) = waiting.pop_front() {
+                            let _ = reply.send(Err(TransportError::Connect(
+                                "too many open streams on this connection".into(),
+                            )));
+                        }
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => break,
                 }
