@@ -663,6 +663,13 @@ impl Inner {
             if st.queries.len() >= self.config.limits.max_pending_queries {
                 return Err(QueryError::Send(SendError::OutboxFull(st.queries.len())));
             }
+            let frame_estimate = self.padding.padded_len(payload.len()) + 160;
+            if frame_estimate > self.config.limits.max_frame_len {
+                return Err(QueryError::Send(SendError::TooLarge {
+                    len: frame_estimate,
+                    max: self.config.limits.max_frame_len,
+                }));
+            }
             let sent = self.send_payload(&mut st, &peer, &payload, now);
             st.queries.insert(
                 query_id,
@@ -2175,6 +2182,21 @@ impl Inner {
                 if newest_initiator_old && (s.initiating.is_none() || stuck) {
                     rekey.push(*peer);
                 }
+            }
+            // Forget handshakes that were never answered (the peer went away), then entries
+            // left with nothing in them.
+            let abandon_after = t.ack * 4;
+            let mut abandoned = Vec::new();
+            for s in st.sessions.values_mut() {
+                if let Some((index, started)) = s.initiating {
+                    if now.saturating_duration_since(started) >= abandon_after {
+                        s.initiating = None;
+                        abandoned.push(index);
+                    }
+                }
+            }
+            for index in abandoned {
+                st.initiators.remove(&index);
             }
             st.sessions
                 .retain(|_, s| !s.sessions.is_empty() || s.initiating.is_some());
