@@ -430,6 +430,11 @@ async fn run() {
     let count = if quick() { 20_000 } else { 200_000 };
     let stream = if quick() { 64 << 20 } else { 512 << 20 };
     let conns = if quick() { 200 } else { 1000 };
+    // `NODE_BENCH_ONLY=throughput` runs just the padded throughput case (for profiling).
+    if std::env::var("NODE_BENCH_ONLY").as_deref() == Ok("throughput") {
+        println!("{:.0} msg/s", throughput(count, Padding::Buckets).await);
+        return;
+    }
     println!("| measurement | Meshara node | raw quinn (same TLS) | ratio |");
     println!("|---|---|---|---|");
     for size in [1024, 10 * 1024] {

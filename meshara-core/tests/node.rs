@@ -457,6 +457,8 @@ async fn any_byte_stream_carries_a_connection() {
     let err = a.connect_stream(left, Some(impostor)).await.unwrap_err();
     assert!(matches!(err, TransportError::WrongPeer { .. }), "{err:?}");
     assert!(accept.await.unwrap().is_err());
+    assert_eq!(a.drops(meshara_core::net::DropReason::Handshake), 1);
+    assert_eq!(b.drops(meshara_core::net::DropReason::Handshake), 1);
     a.stop().await;
     b.stop().await;
 }

@@ -997,6 +997,17 @@ impl Inner {
         })
     }
 
+    /// Counts a failed handshake over an application-supplied byte stream.
+    pub(crate) fn stream_handshake_failed(&self, error: &TransportError) {
+        self.metrics.attempt("stream", "error");
+        let reason = if matches!(error, TransportError::ProtocolMismatch { .. }) {
+            DropReason::ProtocolVersion
+        } else {
+            DropReason::Handshake
+        };
+        self.count_drop(reason, None, &format!("byte-stream handshake: {error}"));
+    }
+
     /// Handles an inbound connection whose TLS handshake finished (admission already taken).
     pub(crate) fn inbound_established(self: &Arc<Self>, conn: Arc<dyn Connection>, ip: IpAddr) {
         {
@@ -1301,6 +1312,13 @@ impl Inner {
                     "unknown or repeated stream kind",
                 );
                 conn.close(close_code::PROTOCOL, "unknown or repeated stream kind");
+                self.emit(Event::Error {
+                    context: "connection",
+                    message: format!(
+                        "closed connection to {}: unknown or repeated stream kind",
+                        conn.peer()
+                    ),
+                });
             }
         }
     }
@@ -1443,6 +1461,12 @@ impl Inner {
                     if disconnect {
                         tracing::warn!(%peer, "closing connection: persistent rate-limit violations");
                         conn.close(close_code::ABUSE, "rate limit exceeded repeatedly");
+                        self.emit(Event::Error {
+                            context: "connection",
+                            message: format!(
+                                "closed connection to {peer}: rate limit exceeded repeatedly"
+                            ),
+                        });
                         return;
                     }
                     continue;

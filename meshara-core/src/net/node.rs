@@ -768,9 +768,12 @@ impl Node {
             ),
         )
         .await
-        .map_err(|_| TransportError::Timeout(timeout))??;
+        .map_err(|_| TransportError::Timeout(timeout))
+        .and_then(|r| r)
+        .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
         let peer = conn.peer();
         slot.keep();
+        self.inner.metrics.attempt("stream", "ok");
         self.inner.establish(Arc::new(conn), false, None)?;
         Ok(peer)
     }
@@ -790,9 +793,12 @@ impl Node {
             ),
         )
         .await
-        .map_err(|_| TransportError::Timeout(timeout))??;
+        .map_err(|_| TransportError::Timeout(timeout))
+        .and_then(|r| r)
+        .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
         let peer = conn.peer();
         slot.keep();
+        self.inner.metrics.attempt("stream", "ok");
         self.inner.establish(Arc::new(conn), true, None)?;
         Ok(peer)
     }
