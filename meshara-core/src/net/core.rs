@@ -997,15 +997,25 @@ impl Inner {
         })
     }
 
+    /// Releases the admission of an inbound handshake that failed and counts why.
+    fn inbound_handshake_failed(&self, ip: IpAddr, transport: &str, error: &TransportError) {
+        self.release_admission(ip);
+        self.metrics.attempt("in", "error");
+        self.count_drop(
+            handshake_drop_reason(error),
+            None,
+            &format!("inbound {transport} handshake from {ip}: {error}"),
+        );
+    }
+
     /// Counts a failed handshake over an application-supplied byte stream.
     pub(crate) fn stream_handshake_failed(&self, error: &TransportError) {
         self.metrics.attempt("stream", "error");
-        let reason = if matches!(error, TransportError::ProtocolMismatch { .. }) {
-            DropReason::ProtocolVersion
-        } else {
-            DropReason::Handshake
-        };
-        self.count_drop(reason, None, &format!("byte-stream handshake: {error}"));
+        self.count_drop(
+            handshake_drop_reason(error),
+            None,
+            &format!("byte-stream handshake: {error}"),
+        );
     }
 
     /// Handles an inbound connection whose TLS handshake finished (admission already taken).
@@ -2372,6 +2382,14 @@ impl Drop for StreamSlot {
     }
 }
 
+fn handshake_drop_reason(error: &TransportError) -> DropReason {
+    if matches!(error, TransportError::ProtocolMismatch { .. }) {
+        DropReason::ProtocolVersion
+    } else {
+        DropReason::Handshake
+    }
+}
+
 fn release_ip(st: &mut State, ip: IpAddr) {
     if let Some(n) = st.per_ip.get_mut(&ip) {
         *n = n.saturating_sub(1);
@@ -2411,20 +2429,7 @@ pub(crate) async fn quic_accept_loop(inner: Arc<Inner>) {
             .await;
             match result {
                 Ok(conn) => node.inbound_established(Arc::new(conn), ip),
-                Err(e) => {
-                    node.release_admission(ip);
-                    node.metrics.attempt("in", "error");
-                    let reason = if matches!(e, TransportError::ProtocolMismatch { .. }) {
-                        DropReason::ProtocolVersion
-                    } else {
-                        DropReason::Handshake
-                    };
-                    node.count_drop(
-                        reason,
-                        None,
-                        &format!("inbound QUIC handshake from {ip}: {e}"),
-                    );
-                }
+                Err(e) => node.inbound_handshake_failed(ip, "QUIC", &e),
             }
         });
     }
@@ -2469,20 +2474,7 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
             .and_then(|r| r);
             match accepted {
                 Ok(conn) => node.inbound_established(Arc::new(conn), ip),
-                Err(e) => {
-                    node.release_admission(ip);
-                    node.metrics.attempt("in", "error");
-                    let reason = if matches!(e, TransportError::ProtocolMismatch { .. }) {
-                        DropReason::ProtocolVersion
-                    } else {
-                        DropReason::Handshake
-                    };
-                    node.count_drop(
-                        reason,
-                        None,
-                        &format!("inbound TCP handshake from {ip}: {e}"),
-                    );
-                }
+                Err(e) => node.inbound_handshake_failed(ip, "TCP", &e),
             }
         });
     }

@@ -323,12 +323,7 @@ impl StreamConnection {
             .connect(name, io)
             .await
             .map_err(|e| TransportError::from_tls_io(e, expected))?;
-        let (_, session) = tls.get_ref();
-        check_alpn(session.alpn_protocol())?;
-        let peer = session
-            .peer_certificates()
-            .and_then(tls::peer_node_id)
-            .ok_or(TransportError::NoPeerIdentity)?;
+        let peer = authenticated_peer(tls.get_ref().1)?;
         Ok(Self::start(tls, yamux::Mode::Client, peer, kind, remote))
     }
 
@@ -345,12 +340,7 @@ impl StreamConnection {
             .accept(io)
             .await
             .map_err(|e| TransportError::from_tls_io(e, None))?;
-        let (_, session) = tls.get_ref();
-        check_alpn(session.alpn_protocol())?;
-        let peer = session
-            .peer_certificates()
-            .and_then(tls::peer_node_id)
-            .ok_or(TransportError::NoPeerIdentity)?;
+        let peer = authenticated_peer(tls.get_ref().1)?;
         Ok(Self::start(tls, yamux::Mode::Server, peer, kind, remote))
     }
 
@@ -385,6 +375,15 @@ impl StreamConnection {
             .clone()
             .unwrap_or(TransportError::Closed("connection closed".into()))
     }
+}
+
+/// The peer a finished TLS session authenticated, after checking it speaks our version.
+fn authenticated_peer<D>(session: &rustls::ConnectionCommon<D>) -> Result<NodeId, TransportError> {
+    check_alpn(session.alpn_protocol())?;
+    session
+        .peer_certificates()
+        .and_then(tls::peer_node_id)
+        .ok_or(TransportError::NoPeerIdentity)
 }
 
 fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TransportError> {
