@@ -261,7 +261,11 @@ impl NodeBuilder {
         }
         inner.tasks.spawn(inner.clone().maintenance());
         if inner.config.mdns {
-            discovery::start_mdns(&inner).map_err(StartError::Config)?;
+            if let Err(e) = discovery::start_mdns(&inner) {
+                // Do not leave the sockets and tasks of a node that failed to start running.
+                inner.stop().await;
+                return Err(StartError::Config(e));
+            }
         }
         tracing::info!(
             node = %identity.node_id(),
