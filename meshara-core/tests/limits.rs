@@ -184,7 +184,7 @@ async fn pending_handshake_cap() {
     for _ in 0..2 {
         idle.push(tokio::net::TcpStream::connect(tcp).await.unwrap());
     }
-    wait_until(|| server.stats().connections == 1).await;
+    wait_until(|| server.stats().pending_handshakes == 2).await;
     // A third handshake is refused while the slots are held...
     let late = plain("127.0.0.1:0").await;
     let err = late
@@ -359,12 +359,14 @@ async fn unanswered_incoming_queries_are_bounded() {
     let asker = plain("127.0.0.1:0").await;
     asker.connect(&server.quic_addr().unwrap()).await.unwrap();
     let mut events = server.events();
+    let (got_it, received) = tokio::sync::oneshot::channel();
     let held = tokio::spawn(async move {
         let q = next_matching(&mut events, |e| match e {
             Event::Query(q) => Some(q),
             _ => None,
         })
         .await;
+        got_it.send(()).unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         q.respond(&b"late"[..]).unwrap();
     });
@@ -374,8 +376,8 @@ async fn unanswered_incoming_queries_are_bounded() {
         a2.query(server_id, "slow", &b""[..], Duration::from_secs(10))
             .await
     });
-    wait_until(|| server.stats().messages_in >= 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first query is now held unanswered by the application.
+    tokio::time::timeout(WAIT, received).await.unwrap().unwrap();
     let err = asker
         .query(server.node_id(), "slow", &b""[..], Duration::from_secs(10))
         .await

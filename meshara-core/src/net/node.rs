@@ -380,6 +380,8 @@ pub struct NetworkStats {
     pub peers: usize,
     /// Open connections.
     pub connections: usize,
+    /// Inbound TLS handshakes in progress.
+    pub pending_handshakes: usize,
     /// Node records known.
     pub known_nodes: usize,
     /// Private messages awaiting acknowledgement.
@@ -690,6 +692,7 @@ impl Node {
         NetworkStats {
             peers: st.peers.values().filter(|p| p.announced).count(),
             connections: st.peers.values().map(|p| p.conns.len()).sum(),
+            pending_handshakes: st.pending_handshakes,
             known_nodes: st.records.len(),
             outbox: st.outbox.len(),
             messages_in: t.messages_in.load(Ordering::Relaxed),

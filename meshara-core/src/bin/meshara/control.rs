@@ -126,6 +126,7 @@ pub(crate) fn status_json(node: &Node) -> Value {
         "tcp": node.tcp_addr().map(|a| a.to_string()),
         "peers": s.peers,
         "connections": s.connections,
+        "pending_handshakes": s.pending_handshakes,
         "known_nodes": s.known_nodes,
         "outbox": s.outbox,
         "messages_in": s.messages_in,
