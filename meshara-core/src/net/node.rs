@@ -439,6 +439,11 @@ impl Node {
         &self.inner
     }
 
+    /// Whether the node is running (false once [`Node::stop`] began).
+    pub fn is_running(&self) -> bool {
+        !self.inner.lock().stopped
+    }
+
     /// This node's NodeId.
     pub fn node_id(&self) -> NodeId {
         self.inner.identity.node_id()

@@ -1,0 +1,396 @@
+//! Every route and rejection, driven as a tower service (`oneshot`) and through a real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::FromRef;
+use axum::http::{Request, StatusCode, header};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use meshara_core::{Event, Identity, Node, NodeBuilder};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+#[derive(Clone)]
+struct AppState {
+    node: Node,
+}
+
+impl FromRef<AppState> for Node {
+    fn from_ref(s: &AppState) -> Node {
+        s.node.clone()
+    }
+}
+
+async fn node() -> Node {
+    NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn pair() -> (Node, Node) {
+    let a = node().await;
+    let b = node().await;
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    (a, b)
+}
+
+fn app(node: &Node) -> Router {
+    Router::new()
+        .nest("/meshara", meshara_axum::routes())
+        .with_state(AppState { node: node.clone() })
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    let body = match body {
+        Some(v) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    raw(app, req.body(body).unwrap()).await
+}
+
+async fn raw(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers() {
+    let (a, b) = pair().await;
+    let api = app(&a);
+    // Private message, acknowledged end to end.
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/meshara/messages",
+        Some(json!({"to": b.node_id().to_string(), "content": "hi"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["delivered"], true);
+    // Fire and forget, binary content.
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/meshara/messages",
+        Some(json!({"to": b.node_id().to_string(), "content_base64": "AAEC", "wait": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["delivered"], false);
+    // Broadcast.
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/meshara/broadcasts",
+        Some(json!({"topic": "news", "content": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"].as_str().unwrap().len(), 64);
+    // Query answered by b's application.
+    let mut b_events = b.events();
+    tokio::spawn(async move {
+        while let Some(e) = b_events.next().await {
+            if let Event::Query(q) = e {
+                q.respond(format!("pong:{}", String::from_utf8_lossy(&q.body)))
+                    .unwrap();
+            }
+        }
+    });
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/meshara/queries",
+        Some(json!({"to": b.node_id().to_string(), "method": "ping", "body": "1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["body"], "pong:1");
+    // Peers, status, metrics.
+    let (status, body) = call(&api, "GET", "/meshara/peers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["node_id"], b.node_id().to_string());
+    let (status, body) = call(&api, "GET", "/meshara/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["node_id"], a.node_id().to_string());
+    assert_eq!(body["peers"], 1);
+    let (status, body) = call(&api, "GET", "/meshara/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.as_str().unwrap().contains("meshara_messages_total"));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_say_what_is_wrong() {
+    let (a, b) = pair().await;
+    let api = app(&a);
+    let to = b.node_id().to_string();
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post_json("/meshara/messages", json!({"to": "nope", "content": "x"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_node_id",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x", "content_base64": "AA=="}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "ambiguous_content",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content_base64": "%%%"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_base64",
+        ),
+        (
+            post_json("/meshara/messages", json!({"to": to, "contnet": "typo"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_fields",
+        ),
+        (
+            Request::post("/meshara/messages")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            Request::post("/meshara/messages")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from("{}"))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "wrong_content_type",
+        ),
+        (
+            Request::post("/meshara/messages")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(vec![b' '; 3 << 20]))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x".repeat(600_000)}),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": a.node_id().to_string(), "content": "me"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "to_self",
+        ),
+        (
+            post_json("/meshara/broadcasts", json!({"topic": "", "content": "x"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            post_json(
+                "/meshara/queries",
+                json!({"to": to, "method": "m", "timeout_ms": 0}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+        ),
+        (
+            post_json(
+                "/meshara/queries",
+                json!({"to": to, "method": "nobody", "timeout_ms": 5000}),
+            ),
+            StatusCode::BAD_GATEWAY,
+            "query_rejected",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let uri = req.uri().clone();
+        let (got, body) = raw(&api, req).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert_eq!(body["error"], code, "{uri}: {body}");
+        assert!(
+            !body["message"].as_str().unwrap().is_empty(),
+            "{uri}: {body}"
+        );
+    }
+    // A stopped node answers 503 instead of failing later.
+    a.stop().await;
+    let (status, body) = call(&api, "GET", "/meshara/status", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "node_stopped");
+    b.stop().await;
+}
+
+fn post_json(uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_exactly_the_routes() {
+    let a = node().await;
+    let api = app(&a);
+    let (status, doc) = call(&api, "GET", "/meshara/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = meshara_axum::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+    // Every documented route exists (no 404/405) on the mounted router.
+    for (method, path) in served {
+        if path.ends_with("/ws") || path == "/events" {
+            continue; // upgrades and streams, covered by the server test
+        }
+        let req = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(format!("/meshara{path}"));
+        let req = if method == "post" {
+            req.header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+        } else {
+            req.body(Body::empty())
+        };
+        let (status, body) = raw(&api, req.unwrap()).await;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{path}: {status} {body}"
+        );
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_websocket_deliver_events_in_order() {
+    let (a, b) = pair().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app(&a)).into_future());
+
+    // SSE over a real HTTP connection.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(
+            Request::get("/meshara/events")
+                .header(header::HOST, "x")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut sse = res.into_body();
+
+    // WebSocket.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/meshara/events/ws"))
+        .await
+        .unwrap();
+
+    // Give both subscriptions a moment to attach before sending.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        b.send_private(a.node_id(), "text/plain", format!("event {i}"))
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
+    }
+
+    let mut seen = Vec::new();
+    let mut buf = String::new();
+    while seen.len() < 5 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), sse.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(data) = frame.data_ref() {
+            buf.push_str(&String::from_utf8_lossy(data));
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.lines().any(|l| l == "event: message") {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                let json: Value = serde_json::from_str(data).unwrap();
+                seen.push(json["data"]["content"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("event {i}")).collect::<Vec<_>>()
+    );
+
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+            let json: Value = serde_json::from_str(&text).unwrap();
+            if json["kind"] == "message" {
+                seen.push(json["data"]["content"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("event {i}")).collect::<Vec<_>>()
+    );
+    server.abort();
+    a.stop().await;
+    b.stop().await;
+}
