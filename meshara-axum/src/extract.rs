@@ -9,6 +9,7 @@ use meshara_core::{Node, NodeId};
 use serde::de::DeserializeOwned;
 
 use crate::error::error_response;
+use crate::signature::{SignatureError, SignatureFailure};
 
 /// The node, from the app's state (`Node: FromRef<S>`). Rejects with 503 once the node has
 /// stopped, so handlers never work against a dead node.
@@ -108,9 +109,11 @@ where
     }
 }
 
-/// The Meshara identity of the caller, for routes served to peers over Meshara
-/// ([`crate::serve`]): the NodeId the connection proved in its TLS handshake. Rejects with 401
-/// when the request did not arrive over Meshara.
+/// The Meshara identity of the caller: for requests served over Meshara ([`crate::serve`]), the
+/// NodeId the connection proved in its TLS handshake; for plain HTTP behind
+/// [`VerifySignaturesLayer`](crate::VerifySignaturesLayer), the `keyid` of a valid RFC 9421
+/// signature. Rejects with the precise reason otherwise (missing, malformed, invalid, expired,
+/// replayed signature, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifiedPeer(pub NodeId);
 
@@ -118,18 +121,25 @@ pub struct VerifiedPeer(pub NodeId);
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifiedPeerRejection {
-    /// The request carries no verified Meshara identity.
-    #[error("this route needs a caller authenticated by its Meshara identity")]
-    Missing,
+    /// The request neither came over Meshara nor went through a
+    /// [`VerifySignaturesLayer`](crate::VerifySignaturesLayer).
+    #[error(
+        "this route needs a caller authenticated by its Meshara identity: call it over Meshara, \
+         or sign the request (RFC 9421) behind VerifySignaturesLayer"
+    )]
+    Unauthenticated,
+    /// The HTTP message signature was missing or refused.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 impl IntoResponse for VerifiedPeerRejection {
     fn into_response(self) -> Response {
-        error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            self.to_string(),
-        )
+        let (status, code) = match &self {
+            VerifiedPeerRejection::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            VerifiedPeerRejection::Signature(e) => e.status_and_code(),
+        };
+        error_response(status, code, self.to_string())
     }
 }
 
@@ -137,10 +147,12 @@ impl<S: Send + Sync> FromRequestParts<S> for VerifiedPeer {
     type Rejection = VerifiedPeerRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<VerifiedPeer>()
-            .copied()
-            .ok_or(VerifiedPeerRejection::Missing)
+        if let Some(peer) = parts.extensions.get::<VerifiedPeer>() {
+            return Ok(*peer);
+        }
+        match parts.extensions.get::<SignatureFailure>() {
+            Some(SignatureFailure(e)) => Err(VerifiedPeerRejection::Signature(e.clone())),
+            None => Err(VerifiedPeerRejection::Unauthenticated),
+        }
     }
 }

@@ -45,6 +45,7 @@ mod api;
 mod error;
 mod extract;
 mod serve;
+mod signature;
 
 pub use api::{
     BroadcastRequest, BroadcastResponse, ErrorBody, EventJson, PeerJson, QueryRequest,
@@ -56,3 +57,7 @@ pub use extract::{
     VerifiedPeerRejection,
 };
 pub use serve::{AllowList, AllowListLayer, ClientError, HTTP_PROTOCOL, MesharaClient, serve};
+pub use signature::{
+    SIGNATURE_LABEL, SignatureError, SignaturePolicy, VerifySignatures, VerifySignaturesLayer,
+    sign_request, sign_request_with,
+};

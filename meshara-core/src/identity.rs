@@ -30,6 +30,10 @@ pub enum IdentityError {
         /// Length found.
         actual: usize,
     },
+    /// [`Identity::sign_http_signature_base`] was given something that is not an RFC 9421
+    /// signature base.
+    #[error("not an HTTP message signature base (RFC 9421 §2.5)")]
+    NotASignatureBase,
 }
 
 /// Lowercase RFC 4648 base32 without padding: the text form of ids and fingerprints.
@@ -273,6 +277,23 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Signs an HTTP Message Signatures (RFC 9421) signature base with the identity key
+    /// (algorithm `ed25519`), for authenticating HTTP requests as this node.
+    ///
+    /// Refuses anything that is not shaped like a signature base: it must start with a quoted
+    /// component identifier (`"`) and its last line must be the `"@signature-params": ` line.
+    /// That keeps this raw signature apart from every other use of the key: Meshara's own
+    /// signatures are over `meshara/…` contexts and TLS's over 64 spaces.
+    pub fn sign_http_signature_base(&self, base: &[u8]) -> Result<[u8; 64], IdentityError> {
+        let last_line = base.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+        if !base.starts_with(b"\"") || !last_line.starts_with(b"\"@signature-params\": ") {
+            return Err(IdentityError::NotASignatureBase);
+        }
+        Ok(self.signing.sign(base).to_bytes())
+    }
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
@@ -349,5 +370,25 @@ mod tests {
         assert!(id.verify(b"ctx-b", b"hello", &sig).is_err());
         assert!(id.verify(b"ctx-a", b"hellO", &sig).is_err());
         assert!(id.verify(b"ctx-a", b"hello", &sig[..63]).is_err());
+    }
+
+    #[test]
+    fn http_signature_bases_only() {
+        let id = Identity::generate();
+        let base = b"\"@method\": GET\n\"@signature-params\": (\"@method\");created=1";
+        let sig = id.sign_http_signature_base(base).unwrap();
+        let sig = ed25519_dalek::Signature::from_bytes(&sig);
+        assert!(
+            id.node_id()
+                .verifying_key()
+                .verify_strict(base, &sig)
+                .is_ok()
+        );
+        for not_a_base in [&b"meshara/v1/broadcast\0x"[..], b"", b"\"@method\": GET"] {
+            assert_eq!(
+                id.sign_http_signature_base(not_a_base),
+                Err(IdentityError::NotASignatureBase)
+            );
+        }
     }
 }
