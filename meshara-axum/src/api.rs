@@ -429,7 +429,7 @@ where
     S: Send + Sync,
 {
     let stream = node.events().filter_map(|event| async move {
-        let json = event_json(&event)?;
+        let json = event_json(&event);
         let data = serde_json::to_string(&json).ok()?;
         Some(Ok(SseEvent::default().event(json.kind).data(data)))
     });
@@ -452,8 +452,7 @@ async fn forward_events(node: Node, mut socket: WebSocket) {
         tokio::select! {
             event = events.next() => {
                 let Some(event) = event else { break };
-                let Some(json) = event_json(&event) else { continue };
-                let Ok(text) = serde_json::to_string(&json) else { continue };
+                let Ok(text) = serde_json::to_string(&event_json(&event)) else { continue };
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     break;
                 }
@@ -493,68 +492,12 @@ async fn openapi_json() -> Response {
     }
 }
 
-/// The JSON form of a node event; `None` for kinds added later that this version does not know.
-pub fn event_json(event: &Event) -> Option<EventJson> {
-    use serde_json::json;
-    let (kind, data) = match event {
-        Event::Message(m) => (
-            "message",
-            json!({"id": m.id.to_string(), "from": m.from.to_string(), "content_type": m.content_type,
-                   "content": std::str::from_utf8(&m.content).ok(), "content_base64": BASE64.encode(&m.content),
-                   "sent_at_ms": m.sent_at_ms}),
-        ),
-        Event::Broadcast(b) => (
-            "broadcast",
-            json!({"id": b.broadcast.id.to_string(), "author": b.broadcast.author.to_string(),
-                   "via": b.via.to_string(), "topic": b.broadcast.topic,
-                   "content_type": b.broadcast.content_type,
-                   "content": std::str::from_utf8(&b.broadcast.content).ok(),
-                   "content_base64": BASE64.encode(&b.broadcast.content)}),
-        ),
-        Event::Query(q) => (
-            "query",
-            json!({"from": q.from.to_string(), "method": q.method, "body_base64": BASE64.encode(&q.body)}),
-        ),
-        Event::PeerConnected {
-            peer,
-            transport,
-            addr,
-            inbound,
-        } => (
-            "peer_connected",
-            json!({"peer": peer.to_string(), "transport": transport.as_str(), "addr": addr.map(|a| a.to_string()), "inbound": inbound}),
-        ),
-        Event::PeerDisconnected { peer, reason } => (
-            "peer_disconnected",
-            json!({"peer": peer.to_string(), "reason": reason}),
-        ),
-        Event::PeerDiscovered { peer, via } => (
-            "peer_discovered",
-            json!({"peer": peer.to_string(), "via": via}),
-        ),
-        Event::DeliveryConfirmed {
-            id,
-            peer,
-            latency,
-            attempts,
-        } => (
-            "delivered",
-            json!({"id": id.to_string(), "peer": peer.to_string(), "latency_ms": latency.as_secs_f64() * 1e3, "attempts": attempts}),
-        ),
-        Event::DeliveryFailed { id, peer, attempts } => (
-            "delivery_failed",
-            json!({"id": id.to_string(), "peer": peer.to_string(), "attempts": attempts}),
-        ),
-        Event::Error { context, message } => {
-            ("error", json!({"context": context, "message": message}))
-        }
-        Event::Lagged { missed } => ("lagged", json!({"missed": missed})),
-        _ => return None,
-    };
-    Some(EventJson {
-        kind: kind.into(),
-        data,
-    })
+/// The JSON form of a node event (its [`Event::kind`] and [`Event::to_json`]).
+pub fn event_json(event: &Event) -> EventJson {
+    EventJson {
+        kind: event.kind().into(),
+        data: event.to_json(),
+    }
 }
 
 impl From<SendError> for ApiError {

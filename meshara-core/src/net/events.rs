@@ -88,6 +88,79 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Short snake_case name of the event kind: `message`, `broadcast`, `query`,
+    /// `peer_connected`, `peer_disconnected`, `peer_discovered`, `delivered`,
+    /// `delivery_failed`, `error`, `lagged`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Message(_) => "message",
+            Event::Broadcast(_) => "broadcast",
+            Event::Query(_) => "query",
+            Event::PeerConnected { .. } => "peer_connected",
+            Event::PeerDisconnected { .. } => "peer_disconnected",
+            Event::PeerDiscovered { .. } => "peer_discovered",
+            Event::DeliveryConfirmed { .. } => "delivered",
+            Event::DeliveryFailed { .. } => "delivery_failed",
+            Event::Error { .. } => "error",
+            Event::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// The event's fields as a JSON object, the one representation the CLI, the HTTP API and
+    /// other tools share. Ids are hex, NodeIds base32, contents both as UTF-8 (when valid)
+    /// and base64.
+    pub fn to_json(&self) -> serde_json::Value {
+        use data_encoding::BASE64;
+        use serde_json::json;
+        let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+        match self {
+            Event::Message(m) => json!({
+                "id": m.id.to_string(), "from": m.from.to_string(),
+                "content_type": m.content_type, "content": text(&m.content),
+                "content_base64": BASE64.encode(&m.content), "sent_at_ms": m.sent_at_ms,
+            }),
+            Event::Broadcast(b) => json!({
+                "id": b.broadcast.id.to_string(), "author": b.broadcast.author.to_string(),
+                "via": b.via.to_string(), "topic": b.broadcast.topic,
+                "content_type": b.broadcast.content_type, "content": text(&b.broadcast.content),
+                "content_base64": BASE64.encode(&b.broadcast.content),
+            }),
+            Event::Query(q) => json!({
+                "from": q.from.to_string(), "method": q.method,
+                "body_base64": BASE64.encode(&q.body),
+            }),
+            Event::PeerConnected {
+                peer,
+                transport,
+                addr,
+                inbound,
+            } => json!({
+                "peer": peer.to_string(), "transport": transport.as_str(),
+                "addr": addr.map(|a| a.to_string()), "inbound": inbound,
+            }),
+            Event::PeerDisconnected { peer, reason } => {
+                json!({"peer": peer.to_string(), "reason": reason})
+            }
+            Event::PeerDiscovered { peer, via } => json!({"peer": peer.to_string(), "via": via}),
+            Event::DeliveryConfirmed {
+                id,
+                peer,
+                latency,
+                attempts,
+            } => json!({
+                "id": id.to_string(), "peer": peer.to_string(),
+                "latency_ms": latency.as_secs_f64() * 1e3, "attempts": attempts,
+            }),
+            Event::DeliveryFailed { id, peer, attempts } => {
+                json!({"id": id.to_string(), "peer": peer.to_string(), "attempts": attempts})
+            }
+            Event::Error { context, message } => json!({"context": context, "message": message}),
+            Event::Lagged { missed } => json!({"missed": missed}),
+        }
+    }
+}
+
 /// A decrypted private message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {

@@ -767,51 +767,46 @@ impl Node {
         io: S,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        let slot = self.inner.reserve_stream_slot()?;
-        let timeout = self.inner.config.timeouts.connect;
-        let conn = tokio::time::timeout(
-            timeout,
-            StreamConnection::connect(
-                io,
-                &self.inner.identity,
-                expected,
-                TransportKind::Stream,
-                None,
-            ),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout(timeout))
-        .and_then(|r| r)
-        .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
-        let peer = conn.peer();
-        slot.keep();
-        self.inner.metrics.attempt("stream", "ok");
-        self.inner.establish(Arc::new(conn), false, None)?;
-        Ok(peer)
+        let handshake = StreamConnection::connect(
+            io,
+            &self.inner.identity,
+            expected,
+            TransportKind::Stream,
+            None,
+        );
+        self.register_stream(handshake, false).await
     }
 
     /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
     /// onion-service stream) and registers the connection. Returns the caller's NodeId.
     pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
+        let handshake = StreamConnection::accept(
+            io,
+            self.inner.stream_tls.clone(),
+            TransportKind::Stream,
+            None,
+        );
+        self.register_stream(handshake, true).await
+    }
+
+    /// Takes a connection slot, runs `handshake` within the connect timeout and registers the
+    /// connection; the slot is given back if the handshake fails, times out or is cancelled.
+    async fn register_stream(
+        &self,
+        handshake: impl std::future::Future<Output = Result<StreamConnection, TransportError>>,
+        inbound: bool,
+    ) -> Result<NodeId, TransportError> {
         let slot = self.inner.reserve_stream_slot()?;
         let timeout = self.inner.config.timeouts.connect;
-        let conn = tokio::time::timeout(
-            timeout,
-            StreamConnection::accept(
-                io,
-                self.inner.stream_tls.clone(),
-                TransportKind::Stream,
-                None,
-            ),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout(timeout))
-        .and_then(|r| r)
-        .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
+        let conn = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))
+            .and_then(|r| r)
+            .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
         let peer = conn.peer();
         slot.keep();
         self.inner.metrics.attempt("stream", "ok");
-        self.inner.establish(Arc::new(conn), true, None)?;
+        self.inner.establish(Arc::new(conn), inbound, None)?;
         Ok(peer)
     }
 

@@ -213,100 +213,61 @@ pub(crate) async fn run(
 }
 
 pub(crate) fn print_event(event: &Event, json_output: bool) {
-    let (kind, value, line) = match event {
-        Event::Message(m) => (
-            "message",
-            json!({"id": m.id.to_string(), "from": m.from.to_string(), "content_type": m.content_type, "text": String::from_utf8_lossy(&m.content)}),
-            format!(
-                "message from {}: {}",
-                m.from.fingerprint(),
-                String::from_utf8_lossy(&m.content)
-            ),
+    if json_output {
+        let mut value = event.to_json();
+        value["event"] = json!(event.kind());
+        out(value.to_string());
+        return;
+    }
+    let line = match event {
+        Event::Message(m) => format!(
+            "message from {}: {}",
+            m.from.fingerprint(),
+            String::from_utf8_lossy(&m.content)
         ),
-        Event::Broadcast(b) => (
-            "broadcast",
-            json!({"id": b.broadcast.id.to_string(), "author": b.broadcast.author.to_string(), "topic": b.broadcast.topic, "text": String::from_utf8_lossy(&b.broadcast.content)}),
-            format!(
-                "broadcast [{}] from {}: {}",
-                b.broadcast.topic,
-                b.broadcast.author.fingerprint(),
-                String::from_utf8_lossy(&b.broadcast.content)
-            ),
+        Event::Broadcast(b) => format!(
+            "broadcast [{}] from {}: {}",
+            b.broadcast.topic,
+            b.broadcast.author.fingerprint(),
+            String::from_utf8_lossy(&b.broadcast.content)
         ),
-        Event::Query(q) => (
-            "query",
-            json!({"from": q.from.to_string(), "method": q.method}),
-            format!(
-                "query {} from {} (no handler in `meshara run`)",
-                q.method,
-                q.from.fingerprint()
-            ),
+        Event::Query(q) => format!(
+            "query {} from {} (no handler in `meshara run`)",
+            q.method,
+            q.from.fingerprint()
         ),
         Event::PeerConnected {
             peer,
             transport,
             addr,
-            inbound,
-        } => (
-            "peer_connected",
-            json!({"peer": peer.to_string(), "transport": transport.as_str(), "addr": addr.map(|a| a.to_string()), "inbound": inbound}),
-            format!(
-                "peer connected {} over {transport}{}",
-                peer.fingerprint(),
-                addr.map(|a| format!(" ({a})")).unwrap_or_default()
-            ),
+            ..
+        } => format!(
+            "peer connected {} over {transport}{}",
+            peer.fingerprint(),
+            addr.map(|a| format!(" ({a})")).unwrap_or_default()
         ),
-        Event::PeerDisconnected { peer, reason } => (
-            "peer_disconnected",
-            json!({"peer": peer.to_string(), "reason": reason}),
-            format!("peer disconnected {}: {reason}", peer.fingerprint()),
-        ),
-        Event::PeerDiscovered { peer, via } => (
-            "peer_discovered",
-            json!({"peer": peer.to_string(), "via": via}),
-            format!("discovered {} via {via}", peer.fingerprint()),
-        ),
+        Event::PeerDisconnected { peer, reason } => {
+            format!("peer disconnected {}: {reason}", peer.fingerprint())
+        }
+        Event::PeerDiscovered { peer, via } => {
+            format!("discovered {} via {via}", peer.fingerprint())
+        }
         Event::DeliveryConfirmed {
-            id,
-            peer,
-            latency,
-            attempts,
-        } => (
-            "delivered",
-            json!({"id": id.to_string(), "peer": peer.to_string(), "latency_ms": latency.as_secs_f64() * 1e3, "attempts": attempts}),
-            format!(
-                "delivered {id:?} to {} in {:.2} ms",
-                peer.fingerprint(),
-                latency.as_secs_f64() * 1e3
-            ),
+            id, peer, latency, ..
+        } => format!(
+            "delivered {id:?} to {} in {:.2} ms",
+            peer.fingerprint(),
+            latency.as_secs_f64() * 1e3
         ),
-        Event::DeliveryFailed { id, peer, attempts } => (
-            "delivery_failed",
-            json!({"id": id.to_string(), "peer": peer.to_string(), "attempts": attempts}),
-            format!(
-                "NOT delivered {id:?} to {} after {attempts} attempts",
-                peer.fingerprint()
-            ),
+        Event::DeliveryFailed { id, peer, attempts } => format!(
+            "NOT delivered {id:?} to {} after {attempts} attempts",
+            peer.fingerprint()
         ),
-        Event::Error { context, message } => (
-            "error",
-            json!({"context": context, "message": message}),
-            format!("error ({context}): {message}"),
-        ),
-        Event::Lagged { missed } => (
-            "lagged",
-            json!({"missed": missed}),
-            format!("(missed {missed} events)"),
-        ),
+        Event::Error { context, message } => format!("error ({context}): {message}"),
+        Event::Lagged { missed } => format!("(missed {missed} events)"),
         _ => return,
     };
-    if json_output {
-        let mut v = value;
-        v["event"] = json!(kind);
-        out(v.to_string());
-    } else {
-        out(line);
-    }
+    out(line);
 }
 
 #[cfg(test)]
