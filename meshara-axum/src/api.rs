@@ -3,9 +3,9 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
-use axum::extract::FromRef;
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -14,11 +14,14 @@ use axum::routing::{get, post};
 use data_encoding::BASE64;
 use futures_util::{Stream, StreamExt};
 use meshara_core::{Event, Node, NodeId, QueryError, SendError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::error::ApiError;
-use crate::extract::MesharaNode;
+use crate::error::{ApiError, error_response};
+use crate::extract::{JsonBody, MesharaNode};
+use crate::proto;
+use crate::protobuf::{Format, Protobuf, negotiate_errors, is_json, is_protobuf};
 
 /// Every route `routes()` serves, as `(method, path)`; the OpenAPI document must list exactly
 /// these (a test checks both ways).
@@ -70,6 +73,7 @@ where
         .route("/events/ws", get(events_ws::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi_json))
+        .layer(axum::middleware::from_fn(negotiate_errors))
 }
 
 /// The OpenAPI document of [`routes`] (paths relative to where the router is mounted).
@@ -81,7 +85,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[openapi(
     info(
         title = "Meshara node API",
-        description = "Routes mounted by meshara_axum::routes()"
+        description = "Routes mounted by meshara_axum::routes(). Bodies are JSON, or protobuf \
+            (package meshara.api.v1, Content-Type application/x-protobuf) when the request \
+            body is protobuf; answers are protobuf when the Accept header prefers it (or a \
+            protobuf body came without Accept). Error answers follow the same choice: JSON \
+            ErrorBody or protobuf meshara.api.v1.Error."
     ),
     paths(
         send_message,
@@ -269,18 +277,14 @@ fn parse_node(text: &str) -> Result<NodeId, ApiError> {
         .map_err(|_| ApiError::BadRequest("invalid_node_id", format!("{text:?} is not a NodeId")))
 }
 
-fn content(
-    text: Option<String>,
-    base64: Option<String>,
-    field: &str,
-) -> Result<bytes::Bytes, ApiError> {
+fn content(text: Option<String>, base64: Option<String>, field: &str) -> Result<Bytes, ApiError> {
     match (text, base64) {
-        (Some(t), None) => Ok(bytes::Bytes::from(t)),
+        (Some(t), None) => Ok(Bytes::from(t)),
         (None, Some(b)) => BASE64
             .decode(b.as_bytes())
-            .map(bytes::Bytes::from)
+            .map(Bytes::from)
             .map_err(|e| ApiError::BadRequest("invalid_base64", format!("{field}_base64: {e}"))),
-        (None, None) => Ok(bytes::Bytes::new()),
+        (None, None) => Ok(Bytes::new()),
         (Some(_), Some(_)) => Err(ApiError::BadRequest(
             "ambiguous_content",
             format!("give {field} or {field}_base64, not both"),
@@ -288,135 +292,348 @@ fn content(
     }
 }
 
-/// Send an end-to-end encrypted private message.
-#[utoipa::path(post, path = "/messages", request_body = SendRequest,
-    responses(
-        (status = 200, description = "Acknowledged by the recipient (or queued, with wait=false)", body = SendResponse),
-        (status = 400, description = "Bad NodeId, content or JSON", body = ErrorBody),
-        (status = 413, description = "Message too large", body = ErrorBody),
-        (status = 503, description = "Outbox full or node stopped", body = ErrorBody),
-        (status = 504, description = "Not acknowledged after every retry", body = ErrorBody)))]
-async fn send_message<S>(
-    MesharaNode(node): MesharaNode,
-    body: crate::extract::JsonBody<SendRequest>,
-) -> Result<Json<SendResponse>, ApiError>
-where
-    Node: FromRef<S>,
-    S: Send + Sync,
-{
-    let req = body.0;
-    let to = parse_node(&req.to)?;
-    let content = content(req.content, req.content_base64, "content")?;
-    let pending = node.send_private(to, &req.content_type, content).await?;
-    let id = pending.id().to_string();
-    if !req.wait {
-        return Ok(Json(SendResponse {
-            id,
-            delivered: false,
-            latency_ms: None,
-        }));
+fn content_type_or_default(content_type: String) -> String {
+    if content_type.is_empty() {
+        text_plain()
+    } else {
+        content_type
     }
-    let delivered = pending.confirmed().await?;
-    Ok(Json(SendResponse {
-        id,
-        delivered: true,
-        latency_ms: Some(delivered.latency.as_secs_f64() * 1e3),
-    }))
 }
 
-/// Sign and send a broadcast on a topic.
-#[utoipa::path(post, path = "/broadcasts", request_body = BroadcastRequest,
-    responses(
-        (status = 200, description = "Sent to the network", body = BroadcastResponse),
-        (status = 400, description = "Bad topic, content or JSON", body = ErrorBody)))]
-async fn broadcast<S>(
-    MesharaNode(node): MesharaNode,
-    body: crate::extract::JsonBody<BroadcastRequest>,
-) -> Result<Json<BroadcastResponse>, ApiError>
-where
-    Node: FromRef<S>,
-    S: Send + Sync,
-{
-    let req = body.0;
-    let content = content(req.content, req.content_base64, "content")?;
-    let id = node.broadcast(&req.topic, &req.content_type, content)?;
-    Ok(Json(BroadcastResponse { id: id.to_string() }))
-}
-
-/// Ask a peer a query and wait for its answer.
-#[utoipa::path(post, path = "/queries", request_body = QueryRequest,
-    responses(
-        (status = 200, description = "The peer's answer", body = QueryResponse),
-        (status = 400, description = "Bad request", body = ErrorBody),
-        (status = 502, description = "The peer answered with an error status", body = ErrorBody),
-        (status = 504, description = "No answer within the timeout", body = ErrorBody)))]
-async fn query<S>(
-    MesharaNode(node): MesharaNode,
-    body: crate::extract::JsonBody<QueryRequest>,
-) -> Result<Json<QueryResponse>, ApiError>
-where
-    Node: FromRef<S>,
-    S: Send + Sync,
-{
-    let req = body.0;
-    let to = parse_node(&req.to)?;
-    if req.timeout_ms == 0 || req.timeout_ms > 120_000 {
+fn timeout(ms: u64) -> Result<Duration, ApiError> {
+    if ms == 0 || ms > 120_000 {
         return Err(ApiError::BadRequest(
             "invalid_timeout",
             "timeout_ms must be 1..=120000".into(),
         ));
     }
-    let body = content(req.body, req.body_base64, "body")?;
-    let answer = node
-        .query(to, &req.method, body, Duration::from_millis(req.timeout_ms))
-        .await?;
-    Ok(Json(QueryResponse {
-        body: std::str::from_utf8(&answer).ok().map(str::to_owned),
-        body_base64: BASE64.encode(&answer),
-    }))
+    Ok(Duration::from_millis(ms))
 }
 
-/// List connected peers.
-#[utoipa::path(get, path = "/peers", responses((status = 200, body = Vec<PeerJson>)))]
-async fn peers<S>(MesharaNode(node): MesharaNode) -> Json<Vec<PeerJson>>
+/// A request body the routes accept as JSON or as protobuf, by its `Content-Type`.
+pub(crate) trait FromApiBody: Sized {
+    /// The JSON form.
+    type Json: DeserializeOwned;
+    /// The protobuf form.
+    type Proto: prost::Message + Default;
+    fn from_json(json: Self::Json) -> Result<Self, ApiError>;
+    fn from_proto(proto: Self::Proto) -> Result<Self, ApiError>;
+}
+
+/// Extracts a [`FromApiBody`] from a JSON or protobuf body. Rejections use the routes' error
+/// format: 415 for another content type, 413 beyond the body limit, 400/422 for bad bodies.
+pub(crate) struct ApiBody<T>(T);
+
+impl<S, T> FromRequest<S> for ApiBody<T>
+where
+    T: FromApiBody,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req.headers().get(header::CONTENT_TYPE);
+        let parsed = if is_protobuf(content_type) {
+            let Protobuf(proto) = Protobuf::<T::Proto>::from_request(req, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            T::from_proto(proto)
+        } else if is_json(content_type) {
+            let JsonBody(json) = JsonBody::<T::Json>::from_request(req, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            T::from_json(json)
+        } else {
+            let got = content_type
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "no Content-Type".to_owned(), |v| format!("{v:?}"));
+            return Err(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "wrong_content_type",
+                format!(
+                    "expected `Content-Type: application/json` or `application/x-protobuf`, got {got}"
+                ),
+            ));
+        };
+        parsed.map(ApiBody).map_err(IntoResponse::into_response)
+    }
+}
+
+struct SendArgs {
+    to: NodeId,
+    content_type: String,
+    content: Bytes,
+    wait: bool,
+}
+
+impl FromApiBody for SendArgs {
+    type Json = SendRequest;
+    type Proto = proto::SendRequest;
+
+    fn from_json(req: SendRequest) -> Result<Self, ApiError> {
+        Ok(SendArgs {
+            to: parse_node(&req.to)?,
+            content: content(req.content, req.content_base64, "content")?,
+            content_type: req.content_type,
+            wait: req.wait,
+        })
+    }
+
+    fn from_proto(req: proto::SendRequest) -> Result<Self, ApiError> {
+        Ok(SendArgs {
+            to: parse_node(&req.to)?,
+            content_type: content_type_or_default(req.content_type),
+            content: req.content,
+            wait: req.wait.unwrap_or(true),
+        })
+    }
+}
+
+struct BroadcastArgs {
+    topic: String,
+    content_type: String,
+    content: Bytes,
+}
+
+impl FromApiBody for BroadcastArgs {
+    type Json = BroadcastRequest;
+    type Proto = proto::BroadcastRequest;
+
+    fn from_json(req: BroadcastRequest) -> Result<Self, ApiError> {
+        Ok(BroadcastArgs {
+            content: content(req.content, req.content_base64, "content")?,
+            topic: req.topic,
+            content_type: req.content_type,
+        })
+    }
+
+    fn from_proto(req: proto::BroadcastRequest) -> Result<Self, ApiError> {
+        Ok(BroadcastArgs {
+            topic: req.topic,
+            content_type: content_type_or_default(req.content_type),
+            content: req.content,
+        })
+    }
+}
+
+struct QueryArgs {
+    to: NodeId,
+    method: String,
+    body: Bytes,
+    timeout: Duration,
+}
+
+impl FromApiBody for QueryArgs {
+    type Json = QueryRequest;
+    type Proto = proto::QueryRequest;
+
+    fn from_json(req: QueryRequest) -> Result<Self, ApiError> {
+        Ok(QueryArgs {
+            to: parse_node(&req.to)?,
+            body: content(req.body, req.body_base64, "body")?,
+            method: req.method,
+            timeout: timeout(req.timeout_ms)?,
+        })
+    }
+
+    fn from_proto(req: proto::QueryRequest) -> Result<Self, ApiError> {
+        Ok(QueryArgs {
+            to: parse_node(&req.to)?,
+            method: req.method,
+            body: req.body,
+            timeout: timeout(req.timeout_ms.unwrap_or_else(ten_seconds))?,
+        })
+    }
+}
+
+/// Send an end-to-end encrypted private message.
+#[utoipa::path(post, path = "/messages",
+    request_body(description = "JSON SendRequest, or protobuf meshara.api.v1.SendRequest", content(
+        (SendRequest = "application/json"),
+        ("application/x-protobuf"))),
+    responses(
+        (status = 200, description = "Acknowledged by the recipient (or queued, with wait=false) (JSON SendResponse, or protobuf meshara.api.v1.SendResponse)", content(
+            (SendResponse = "application/json"),
+            ("application/x-protobuf"))),
+        (status = 400, description = "Bad NodeId, content or body", body = ErrorBody),
+        (status = 413, description = "Body or message too large", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
+        (status = 503, description = "Outbox full or node stopped", body = ErrorBody),
+        (status = 504, description = "Not acknowledged after every retry", body = ErrorBody)))]
+async fn send_message<S>(
+    MesharaNode(node): MesharaNode,
+    format: Format,
+    ApiBody(req): ApiBody<SendArgs>,
+) -> Result<Response, ApiError>
 where
     Node: FromRef<S>,
     S: Send + Sync,
 {
-    Json(
-        node.peers()
-            .into_iter()
-            .map(|p| PeerJson {
-                node_id: p.node_id.to_string(),
-                transport: p.transport.as_str().into(),
-                addr: p.addr.map(|a| a.to_string()),
-                inbound: p.inbound,
-                rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
-                messages_in: p.messages_in,
-                messages_out: p.messages_out,
-            })
-            .collect(),
+    let pending = node
+        .send_private(req.to, &req.content_type, req.content)
+        .await?;
+    let id = pending.id().to_string();
+    let (delivered, latency_ms) = if req.wait {
+        let confirmed = pending.confirmed().await?;
+        (true, Some(confirmed.latency.as_secs_f64() * 1e3))
+    } else {
+        (false, None)
+    };
+    Ok(format.reply(
+        || SendResponse {
+            id: id.clone(),
+            delivered,
+            latency_ms,
+        },
+        || proto::SendResponse {
+            id: id.clone(),
+            delivered,
+            latency_ms,
+        },
+    ))
+}
+
+/// Sign and send a broadcast on a topic.
+#[utoipa::path(post, path = "/broadcasts",
+    request_body(description = "JSON BroadcastRequest, or protobuf meshara.api.v1.BroadcastRequest", content(
+        (BroadcastRequest = "application/json"),
+        ("application/x-protobuf"))),
+    responses(
+        (status = 200, description = "Sent to the network (JSON BroadcastResponse, or protobuf meshara.api.v1.BroadcastResponse)", content(
+            (BroadcastResponse = "application/json"),
+            ("application/x-protobuf"))),
+        (status = 400, description = "Bad topic, content or body", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody)))]
+async fn broadcast<S>(
+    MesharaNode(node): MesharaNode,
+    format: Format,
+    ApiBody(req): ApiBody<BroadcastArgs>,
+) -> Result<Response, ApiError>
+where
+    Node: FromRef<S>,
+    S: Send + Sync,
+{
+    let id = node
+        .broadcast(&req.topic, &req.content_type, req.content)?
+        .to_string();
+    Ok(format.reply(
+        || BroadcastResponse { id: id.clone() },
+        || proto::BroadcastResponse { id: id.clone() },
+    ))
+}
+
+/// Ask a peer a query and wait for its answer.
+#[utoipa::path(post, path = "/queries",
+    request_body(description = "JSON QueryRequest, or protobuf meshara.api.v1.QueryRequest", content(
+        (QueryRequest = "application/json"),
+        ("application/x-protobuf"))),
+    responses(
+        (status = 200, description = "The peer's answer (JSON QueryResponse, or protobuf meshara.api.v1.QueryResponse)", content(
+            (QueryResponse = "application/json"),
+            ("application/x-protobuf"))),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
+        (status = 502, description = "The peer answered with an error status", body = ErrorBody),
+        (status = 504, description = "No answer within the timeout", body = ErrorBody)))]
+async fn query<S>(
+    MesharaNode(node): MesharaNode,
+    format: Format,
+    ApiBody(req): ApiBody<QueryArgs>,
+) -> Result<Response, ApiError>
+where
+    Node: FromRef<S>,
+    S: Send + Sync,
+{
+    let answer = node
+        .query(req.to, &req.method, req.body, req.timeout)
+        .await?;
+    Ok(format.reply(
+        || QueryResponse {
+            body: std::str::from_utf8(&answer).ok().map(str::to_owned),
+            body_base64: BASE64.encode(&answer),
+        },
+        || proto::QueryResponse {
+            body: answer.clone(),
+        },
+    ))
+}
+
+/// List connected peers.
+#[utoipa::path(get, path = "/peers", responses((status = 200,
+    description = "Connected peers (JSON array of PeerJson, or protobuf meshara.api.v1.PeerList)",
+    content((Vec<PeerJson> = "application/json"), ("application/x-protobuf")))))]
+async fn peers<S>(MesharaNode(node): MesharaNode, format: Format) -> Response
+where
+    Node: FromRef<S>,
+    S: Send + Sync,
+{
+    let peers = node.peers();
+    format.reply(
+        || {
+            peers
+                .iter()
+                .map(|p| PeerJson {
+                    node_id: p.node_id.to_string(),
+                    transport: p.transport.as_str().into(),
+                    addr: p.addr.map(|a| a.to_string()),
+                    inbound: p.inbound,
+                    rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
+                    messages_in: p.messages_in,
+                    messages_out: p.messages_out,
+                })
+                .collect::<Vec<_>>()
+        },
+        || proto::PeerList {
+            peers: peers
+                .iter()
+                .map(|p| proto::Peer {
+                    node_id: p.node_id.to_string(),
+                    transport: p.transport.as_str().into(),
+                    addr: p.addr.map(|a| a.to_string()),
+                    inbound: p.inbound,
+                    rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
+                    messages_in: p.messages_in,
+                    messages_out: p.messages_out,
+                })
+                .collect(),
+        },
     )
 }
 
 /// The node's status.
-#[utoipa::path(get, path = "/status", responses((status = 200, body = StatusJson)))]
-async fn status<S>(MesharaNode(node): MesharaNode) -> Json<StatusJson>
+#[utoipa::path(get, path = "/status", responses((status = 200,
+    description = "Node status (JSON StatusJson, or protobuf meshara.api.v1.Status)",
+    content((StatusJson = "application/json"), ("application/x-protobuf")))))]
+async fn status<S>(MesharaNode(node): MesharaNode, format: Format) -> Response
 where
     Node: FromRef<S>,
     S: Send + Sync,
 {
     let s = node.stats();
-    Json(StatusJson {
-        node_id: node.node_id().to_string(),
-        fingerprint: node.fingerprint().to_string(),
-        peers: s.peers,
-        connections: s.connections,
-        outbox: s.outbox,
-        messages_in: s.messages_in,
-        messages_out: s.messages_out,
-        uptime_s: s.uptime.as_secs(),
-    })
+    let node_id = node.node_id().to_string();
+    let fingerprint = node.fingerprint().to_string();
+    format.reply(
+        || StatusJson {
+            node_id: node_id.clone(),
+            fingerprint: fingerprint.clone(),
+            peers: s.peers,
+            connections: s.connections,
+            outbox: s.outbox,
+            messages_in: s.messages_in,
+            messages_out: s.messages_out,
+            uptime_s: s.uptime.as_secs(),
+        },
+        || proto::Status {
+            node_id: node_id.clone(),
+            fingerprint: fingerprint.clone(),
+            peers: s.peers as u64,
+            connections: s.connections as u64,
+            outbox: s.outbox as u64,
+            messages_in: s.messages_in,
+            messages_out: s.messages_out,
+            uptime_s: s.uptime.as_secs(),
+        },
+    )
 }
 
 /// Live node events as Server-Sent Events (`event:` is the kind, `data:` an [`EventJson`]).

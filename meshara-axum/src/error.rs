@@ -69,13 +69,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The code and message of an error answer, kept in the response's extensions so that the
+/// routes can re-encode it in the format the client negotiated.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorInfo {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
 pub(crate) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (
+    let info = ErrorInfo {
+        code: code.to_owned(),
+        message,
+    };
+    let mut response = (
         status,
         Json(ErrorBody {
-            error: code.to_owned(),
-            message,
+            error: info.code.clone(),
+            message: info.message.clone(),
         }),
     )
-        .into_response()
+        .into_response();
+    response.extensions_mut().insert(info);
+    response
 }

@@ -44,8 +44,17 @@
 mod api;
 mod error;
 mod extract;
+mod layers;
+mod protobuf;
 mod serve;
 mod signature;
+
+/// The protobuf messages of the HTTP API (`proto/meshara/api/v1/api.proto`, package
+/// `meshara.api.v1`), for clients that speak protobuf to [`routes()`].
+pub mod proto {
+    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/meshara.api.v1.rs"));
+}
 
 pub use api::{
     BroadcastRequest, BroadcastResponse, ErrorBody, EventJson, PeerJson, QueryRequest,
@@ -56,6 +65,8 @@ pub use extract::{
     JsonBody, JsonBodyRejection, MesharaNode, MesharaNodeRejection, VerifiedPeer,
     VerifiedPeerRejection,
 };
+pub use layers::{HttpMetrics, HttpMetricsLayer, RateLimit, RateLimitLayer, RecordMetrics};
+pub use protobuf::{Format, PROTOBUF, Protobuf, ProtobufRejection};
 pub use serve::{AllowList, AllowListLayer, ClientError, HTTP_PROTOCOL, MesharaClient, serve};
 pub use signature::{
     SIGNATURE_LABEL, SignatureError, SignaturePolicy, VerifySignatures, VerifySignaturesLayer,

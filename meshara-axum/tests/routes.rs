@@ -9,7 +9,9 @@ use axum::extract::FromRef;
 use axum::http::{Request, StatusCode, header};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use meshara_axum::proto;
 use meshara_core::{Event, Identity, Node, NodeBuilder};
+use prost::Message as _;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -393,4 +395,304 @@ async fn sse_and_websocket_deliver_events_in_order() {
     server.abort();
     a.stop().await;
     b.stop().await;
+}
+
+fn proto_request(uri: &str, msg: &impl prost::Message) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, meshara_axum::PROTOBUF)
+        .header(header::ACCEPT, meshara_axum::PROTOBUF)
+        .body(Body::from(msg.encode_to_vec()))
+        .unwrap()
+}
+
+/// Sends `req` and decodes a protobuf answer of type `T` (or a `meshara.api.v1.Error`).
+async fn proto_call<T: prost::Message + Default>(
+    app: &Router,
+    req: Request<Body>,
+) -> (StatusCode, Result<T, proto::Error>) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        meshara_axum::PROTOBUF,
+        "{status}"
+    );
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    if status.is_success() {
+        (status, Ok(T::decode(bytes).unwrap()))
+    } else {
+        (status, Err(proto::Error::decode(bytes).unwrap()))
+    }
+}
+
+fn proto_get(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::ACCEPT, "application/json;q=0.5, application/x-protobuf")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_speaks_protobuf_when_asked() {
+    let (a, b) = pair().await;
+    let api = app(&a);
+    let to = b.node_id().to_string();
+    let (status, sent) = proto_call::<proto::SendResponse>(
+        &api,
+        proto_request(
+            "/meshara/messages",
+            &proto::SendRequest {
+                to: to.clone(),
+                content_type: "application/octet-stream".into(),
+                content: vec![0, 1, 2, 255].into(),
+                wait: None,
+            },
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = sent.unwrap();
+    assert!(sent.delivered);
+    assert!(sent.latency_ms.unwrap() > 0.0);
+    assert_eq!(sent.id.len(), 64);
+
+    let (status, cast) = proto_call::<proto::BroadcastResponse>(
+        &api,
+        proto_request(
+            "/meshara/broadcasts",
+            &proto::BroadcastRequest {
+                topic: "news".into(),
+                content_type: String::new(),
+                content: "x".into(),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cast.unwrap().id.len(), 64);
+
+    let mut b_events = b.events();
+    tokio::spawn(async move {
+        while let Some(e) = b_events.next().await {
+            if let Event::Query(q) = e {
+                let mut answer = q.body.to_vec();
+                answer.reverse();
+                q.respond(answer).unwrap();
+            }
+        }
+    });
+    let (status, answer) = proto_call::<proto::QueryResponse>(
+        &api,
+        proto_request(
+            "/meshara/queries",
+            &proto::QueryRequest {
+                to: to.clone(),
+                method: "reverse".into(),
+                body: vec![1, 2, 0xff].into(),
+                timeout_ms: Some(5000),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.unwrap().body.as_ref(), &[0xff, 2, 1]);
+
+    let (status, peers) = proto_call::<proto::PeerList>(&api, proto_get("/meshara/peers")).await;
+    assert_eq!(status, StatusCode::OK);
+    let peers = peers.unwrap().peers;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].node_id, to);
+    assert_eq!(peers[0].transport, "quic");
+
+    let (status, st) = proto_call::<proto::Status>(&api, proto_get("/meshara/status")).await;
+    assert_eq!(status, StatusCode::OK);
+    let st = st.unwrap();
+    assert_eq!(st.node_id, a.node_id().to_string());
+    assert_eq!(st.peers, 1);
+    assert!(st.messages_out >= 2);
+
+    // A JSON body with `Accept: application/x-protobuf` answers protobuf, and a protobuf
+    // body with `Accept: application/json` answers JSON.
+    let req = Request::post("/meshara/broadcasts")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, meshara_axum::PROTOBUF)
+        .body(Body::from(json!({"topic": "t", "content": "c"}).to_string()))
+        .unwrap();
+    let (status, cast) = proto_call::<proto::BroadcastResponse>(&api, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cast.unwrap().id.len(), 64);
+    let mut req = proto_request(
+        "/meshara/broadcasts",
+        &proto::BroadcastRequest {
+            topic: "t".into(),
+            content_type: String::new(),
+            content: "c".into(),
+        },
+    );
+    req.headers_mut()
+        .insert(header::ACCEPT, "application/json".parse().unwrap());
+    let (status, body) = raw(&api, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"].as_str().unwrap().len(), 64);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_rejections_say_what_is_wrong() {
+    let (a, b) = pair().await;
+    let api = app(&a);
+    let to = b.node_id().to_string();
+    // Undecodable bytes: 400, as a protobuf Error since the client accepts protobuf.
+    let req = Request::post("/meshara/messages")
+        .header(header::CONTENT_TYPE, meshara_axum::PROTOBUF)
+        .body(Body::from(vec![0xff; 16]))
+        .unwrap();
+    let (status, err) = proto_call::<proto::SendResponse>(&api, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = err.unwrap_err();
+    assert_eq!(err.error, "invalid_protobuf");
+    assert!(err.message.contains("not a valid protobuf"), "{}", err.message);
+    // Over the body limit: 413.
+    let req = proto_request(
+        "/meshara/messages",
+        &proto::SendRequest {
+            to: to.clone(),
+            content: vec![7; 3 << 20].into(),
+            ..Default::default()
+        },
+    );
+    let (status, err) = proto_call::<proto::SendResponse>(&api, req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(err.unwrap_err().error, "body_too_large");
+    // Fields that decode but do not make sense: the same codes as JSON.
+    let cases = [
+        (
+            proto_request(
+                "/meshara/messages",
+                &proto::SendRequest {
+                    to: "nope".into(),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_node_id",
+        ),
+        (
+            proto_request(
+                "/meshara/messages",
+                &proto::SendRequest {
+                    to: to.clone(),
+                    content: vec![0; 600_000].into(),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            proto_request(
+                "/meshara/queries",
+                &proto::QueryRequest {
+                    to: to.clone(),
+                    method: "m".into(),
+                    timeout_ms: Some(0),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+        ),
+        (
+            proto_request("/meshara/broadcasts", &proto::BroadcastRequest::default()),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+    ];
+    for (req, want_status, code) in cases {
+        let uri = req.uri().clone();
+        let (status, err) = proto_call::<proto::SendResponse>(&api, req).await;
+        assert_eq!(status, want_status, "{uri}");
+        let err = err.unwrap_err();
+        assert_eq!(err.error, code, "{uri}: {}", err.message);
+        assert!(!err.message.is_empty());
+    }
+    // Neither JSON nor protobuf: 415 naming both.
+    let (status, body) = raw(
+        &api,
+        Request::post("/meshara/queries")
+            .header(header::CONTENT_TYPE, "application/xml")
+            .body(Body::from("<q/>"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"], "wrong_content_type");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("application/x-protobuf") && message.contains("application/xml"),
+        "{message}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_extractor_in_an_app_route() {
+    use axum::routing::post;
+    use meshara_axum::Protobuf;
+    async fn upper(Protobuf(req): Protobuf<proto::BroadcastRequest>) -> Protobuf<proto::BroadcastResponse> {
+        Protobuf(proto::BroadcastResponse {
+            id: req.topic.to_uppercase(),
+        })
+    }
+    let app: Router = Router::new()
+        .route("/upper", post(upper))
+        .layer(axum::extract::DefaultBodyLimit::max(1024));
+    let ok = proto_request(
+        "/upper",
+        &proto::BroadcastRequest {
+            topic: "abc".into(),
+            ..Default::default()
+        },
+    );
+    let res = app.clone().oneshot(ok).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], meshara_axum::PROTOBUF);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(proto::BroadcastResponse::decode(bytes).unwrap().id, "ABC");
+    // The extractor's own rejections: JSON bodies with status and code.
+    let (status, body) = raw(
+        &app,
+        Request::post("/upper")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"], "wrong_content_type");
+    let (status, body) = raw(
+        &app,
+        proto_request(
+            "/upper",
+            &proto::BroadcastRequest {
+                topic: "x".repeat(2000),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "body_too_large");
+    let (status, body) = raw(
+        &app,
+        Request::post("/upper")
+            .header(header::CONTENT_TYPE, "application/protobuf")
+            .body(Body::from(vec![0x0a, 0x05, b'a']))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_protobuf");
 }

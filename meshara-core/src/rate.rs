@@ -1,6 +1,6 @@
 //! Token-bucket rate limiting, sans-IO (time is passed in).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
@@ -34,12 +34,28 @@ impl TokenBucket {
             false
         }
     }
+
+    /// How long from the last [`try_take`](Self::try_take) until `cost` tokens are available
+    /// (zero if they are now; `Duration::MAX` if `cost` exceeds the burst or nothing refills).
+    pub fn wait_for(&self, cost: f64) -> Duration {
+        if self.tokens >= cost {
+            return Duration::ZERO;
+        }
+        if cost > self.burst || self.rate <= 0.0 {
+            return Duration::MAX;
+        }
+        Duration::try_from_secs_f64((cost - self.tokens) / self.rate).unwrap_or(Duration::MAX)
+    }
+
+    /// Whether the bucket has refilled completely by `now`: it holds no state worth keeping.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -58,5 +74,19 @@ mod tests {
             assert!(bucket.try_take(1.0, later));
         }
         assert!(!bucket.try_take(1.0, later));
+    }
+
+    #[test]
+    fn reports_wait_and_fullness() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 2.0, t0);
+        assert!(bucket.is_full(t0));
+        assert_eq!(bucket.wait_for(1.0), Duration::ZERO);
+        assert!(bucket.try_take(2.0, t0));
+        assert!(!bucket.try_take(1.0, t0));
+        assert_eq!(bucket.wait_for(1.0), Duration::from_millis(100));
+        assert_eq!(bucket.wait_for(3.0), Duration::MAX);
+        assert!(!bucket.is_full(t0 + Duration::from_millis(100)));
+        assert!(bucket.is_full(t0 + Duration::from_millis(200)));
     }
 }

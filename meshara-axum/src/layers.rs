@@ -1,0 +1,407 @@
+//! Tower layers keyed by the caller's identity: per-identity rate limiting and request metrics.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use meshara_core::NodeId;
+use meshara_core::rate::TokenBucket;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service};
+
+use crate::error::error_response;
+use crate::extract::VerifiedPeer;
+
+/// Who a request is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Caller {
+    /// A verified Meshara identity (over Meshara, or a valid RFC 9421 signature).
+    Peer(NodeId),
+    /// An unauthenticated caller, by IP address (from axum's `ConnectInfo<SocketAddr>`).
+    Ip(IpAddr),
+    /// An unauthenticated caller whose address is unknown.
+    Anonymous,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Peer(id) => write!(f, "peer {id}"),
+            Caller::Ip(ip) => write!(f, "address {ip}"),
+            Caller::Anonymous => f.write_str("unauthenticated callers"),
+        }
+    }
+}
+
+/// Per-identity rate limiting: each caller gets a token bucket of `rate` requests per second
+/// with bursts of `burst`. Callers are keyed by their [`VerifiedPeer`] NodeId; unauthenticated
+/// requests by IP address when the server provides `ConnectInfo<SocketAddr>`
+/// (`into_make_service_with_connect_info`), otherwise they share one bucket. A request over
+/// the limit is answered `429 Too Many Requests` with `Retry-After` and a JSON body, without
+/// reaching the inner service.
+///
+/// Place it inside the layer that authenticates: over [`serve`](crate::serve()) the NodeId is
+/// known before any layer runs; behind [`VerifySignaturesLayer`](crate::VerifySignaturesLayer)
+/// add this layer first (`.layer(RateLimitLayer…).layer(VerifySignaturesLayer…)`), so the
+/// signature layer runs before it.
+///
+/// At most `max_callers` buckets are kept; when full, buckets that have refilled completely
+/// (idle callers) are forgotten first, then arbitrary ones (a forgotten caller starts again
+/// with a full bucket).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use meshara_axum::RateLimitLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hi" }))
+///     .layer(RateLimitLayer::new(20.0, 40));
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Limiter>,
+}
+
+#[derive(Debug)]
+struct Limiter {
+    rate: f64,
+    burst: f64,
+    max_callers: usize,
+    buckets: Mutex<HashMap<Caller, TokenBucket>>,
+}
+
+impl RateLimitLayer {
+    /// `rate` requests per second per caller, bursts of up to `burst` (at least 1), tracking
+    /// at most 100,000 callers.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        Self::with_capacity(rate, burst, 100_000)
+    }
+
+    /// Like [`new`](Self::new), tracking at most `max_callers` callers (at least 1).
+    pub fn with_capacity(rate: f64, burst: u32, max_callers: usize) -> Self {
+        Self {
+            shared: Arc::new(Limiter {
+                rate: if rate.is_finite() { rate.max(0.0) } else { 0.0 },
+                burst: f64::from(burst.max(1)),
+                max_callers: max_callers.max(1),
+                buckets: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Callers currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.shared.lock().len()
+    }
+}
+
+impl Limiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Caller, TokenBucket>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Charges one request to `caller`; on refusal, how long until it may retry.
+    fn check(&self, caller: Caller, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.lock();
+        if !buckets.contains_key(&caller) && buckets.len() >= self.max_callers {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+            if buckets.len() >= self.max_callers {
+                if let Some(victim) = buckets.keys().next().copied() {
+                    buckets.remove(&victim);
+                }
+            }
+        }
+        let bucket = buckets
+            .entry(caller)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now));
+        if bucket.try_take(1.0, now) {
+            Ok(())
+        } else {
+            Err(bucket.wait_for(1.0))
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            limiter: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let caller = caller_of(&request);
+        match self.limiter.check(caller, Instant::now()) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(wait) => {
+                let limiter = &self.limiter;
+                tracing::debug!(%caller, wait_ms = wait.as_millis() as u64, "rate limited");
+                let mut response = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "too many requests from {caller}: the limit is {} per second with bursts \
+                         of {}; retry in {} ms",
+                        limiter.rate,
+                        limiter.burst,
+                        wait.as_millis()
+                    ),
+                );
+                // Whole seconds, rounded up; at least 1.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
+
+fn caller_of<B>(request: &Request<B>) -> Caller {
+    let extensions = request.extensions();
+    if let Some(VerifiedPeer(peer)) = extensions.get::<VerifiedPeer>() {
+        Caller::Peer(*peer)
+    } else if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
+        Caller::Ip(addr.ip())
+    } else {
+        Caller::Anonymous
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// HTTP request metrics for Prometheus: `http_requests_total{method,route,status}` and
+/// `http_request_duration_seconds{method,route}` (time to the response head; a streamed body
+/// may take longer). Routes are axum's matched route templates (`/users/{id}`, not the raw
+/// path), so apply the layer with [`Router::route_layer`](axum::Router::route_layer), which
+/// runs after routing; requests without a matched route are labelled `unmatched`.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use meshara_axum::HttpMetrics;
+///
+/// let metrics = HttpMetrics::new();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hi" }))
+///     .route_layer(metrics.layer());
+/// let text = metrics.render(); // Prometheus text format
+/// # let _ = (app, text);
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpMetrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+        }
+    }
+
+    /// Registers the metrics in `registry` (to expose them beside others).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by method and route",
+            self.duration.clone(),
+        );
+    }
+
+    /// The metrics alone in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "encoding HTTP metrics failed");
+        }
+        out
+    }
+
+    /// The layer that records into these metrics.
+    pub fn layer(&self) -> HttpMetricsLayer {
+        HttpMetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// Records requests into [`HttpMetrics`]; made by [`HttpMetrics::layer`].
+#[derive(Debug, Clone)]
+pub struct HttpMetricsLayer {
+    metrics: HttpMetrics,
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = RecordMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service made by [`HttpMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RecordMetrics<S> {
+    inner: S,
+    metrics: HttpMetrics,
+}
+
+impl<S, B> Service<Request<B>> for RecordMetrics<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        let method = request.method().as_str().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let labels = RouteLabels { method, route };
+            metrics
+                .duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    method: labels.method,
+                    route: labels.route,
+                    status: response.status().as_u16(),
+                })
+                .inc();
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<Caller> {
+        (0..n)
+            .map(|_| Caller::Peer(meshara_core::Identity::generate().node_id()))
+            .collect()
+    }
+
+    #[test]
+    fn each_caller_has_its_own_bucket() {
+        let layer = RateLimitLayer::new(1.0, 2);
+        let t0 = Instant::now();
+        let limiter = &layer.shared;
+        let p = peers(2);
+        assert!(limiter.check(p[0], t0).is_ok());
+        assert!(limiter.check(p[0], t0).is_ok());
+        let wait = limiter.check(p[0], t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(1));
+        // Another identity is not affected.
+        assert!(limiter.check(p[1], t0).is_ok());
+        assert!(limiter.check(Caller::Anonymous, t0).is_ok());
+        // Refilled after a second.
+        assert!(limiter.check(p[0], t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn the_table_of_callers_is_bounded() {
+        let layer = RateLimitLayer::with_capacity(1.0, 1, 3);
+        let limiter = &layer.shared;
+        let t0 = Instant::now();
+        let p = peers(11);
+        for caller in &p[..10] {
+            assert!(limiter.check(*caller, t0).is_ok());
+            assert!(layer.tracked() <= 3);
+        }
+        // Idle (refilled) callers are forgotten before active ones.
+        let later = t0 + Duration::from_secs(5);
+        assert!(limiter.check(p[10], later).is_ok());
+        assert_eq!(layer.tracked(), 1);
+    }
+}
