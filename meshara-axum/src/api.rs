@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequest, Request};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::error::{ApiError, error_response};
 use crate::extract::{JsonBody, MesharaNode};
 use crate::proto;
-use crate::protobuf::{Format, Protobuf, negotiate_errors, is_json, is_protobuf};
+use crate::protobuf::{Format, Protobuf, is_json, is_protobuf, negotiate_errors};
 
 /// Every route `routes()` serves, as `(method, path)`; the OpenAPI document must list exactly
 /// these (a test checks both ways).

@@ -168,7 +168,11 @@ impl Format {
         let mut best: Option<(f32, Format)> = None;
         for entry in accept.split(',') {
             let mut params = entry.split(';');
-            let media = params.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let media = params
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
             let format = match media.as_str() {
                 PROTOBUF | "application/protobuf" => Format::Protobuf,
                 "application/json" | "application/*" | "*/*" => Format::Json,

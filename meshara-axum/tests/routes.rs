@@ -427,7 +427,10 @@ async fn proto_call<T: prost::Message + Default>(
 
 fn proto_get(uri: &str) -> Request<Body> {
     Request::get(uri)
-        .header(header::ACCEPT, "application/json;q=0.5, application/x-protobuf")
+        .header(
+            header::ACCEPT,
+            "application/json;q=0.5, application/x-protobuf",
+        )
         .body(Body::empty())
         .unwrap()
 }
@@ -516,7 +519,9 @@ async fn every_route_speaks_protobuf_when_asked() {
     let req = Request::post("/meshara/broadcasts")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, meshara_axum::PROTOBUF)
-        .body(Body::from(json!({"topic": "t", "content": "c"}).to_string()))
+        .body(Body::from(
+            json!({"topic": "t", "content": "c"}).to_string(),
+        ))
         .unwrap();
     let (status, cast) = proto_call::<proto::BroadcastResponse>(&api, req).await;
     assert_eq!(status, StatusCode::OK);
@@ -552,7 +557,11 @@ async fn protobuf_rejections_say_what_is_wrong() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let err = err.unwrap_err();
     assert_eq!(err.error, "invalid_protobuf");
-    assert!(err.message.contains("not a valid protobuf"), "{}", err.message);
+    assert!(
+        err.message.contains("not a valid protobuf"),
+        "{}",
+        err.message
+    );
     // Over the body limit: 413.
     let req = proto_request(
         "/meshara/messages",
@@ -641,7 +650,9 @@ async fn protobuf_rejections_say_what_is_wrong() {
 async fn protobuf_extractor_in_an_app_route() {
     use axum::routing::post;
     use meshara_axum::Protobuf;
-    async fn upper(Protobuf(req): Protobuf<proto::BroadcastRequest>) -> Protobuf<proto::BroadcastResponse> {
+    async fn upper(
+        Protobuf(req): Protobuf<proto::BroadcastRequest>,
+    ) -> Protobuf<proto::BroadcastResponse> {
         Protobuf(proto::BroadcastResponse {
             id: req.topic.to_uppercase(),
         })
@@ -695,4 +706,167 @@ async fn protobuf_extractor_in_an_app_route() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_protobuf");
+}
+
+/// One request over a fresh TCP connection to a real server.
+async fn http(
+    addr: std::net::SocketAddr,
+    req: Request<Body>,
+) -> (StatusCode, String, bytes::Bytes) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    parts
+        .headers
+        .insert(header::HOST, "meshara.test".parse().unwrap());
+    let res = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        res.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_through_a_real_server() {
+    let (a, b) = pair().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app(&a)).into_future());
+    let mut b_events = b.events();
+    tokio::spawn(async move {
+        while let Some(e) = b_events.next().await {
+            if let Event::Query(q) = e {
+                q.respond("answer").unwrap();
+            }
+        }
+    });
+    let to = b.node_id().to_string();
+    let mut covered = Vec::new();
+
+    let json = |v: Value| v.to_string();
+    let (s, ct, body) = http(
+        addr,
+        post_json(
+            "/meshara/messages",
+            json!({"to": to, "content": "over tcp"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, ct.as_str()),
+        (StatusCode::OK, "application/json"),
+        "{body:?}"
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["delivered"], true);
+    covered.push(("post", "/messages"));
+
+    let (s, _, body) = http(
+        addr,
+        proto_request(
+            "/meshara/broadcasts",
+            &proto::BroadcastRequest {
+                topic: "tcp".into(),
+                content_type: String::new(),
+                content: "x".into(),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(proto::BroadcastResponse::decode(body).unwrap().id.len(), 64);
+    covered.push(("post", "/broadcasts"));
+
+    let (s, _, body) = http(
+        addr,
+        post_json(
+            "/meshara/queries",
+            json!({"to": to, "method": "m", "body": "q"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["body"], "answer");
+    covered.push(("post", "/queries"));
+
+    let (s, _, body) = http(addr, proto_get("/meshara/peers")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(proto::PeerList::decode(body).unwrap().peers[0].node_id, to);
+    covered.push(("get", "/peers"));
+
+    let (s, _, body) = http(
+        addr,
+        Request::get("/meshara/status").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["node_id"], a.node_id().to_string());
+    covered.push(("get", "/status"));
+
+    let (s, ct, body) = http(
+        addr,
+        Request::get("/meshara/metrics")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(String::from_utf8_lossy(&body).contains("meshara_messages_total"));
+    covered.push(("get", "/metrics"));
+
+    let (s, _, body) = http(
+        addr,
+        Request::get("/meshara/openapi.json")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        doc["paths"]["/messages"]["post"]["requestBody"]["content"]["application/x-protobuf"]
+            .is_object()
+    );
+    covered.push(("get", "/openapi.json"));
+
+    // A rejection through the real server, with its JSON body.
+    let (s, _, body) = http(
+        addr,
+        Request::post("/meshara/messages")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json(json!({"to": "x"}))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "invalid_node_id");
+
+    // SSE and WebSocket run through a real server in sse_and_websocket_deliver_events_in_order.
+    covered.push(("get", "/events"));
+    covered.push(("get", "/events/ws"));
+    covered.sort();
+    let mut all = meshara_axum::ROUTES.to_vec();
+    all.sort();
+    assert_eq!(covered, all);
+    server.abort();
+    a.stop().await;
+    b.stop().await;
 }
