@@ -308,6 +308,37 @@ async fn a_node_learns_the_network_from_one_bootstrap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_is_usable_right_after_start() {
+    let hub = node().await;
+    let mut incoming = hub.listen_streams("hello");
+    // Right after start the bootstrap dial may still be under way and the hub's record is
+    // not known yet: a message and a stream to it wait for the connection instead of failing.
+    let leaf = builder()
+        .bootstrap(hub.quic_addr().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let delivered = leaf
+        .send_private(hub.node_id(), "text/plain", "first")
+        .await
+        .unwrap();
+    let mut stream = leaf.open_stream(hub.node_id(), "hello").await.unwrap();
+    stream.write_all(b"hi").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut accepted = tokio::time::timeout(WAIT, incoming.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(accepted.peer(), leaf.node_id());
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hi");
+    delivered.confirmed().await.unwrap();
+    leaf.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_to_an_unreachable_peer_fails_after_retries() {
     let timeouts = Timeouts {
         ack: Duration::from_millis(100),

@@ -800,6 +800,21 @@ impl Inner {
                 return;
             }
             let Some(record) = st.peer_record(&peer) else {
+                // A bootstrap or added peer whose record we do not hold yet: dial its
+                // configured address (unless a dial is under way or backing off).
+                let now = Instant::now();
+                if let Some(w) = st
+                    .wanted
+                    .iter_mut()
+                    .find(|w| w.node == Some(peer) && !w.dialing && now >= w.next_attempt)
+                {
+                    w.dialing = true;
+                    let addr = w.addr.clone();
+                    drop(st);
+                    let inner = self.clone();
+                    self.tasks
+                        .spawn(async move { inner.dial_wanted(addr).await });
+                }
                 return;
             };
             st.dialing.insert(peer);

@@ -584,7 +584,12 @@ impl Node {
             if let Some(conn) = conn {
                 return Ok(conn);
             }
-            let known = self.inner.lock().records.get(&peer).is_some();
+            let known = {
+                let st = self.inner.lock();
+                st.records.get(&peer).is_some()
+                    || st.dialing.contains(&peer)
+                    || st.wanted.iter().any(|w| w.node == Some(peer))
+            };
             if !known {
                 return Err(SendError::NoRoute(peer));
             }
