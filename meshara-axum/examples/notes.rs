@@ -12,6 +12,9 @@
 //! curl localhost:8080/meshara/openapi.json
 //! ```
 
+// A command-line program: printing what to open is its user interface.
+#![allow(clippy::print_stdout)]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
