@@ -48,8 +48,41 @@ fn signed(id: &Identity, method: &str, uri: &str, body: &[u8]) -> Request<Body> 
     req
 }
 
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String) {
-    let res = app.clone().oneshot(req).await.unwrap();
+/// Where requests go: the router as a tower service, or a real HTTP server on loopback.
+#[derive(Clone)]
+enum Target {
+    Oneshot(Router),
+    Server(std::net::SocketAddr),
+}
+
+impl Target {
+    async fn server(app: Router) -> (Target, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (Target::Server(addr), task)
+    }
+}
+
+async fn send(target: &Target, req: Request<Body>) -> (StatusCode, String) {
+    let res = match target {
+        Target::Oneshot(app) => app.clone().oneshot(req).await.unwrap(),
+        Target::Server(addr) => {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = req;
+            req.headers_mut()
+                .entry(axum::http::header::HOST)
+                .or_insert(HeaderValue::from_static("meshara.test"));
+            sender.send_request(req).await.unwrap().map(Body::new)
+        }
+    };
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -63,7 +96,7 @@ fn code(body: &str) -> String {
 
 #[tokio::test]
 async fn valid_signatures_authenticate_the_caller() {
-    let app = app(SignaturePolicy::default());
+    let app = Target::Oneshot(app(SignaturePolicy::default()));
     let me = Identity::generate();
     let (status, body) = send(&app, signed(&me, "GET", "/whoami", b"")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -80,17 +113,36 @@ async fn valid_signatures_authenticate_the_caller() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-#[tokio::test]
-async fn bad_signatures_are_refused_with_reasons() {
-    let policy = SignaturePolicy {
+fn small_body_policy() -> SignaturePolicy {
+    SignaturePolicy {
         max_body: 1024,
         ..SignaturePolicy::default()
-    };
-    let app = app(policy);
+    }
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_with_reasons() {
+    refusals(&Target::Oneshot(app(small_body_policy()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_are_refused_through_a_real_server() {
+    let (target, server) = Target::server(app(small_body_policy())).await;
+    // A valid one first: the real server path authenticates too.
+    let me = Identity::generate();
+    let (status, body) = send(&target, signed(&me, "POST", "/echo", b"over tcp")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, format!("{}:over tcp", me.node_id()));
+    refusals(&target).await;
+    server.abort();
+}
+
+/// Every kind of bad signature, each refused with its status and code.
+async fn refusals(app: &Target) {
     let me = Identity::generate();
 
     let unsigned = Request::get("/whoami").body(Body::empty()).unwrap();
-    let (s, b) = send(&app, unsigned).await;
+    let (s, b) = send(app, unsigned).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "missing_signature"),
@@ -106,7 +158,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     let flipped = format!("meshara=:{}:", data_encoding::BASE64.encode(&raw));
     req.headers_mut()
         .insert("signature", HeaderValue::from_str(&flipped).unwrap());
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "invalid_signature"),
@@ -122,7 +174,7 @@ async fn bad_signatures_are_refused_with_reasons() {
         .replace(&me.node_id().to_string(), &other.node_id().to_string());
     req.headers_mut()
         .insert("signature-input", HeaderValue::from_str(&input).unwrap());
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "invalid_signature"),
@@ -133,7 +185,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     let req = signed(&me, "GET", "/whoami", b"");
     let (mut parts, body) = req.into_parts();
     parts.uri = "/whoami?admin=1".parse().unwrap();
-    let (s, b) = send(&app, Request::from_parts(parts, body)).await;
+    let (s, b) = send(app, Request::from_parts(parts, body)).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "signature_incomplete"),
@@ -143,7 +195,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     // Expired and from the future.
     let mut req = Request::get("/whoami").body(Body::empty()).unwrap();
     sign_request_with(&me, &mut req, b"", now() - 3600, "n1").unwrap();
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "expired_signature"),
@@ -151,7 +203,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     );
     let mut req = Request::get("/whoami").body(Body::empty()).unwrap();
     sign_request_with(&me, &mut req, b"", now() + 3600, "n2").unwrap();
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "future_signature"),
@@ -163,9 +215,9 @@ async fn bad_signatures_are_refused_with_reasons() {
     sign_request_with(&me, &mut first, b"", now(), "once").unwrap();
     let mut again = Request::get("/whoami").body(Body::empty()).unwrap();
     *again.headers_mut() = first.headers().clone();
-    let (s, b) = send(&app, first).await;
+    let (s, b) = send(app, first).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = send(&app, again).await;
+    let (s, b) = send(app, again).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::UNAUTHORIZED, "replayed_signature"),
@@ -175,7 +227,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     // Body changed after signing.
     let req = signed(&me, "POST", "/echo", b"original");
     let (parts, _) = req.into_parts();
-    let (s, b) = send(&app, Request::from_parts(parts, Body::from("tampered"))).await;
+    let (s, b) = send(app, Request::from_parts(parts, Body::from("tampered"))).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::BAD_REQUEST, "digest_mismatch"),
@@ -184,7 +236,7 @@ async fn bad_signatures_are_refused_with_reasons() {
 
     // Body beyond the verifier's limit.
     let big = vec![b'x'; 4096];
-    let (s, b) = send(&app, signed(&me, "POST", "/echo", &big)).await;
+    let (s, b) = send(app, signed(&me, "POST", "/echo", &big)).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -199,7 +251,7 @@ async fn bad_signatures_are_refused_with_reasons() {
         .replace("\"ed25519\"", "\"rsa-pss-sha512\"");
     req.headers_mut()
         .insert("signature-input", HeaderValue::from_str(&input).unwrap());
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::BAD_REQUEST, "unsupported_algorithm"),
@@ -212,7 +264,7 @@ async fn bad_signatures_are_refused_with_reasons() {
         .insert("signature-input", HeaderValue::from_static("sig=(((("));
     req.headers_mut()
         .insert("signature", HeaderValue::from_static("sig=:AAAA:"));
-    let (s, b) = send(&app, req).await;
+    let (s, b) = send(app, req).await;
     assert_eq!(
         (s, code(&b).as_str()),
         (StatusCode::BAD_REQUEST, "malformed_signature"),
@@ -220,7 +272,7 @@ async fn bad_signatures_are_refused_with_reasons() {
     );
 
     // Each message says what is wrong.
-    let (_, b) = send(&app, Request::get("/whoami").body(Body::empty()).unwrap()).await;
+    let (_, b) = send(app, Request::get("/whoami").body(Body::empty()).unwrap()).await;
     let v: Value = serde_json::from_str(&b).unwrap();
     assert!(v["message"].as_str().unwrap().contains("RFC 9421"), "{b}");
 }
