@@ -13,9 +13,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::Router;
-use axum::body::Body;
+use axum::BoxError;
+use axum::body::{Body, HttpBody};
 use axum::extract::Request;
+use axum::http;
 use axum::http::StatusCode;
 use axum::response::Response;
 use hyper::body::Incoming;
@@ -31,17 +32,28 @@ use crate::extract::VerifiedPeer;
 /// Stream protocol name of HTTP over Meshara.
 pub const HTTP_PROTOCOL: &str = "meshara-http/1";
 
-/// Serves `router` to Meshara peers until the node stops. Every request carries the caller's
-/// [`VerifiedPeer`] in its extensions. Spawn it: `tokio::spawn(meshara_axum::serve(node, app))`.
-pub async fn serve(node: Node, router: Router) {
+/// Serves `service` — an axum `Router`, or any tower `Service` of axum requests — to Meshara
+/// peers until the node stops. Every request carries the caller's [`VerifiedPeer`] in its
+/// extensions; request and response bodies stream. Spawn it:
+/// `tokio::spawn(meshara_axum::serve(node, app))`.
+pub async fn serve<S, B>(node: Node, service: S)
+where
+    S: Service<Request, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let mut listener = node.listen_streams(HTTP_PROTOCOL);
     while let Some(stream) = listener.accept().await {
         let peer = stream.peer();
-        let service = router
+        let service = service
             .clone()
-            .map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(VerifiedPeer(peer));
-                req
+            .map_request(move |request: http::Request<Incoming>| {
+                let (mut parts, body) = request.into_parts();
+                parts.extensions.insert(VerifiedPeer(peer));
+                Request::from_parts(parts, Body::new(body))
             });
         tokio::spawn(async move {
             let result = hyper::server::conn::http1::Builder::new()

@@ -107,3 +107,52 @@ async fn app_served_over_meshara() {
         n.stop().await;
     }
 }
+
+/// Any tower service can be served, not just a `Router`; request bodies stream to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_tower_service_with_a_streamed_request_body() {
+    const UPLOAD: usize = 20 << 20;
+    let server = node().await;
+    let client = node().await;
+    client.connect(&server.quic_addr().unwrap()).await.unwrap();
+    // A bare service_fn: counts the request body frame by frame and answers who sent it.
+    let service = tower::service_fn(|req: axum::extract::Request| async move {
+        let peer = req.extensions().get::<VerifiedPeer>().map(|p| p.0);
+        let mut body = req.into_body();
+        let (mut total, mut frames) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                total += data.len();
+                frames += 1;
+            }
+        }
+        let peer = peer.map_or_else(|| "nobody".to_owned(), |p| p.to_string());
+        Ok::<_, axum::Error>(axum::http::Response::new(Body::from(format!(
+            "{peer} {total} {frames}"
+        ))))
+    });
+    tokio::spawn(meshara_axum::serve(server.clone(), service));
+    let chunks = futures_util::stream::iter(
+        (0..UPLOAD / (256 << 10))
+            .map(|_| Ok::<_, std::convert::Infallible>(Bytes::from(vec![7u8; 256 << 10]))),
+    );
+    let res = MesharaClient::new(client.clone())
+        .request(
+            server.node_id(),
+            Request::post("/upload")
+                .body(Body::from_stream(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts[0], client.node_id().to_string());
+    assert_eq!(parts[1], UPLOAD.to_string());
+    // Arrived in many pieces, as it was sent: the body was streamed, not delivered whole.
+    assert!(parts[2].parse::<usize>().unwrap() > 1, "{text}");
+    client.stop().await;
+    server.stop().await;
+}
