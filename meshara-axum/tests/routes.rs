@@ -137,12 +137,11 @@ async fn every_route_answers() {
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejections_say_what_is_wrong() {
-    let (a, b) = pair().await;
-    let api = app(&a);
+/// Bad requests to `a`'s routes (with `b` as a valid peer), with the status and code each
+/// must get.
+fn bad_requests(a: &Node, b: &Node) -> Vec<(Request<Body>, StatusCode, &'static str)> {
     let to = b.node_id().to_string();
-    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+    vec![
         (
             post_json("/meshara/messages", json!({"to": "nope", "content": "x"})),
             StatusCode::BAD_REQUEST,
@@ -230,8 +229,14 @@ async fn rejections_say_what_is_wrong() {
             StatusCode::BAD_GATEWAY,
             "query_rejected",
         ),
-    ];
-    for (req, status, code) in cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_say_what_is_wrong() {
+    let (a, b) = pair().await;
+    let api = app(&a);
+    for (req, status, code) in bad_requests(&a, &b) {
         let uri = req.uri().clone();
         let (got, body) = raw(&api, req).await;
         assert_eq!(got, status, "{uri}: {body}");
@@ -750,14 +755,17 @@ async fn every_route_through_a_real_server() {
     tokio::spawn(async move {
         while let Some(e) = b_events.next().await {
             if let Event::Query(q) = e {
-                q.respond("answer").unwrap();
+                if q.method == "nobody" {
+                    q.reject(404, "no such method").unwrap();
+                } else {
+                    q.respond("answer").unwrap();
+                }
             }
         }
     });
     let to = b.node_id().to_string();
     let mut covered = Vec::new();
 
-    let json = |v: Value| v.to_string();
     let (s, ct, body) = http(
         addr,
         post_json(
@@ -846,18 +854,16 @@ async fn every_route_through_a_real_server() {
     );
     covered.push(("get", "/openapi.json"));
 
-    // A rejection through the real server, with its JSON body.
-    let (s, _, body) = http(
-        addr,
-        Request::post("/meshara/messages")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json(json!({"to": "x"}))))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["error"], "invalid_node_id");
+    // Every rejection through the real server too, each with its JSON body.
+    for (req, status, code) in bad_requests(&a, &b) {
+        let uri = req.uri().clone();
+        let (got, ct, body) = http(addr, req).await;
+        assert_eq!(got, status, "{uri}: {body:?}");
+        assert_eq!(ct, "application/json", "{uri}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], code, "{uri}: {v}");
+        assert!(!v["message"].as_str().unwrap().is_empty(), "{uri}: {v}");
+    }
 
     // SSE and WebSocket run through a real server in sse_and_websocket_deliver_events_in_order.
     covered.push(("get", "/events"));
