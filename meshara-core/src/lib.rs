@@ -60,6 +60,7 @@ pub mod net;
 pub mod proto;
 pub mod rate;
 pub mod record;
+pub mod update;
 pub mod vectors;
 pub mod wire;
 

@@ -37,6 +37,8 @@ pub mod labels {
     pub const ENVELOPE_ID: &str = "meshara v1 envelope id";
     /// Keystore encryption key from the Argon2id output.
     pub const KEYSTORE_KEY: &str = "meshara v1 keystore encryption key";
+    /// Staged-rollout bucket of a node for a release.
+    pub const UPDATE_ROLLOUT: &str = "meshara v1 update rollout";
     /// Keystore passphrase verifier from the Argon2id output.
     pub const KEYSTORE_VERIFIER: &str = "meshara v1 keystore passphrase verifier";
 
