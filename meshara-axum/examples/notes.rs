@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         .with_state(state.clone());
 
     // 2. The part served to Meshara peers: who wrote a note is their NodeId. Each peer may
-    //    post 5 notes per second (bursts of 10); with --allow, only the listed peers may.
+    //    make 5 requests per second (bursts of 10); with --allow, only the listed peers may.
     let mut for_peers = Router::new()
         .route("/notes", get(list_notes).post(add_peer_note))
         .with_state(state)

@@ -73,7 +73,16 @@ where
         .route("/events/ws", get(events_ws::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi_json))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate_errors))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// The OpenAPI document of [`routes`] (paths relative to where the router is mounted).
@@ -374,7 +383,7 @@ impl FromApiBody for SendArgs {
         Ok(SendArgs {
             to: parse_node(&req.to)?,
             content: content(req.content, req.content_base64, "content")?,
-            content_type: req.content_type,
+            content_type: content_type_or_default(req.content_type),
             wait: req.wait,
         })
     }
@@ -403,7 +412,7 @@ impl FromApiBody for BroadcastArgs {
         Ok(BroadcastArgs {
             content: content(req.content, req.content_base64, "content")?,
             topic: req.topic,
-            content_type: req.content_type,
+            content_type: content_type_or_default(req.content_type),
         })
     }
 

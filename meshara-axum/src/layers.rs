@@ -24,6 +24,9 @@ use tower::{Layer, Service};
 use crate::error::error_response;
 use crate::extract::VerifiedPeer;
 
+/// Waits at or beyond this are not advertised in `Retry-After` (the rate is zero or tiny).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
 /// Who a request is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Caller {
@@ -117,9 +120,14 @@ impl Limiter {
     fn check(&self, caller: Caller, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.lock();
         if !buckets.contains_key(&caller) && buckets.len() >= self.max_callers {
+            // Forget idle callers first; if all are active, forget a tenth of them at once so
+            // that the scan is paid once per many new callers, not on every request.
             buckets.retain(|_, bucket| !bucket.is_full(now));
             if buckets.len() >= self.max_callers {
-                if let Some(victim) = buckets.keys().next().copied() {
+                let excess = buckets.len() + 1 - self.max_callers;
+                let drop = excess.max(self.max_callers / 10);
+                let victims: Vec<Caller> = buckets.keys().take(drop).copied().collect();
+                for victim in victims {
                     buckets.remove(&victim);
                 }
             }
@@ -174,20 +182,24 @@ where
             Err(wait) => {
                 let limiter = &self.limiter;
                 tracing::debug!(%caller, wait_ms = wait.as_millis() as u64, "rate limited");
+                // Whole seconds, rounded up, at least 1; none when nothing ever refills.
+                let retry = (wait < MAX_RETRY_AFTER)
+                    .then(|| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
+                let when = retry.map_or_else(
+                    || "requests are not allowed to refill".to_owned(),
+                    |secs| format!("retry in {secs} s"),
+                );
                 let mut response = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     format!(
                         "too many requests from {caller}: the limit is {} per second with bursts \
-                         of {}; retry in {} ms",
-                        limiter.rate,
-                        limiter.burst,
-                        wait.as_millis()
+                         of {}; {when}",
+                        limiter.rate, limiter.burst,
                     ),
                 );
-                // Whole seconds, rounded up; at least 1.
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                if let Some(value) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+                {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 Box::pin(async move { Ok(response) })
@@ -201,9 +213,43 @@ fn caller_of<B>(request: &Request<B>) -> Caller {
     if let Some(VerifiedPeer(peer)) = extensions.get::<VerifiedPeer>() {
         Caller::Peer(*peer)
     } else if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
-        Caller::Ip(addr.ip())
+        Caller::Ip(network_of(addr.ip()))
     } else {
         Caller::Anonymous
+    }
+}
+
+/// The unit unauthenticated callers are counted by: an IPv4 address, or an IPv6 /64 (one
+/// subscriber usually holds a whole /64, so single addresses would be free to vary).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else as `OTHER`, so made-up
+/// methods cannot create new series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
     }
 }
 
@@ -227,9 +273,11 @@ fn latency_histogram() -> Histogram {
 
 /// HTTP request metrics for Prometheus: `http_requests_total{method,route,status}` and
 /// `http_request_duration_seconds{method,route}` (time to the response head; a streamed body
-/// may take longer). Routes are axum's matched route templates (`/users/{id}`, not the raw
-/// path), so apply the layer with [`Router::route_layer`](axum::Router::route_layer), which
-/// runs after routing; requests without a matched route are labelled `unmatched`.
+/// may take longer). Labels stay bounded: routes are axum's matched route templates
+/// (`/users/{id}`, not the raw path) and methods outside the standard ones count as `OTHER`.
+/// Apply the layer with [`Router::route_layer`](axum::Router::route_layer), which runs after
+/// routing, so only matched routes are counted; with `Router::layer` instead, unrouted requests
+/// (404) are counted too, under the route `unmatched`.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -338,7 +386,7 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-        let method = request.method().as_str().to_owned();
+        let method = method_label(request.method()).to_owned();
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -390,6 +438,26 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_rate_never_overflows_retry_after() {
+        let layer = RateLimitLayer::new(0.0, 1);
+        let t0 = Instant::now();
+        assert!(layer.shared.check(Caller::Anonymous, t0).is_ok());
+        let wait = layer.shared.check(Caller::Anonymous, t0).unwrap_err();
+        assert!(wait >= MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn ipv6_callers_are_counted_by_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(network_of(a), network_of(b));
+        assert_ne!(network_of(a), network_of(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(network_of(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn the_table_of_callers_is_bounded() {
         let layer = RateLimitLayer::with_capacity(1.0, 1, 3);
         let limiter = &layer.shared;
@@ -399,9 +467,15 @@ mod tests {
             assert!(limiter.check(*caller, t0).is_ok());
             assert!(layer.tracked() <= 3);
         }
-        // Idle (refilled) callers are forgotten before active ones.
+        // Idle (refilled) callers are forgotten before active ones: p[9] spends its token
+        // again just before the table fills, the others have refilled.
         let later = t0 + Duration::from_secs(5);
+        assert!(limiter.check(p[9], later).is_ok());
         assert!(limiter.check(p[10], later).is_ok());
-        assert_eq!(layer.tracked(), 1);
+        assert_eq!(layer.tracked(), 2);
+        assert!(
+            limiter.check(p[9], later).is_err(),
+            "the active caller was forgotten"
+        );
     }
 }

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prost::Message as _;
 use serde::Serialize;
 
 use crate::error::{ErrorInfo, error_response};
@@ -43,7 +44,10 @@ pub struct Protobuf<T>(pub T);
 #[non_exhaustive]
 pub enum ProtobufRejection {
     /// The request does not say `Content-Type: application/x-protobuf` (415).
-    #[error("expected a request with `Content-Type: application/x-protobuf`, got {0}")]
+    #[error(
+        "expected a request with `Content-Type: application/x-protobuf` (or \
+         `application/protobuf`), got {0}"
+    )]
     WrongContentType(String),
     /// The body is larger than the body limit (413).
     #[error("the body exceeds the body limit ({0})")]
@@ -145,7 +149,8 @@ fn essence(value: &str) -> String {
 }
 
 /// The answer format a client asked for: protobuf when its `Accept` header prefers it (by
-/// q-value, then order), or when it sent a protobuf body and no `Accept`; JSON otherwise.
+/// q-value, then order), or when it sent a protobuf body without stating a preference; JSON
+/// otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// `application/json`.
@@ -156,14 +161,17 @@ pub enum Format {
 }
 
 impl Format {
-    /// Negotiates from request headers.
+    /// Negotiates from request headers. Explicit media types in `Accept` decide (by q-value,
+    /// then order; `q=0` excludes). Wildcards (`*/*`, `application/*`) and a missing `Accept`
+    /// express no preference: the answer then matches the request body's format.
     pub fn negotiate(headers: &HeaderMap) -> Format {
+        let body_format = if is_protobuf(headers.get(header::CONTENT_TYPE)) {
+            Format::Protobuf
+        } else {
+            Format::Json
+        };
         let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-            return if is_protobuf(headers.get(header::CONTENT_TYPE)) {
-                Format::Protobuf
-            } else {
-                Format::Json
-            };
+            return body_format;
         };
         let mut best: Option<(f32, Format)> = None;
         for entry in accept.split(',') {
@@ -175,18 +183,25 @@ impl Format {
                 .to_ascii_lowercase();
             let format = match media.as_str() {
                 PROTOBUF | "application/protobuf" => Format::Protobuf,
-                "application/json" | "application/*" | "*/*" => Format::Json,
+                "application/json" => Format::Json,
                 _ => continue,
             };
-            let q = params
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
+            let mut q = 1.0f32;
+            for param in params {
+                if let Some((name, value)) = param.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("q") {
+                        q = match value.trim().parse::<f32>() {
+                            Ok(v) if (0.0..=1.0).contains(&v) => v,
+                            _ => 0.0, // not a qvalue: ignore the entry
+                        };
+                    }
+                }
+            }
             if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
                 best = Some((q, format));
             }
         }
-        best.map_or(Format::Json, |(_, f)| f)
+        best.map_or(body_format, |(_, f)| f)
     }
 
     /// Answers with `json()` or `proto()`, whichever this format is (only that one is built).
@@ -221,15 +236,18 @@ pub(crate) async fn negotiate_errors(request: Request, next: Next) -> Response {
     let Some(info) = response.extensions().get::<ErrorInfo>().cloned() else {
         return response;
     };
-    let status = response.status();
-    (
-        status,
-        Protobuf(crate::proto::Error {
-            error: info.code,
-            message: info.message,
-        }),
-    )
-        .into_response()
+    // Keep status and headers (e.g. Retry-After); replace only the body and its type.
+    let (mut parts, _) = response.into_parts();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = crate::proto::Error {
+        error: info.code,
+        message: info.message,
+    }
+    .encode_to_vec();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]
@@ -248,6 +266,14 @@ mod tests {
         assert_eq!(accept("application/protobuf"), Format::Protobuf);
         assert_eq!(accept("application/json"), Format::Json);
         assert_eq!(accept("*/*"), Format::Json);
+        assert_eq!(accept("Application/X-Protobuf"), Format::Protobuf);
+        assert_eq!(accept("application/x-protobuf;Q=0"), Format::Json);
+        assert_eq!(accept("application/x-protobuf;q=NaN"), Format::Json);
+        assert_eq!(accept("application/x-protobuf;q=inf"), Format::Json);
+        assert_eq!(
+            accept("application/json;q=0.9, application/x-protobuf;q=0.95"),
+            Format::Protobuf
+        );
         assert_eq!(
             accept("application/json;q=0.5, application/x-protobuf"),
             Format::Protobuf
@@ -272,6 +298,9 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf; charset=binary"),
         );
+        assert_eq!(Format::negotiate(&headers), Format::Protobuf);
+        // Wildcards state no preference: the body's format wins (curl sends */* by default).
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert_eq!(Format::negotiate(&headers), Format::Protobuf);
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         assert_eq!(Format::negotiate(&headers), Format::Json);

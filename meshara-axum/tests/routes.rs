@@ -631,6 +631,30 @@ async fn protobuf_rejections_say_what_is_wrong() {
         assert_eq!(err.error, code, "{uri}: {}", err.message);
         assert!(!err.message.is_empty());
     }
+    // A method a route does not serve: 405 with a body, in the negotiated format too.
+    let (status, body) = raw(
+        &api,
+        Request::delete("/meshara/status")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"], "method_not_allowed");
+    assert!(
+        body["message"].as_str().unwrap().contains("DELETE"),
+        "{body}"
+    );
+    let (status, err) = proto_call::<proto::Status>(
+        &api,
+        Request::delete("/meshara/status")
+            .header(header::ACCEPT, meshara_axum::PROTOBUF)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(err.unwrap_err().error, "method_not_allowed");
     // Neither JSON nor protobuf: 415 naming both.
     let (status, body) = raw(
         &api,
