@@ -61,6 +61,8 @@ pub mod proto;
 pub mod rate;
 pub mod record;
 pub mod update;
+#[cfg(feature = "net")]
+pub mod updater;
 pub mod vectors;
 pub mod wire;
 

@@ -557,6 +557,31 @@ pub fn signature(body: &[u8], signer: &Identity) -> proto::MetadataSignature {
     }
 }
 
+/// Decodes signed metadata (a root or a release, as exported by an authority) and checks its
+/// limits: body 1..=[`MAX_BODY`] bytes, 1..=[`MAX_SIGNATURES`] signatures of the right sizes.
+/// The signatures themselves are checked by [`TrustState`].
+pub fn decode_signed(bytes: &[u8]) -> Result<proto::SignedMetadata, UpdateError> {
+    const W: &str = "signed metadata";
+    if bytes.len() > MAX_BODY + MAX_SIGNATURES * 128 + 16 {
+        return Err(invalid(W, format!("{} bytes is too large", bytes.len())));
+    }
+    let signed = proto::SignedMetadata::decode(bytes).map_err(|e| invalid(W, e.to_string()))?;
+    if signed.body.is_empty() || signed.body.len() > MAX_BODY {
+        return Err(invalid(W, format!("body must be 1..={MAX_BODY} bytes")));
+    }
+    if signed.signatures.is_empty() || signed.signatures.len() > MAX_SIGNATURES {
+        return Err(invalid(W, format!("1..={MAX_SIGNATURES} signatures")));
+    }
+    if signed
+        .signatures
+        .iter()
+        .any(|s| s.public_key.len() != 32 || s.signature.len() != 64)
+    {
+        return Err(invalid(W, "keys are 32 bytes and signatures 64"));
+    }
+    Ok(signed)
+}
+
 /// Counts the signatures on `signed` that `root` accepts for `role`, with every revoked key
 /// in `revoked` ignored. Duplicates are refused outright; otherwise unknown, revoked and
 /// invalid signatures are skipped, and only if the threshold is then missed does the error
@@ -686,7 +711,10 @@ impl TrustState {
                 format!("lists key {}, which was revoked", k.key),
             ));
         }
-        check_signatures(signed, &self.root, Role::Root, &revoked)?;
+        // The old quorum is counted as it stood before this root: a rotation that revokes a
+        // key (say, a compromised one) may itself be signed by the keys it retires, so even
+        // a complete key replacement can be authorised by the outgoing quorum.
+        check_signatures(signed, &self.root, Role::Root, &self.revoked)?;
         check_signatures(signed, &new, Role::Root, &revoked)?;
         self.root = new;
         self.revoked = revoked;
@@ -732,11 +760,24 @@ impl TrustState {
     /// Records `release` as installed: later releases of its package and channel must carry a
     /// higher sequence.
     pub fn record_release(&mut self, release: &Release) {
+        self.set_installed(&release.package, &release.channel, release.sequence);
+    }
+
+    /// Raises the installed sequence of (`package`, `channel`) to `sequence` (never lowers
+    /// it), as when restoring state saved by an earlier run.
+    pub fn set_installed(&mut self, package: &str, channel: &str, sequence: u64) {
         let entry = self
             .installed
-            .entry((release.package.clone(), release.channel.clone()))
+            .entry((package.to_owned(), channel.to_owned()))
             .or_insert(0);
-        *entry = (*entry).max(release.sequence);
+        *entry = (*entry).max(sequence);
+    }
+
+    /// Every installed (package, channel, sequence).
+    pub fn installed_all(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.installed
+            .iter()
+            .map(|((p, c), s)| (p.as_str(), c.as_str(), *s))
     }
 }
 

@@ -31,6 +31,7 @@ mod tests;
 
 pub use config::{Limits, NodeConfig, PeerAddr, Timeouts};
 pub use core::Delivered;
+pub(crate) use core::unix_secs;
 pub use discovery::MDNS_SERVICE;
 pub use error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
 pub use events::{

@@ -210,6 +210,29 @@ fn revoked_keys_never_count_again() {
         .unwrap_err();
     assert!(matches!(err, UpdateError::Invalid { .. }), "{err}");
     assert_eq!(state.root().sequence, 2);
+    // The revoked key no longer counts towards the current root's threshold either.
+    let mut later = next.clone();
+    later.sequence = 3;
+    let err = state
+        .rotate_root(&later.sign(&[&auth.ids[0], &auth.ids[2]]).unwrap(), NOW)
+        .unwrap_err();
+    assert!(matches!(err, UpdateError::RevokedKey(..)), "{err}");
+}
+
+#[test]
+fn the_outgoing_quorum_may_sign_the_root_that_revokes_it() {
+    let (old, mut state) = setup();
+    let new = Authority::new(3);
+    let mut next = new.root(2);
+    next.revoked = old.ids.iter().map(Identity::node_id).collect();
+    let both = next
+        .sign(&[&old.ids[0], &old.ids[1], &new.ids[1], &new.ids[2]])
+        .unwrap();
+    state.rotate_root(&both, NOW).unwrap();
+    assert!(matches!(
+        state.verify_release(&release(1).sign(&old.refs(&[0, 1])).unwrap(), NOW),
+        Err(UpdateError::RevokedKey(..))
+    ));
 }
 
 #[test]

@@ -49,6 +49,10 @@ pub const MAX_METADATA_BODY: usize = 600 * 1024;
 pub const MAX_METADATA_SIGNATURES: usize = 32;
 /// Largest update chunk, in bytes.
 pub const MAX_CHUNK_LEN: usize = 512 * 1024;
+/// Largest `Have.bitmap`: one bit per chunk of the largest release.
+pub const MAX_HAVE_BITMAP: usize = crate::update::MAX_CHUNKS / 8;
+/// Most roots in one `Metadata` answer.
+pub const MAX_METADATA_ROOTS: usize = 16;
 /// Largest hop limit a private envelope may carry.
 pub const MAX_HOP_LIMIT: u32 = 32;
 
@@ -348,7 +352,10 @@ fn update(u: &proto::UpdateMessage) -> Result<(), WireError> {
     match u.body.as_ref().ok_or(WireError::UnknownKind)? {
         U::Root(m) => metadata("update.root", m),
         U::Release(m) => metadata("update.release", m),
-        U::ChunkRequest(c) => exact("update.chunk_request.content_hash", &c.content_hash, 32),
+        U::ChunkRequest(c) => {
+            exact("update.chunk_request.content_hash", &c.content_hash, 32)?;
+            chunk_size("update.chunk_request.chunk_size", c.chunk_size)
+        }
         U::Chunk(c) => {
             exact("update.chunk.content_hash", &c.content_hash, 32)?;
             between("update.chunk.data", c.data.len(), 1, MAX_CHUNK_LEN)
@@ -357,7 +364,44 @@ fn update(u: &proto::UpdateMessage) -> Result<(), WireError> {
             at_most("update.metadata_request.package", m.package.len(), 64)?;
             at_most("update.metadata_request.channel", m.channel.len(), 64)
         }
+        U::HaveRequest(h) => {
+            exact("update.have_request.content_hash", &h.content_hash, 32)?;
+            chunk_size("update.have_request.chunk_size", h.chunk_size)
+        }
+        U::Have(h) => {
+            exact("update.have.content_hash", &h.content_hash, 32)?;
+            at_most("update.have.bitmap", h.bitmap.len(), MAX_HAVE_BITMAP)
+        }
+        U::Metadata(m) => {
+            at_most("update.metadata.roots", m.roots.len(), MAX_METADATA_ROOTS)?;
+            m.roots
+                .iter()
+                .try_for_each(|r| metadata("update.metadata.roots", r))?;
+            m.release
+                .as_ref()
+                .map_or(Ok(()), |r| metadata("update.metadata.release", r))
+        }
+        U::Status(s) => at_most("update.status.message", s.message.len(), 1024),
     }
+}
+
+fn chunk_size(field: &'static str, size: u32) -> Result<(), WireError> {
+    between(field, size as usize, 1, MAX_CHUNK_LEN)
+}
+
+/// Decodes one `UpdateMessage` from an update stream or an update announcement, at most
+/// `max_len` bytes, and checks every field limit (docs/protocol.md §11).
+pub fn decode_update(bytes: &[u8], max_len: usize) -> Result<proto::UpdateMessage, WireError> {
+    if bytes.len() > max_len {
+        return Err(WireError::FrameTooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
+    }
+    let message =
+        proto::UpdateMessage::decode(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    update(&message)?;
+    Ok(message)
 }
 
 #[cfg(test)]
