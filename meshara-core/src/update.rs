@@ -215,7 +215,8 @@ impl Root {
         }
     }
 
-    fn key(&self, key: &NodeId) -> Option<&AuthorityKey> {
+    /// The listed key `key`, if any.
+    pub fn key(&self, key: &NodeId) -> Option<&AuthorityKey> {
         self.keys.iter().find(|k| k.key == *key)
     }
 
@@ -555,6 +556,13 @@ pub fn signature(body: &[u8], signer: &Identity) -> proto::MetadataSignature {
         public_key: Bytes::copy_from_slice(signer.node_id().as_bytes()),
         signature: Bytes::copy_from_slice(&signer.sign(labels::SIG_UPDATE_METADATA, body)),
     }
+}
+
+/// Checks one signature over a metadata body (strict Ed25519, the metadata signing
+/// context), as an authority does before attaching a signature made offline.
+pub fn verify_signature(body: &[u8], key: &NodeId, signature: &[u8]) -> Result<(), UpdateError> {
+    key.verify(labels::SIG_UPDATE_METADATA, body, signature)
+        .map_err(|_| UpdateError::BadSignature(*key, 0, 0))
 }
 
 /// Decodes signed metadata (a root or a release, as exported by an authority) and checks its

@@ -251,8 +251,12 @@ pub(crate) struct State {
     failed: BTreeSet<[u8; 32]>,
 }
 
+/// Called for every metadata request a peer sends (peer, package, channel).
+type MetadataObserver = Arc<dyn Fn(NodeId, &str, &str) + Send + Sync>;
+
 struct Config {
     dir: PathBuf,
+    observer: Option<MetadataObserver>,
     subscriptions: BTreeSet<(String, String)>,
     policy: AutoUpdate,
     authorities: Vec<NodeId>,
@@ -343,6 +347,16 @@ impl UpdaterBuilder {
         self
     }
 
+    /// Calls `observe(peer, package, channel)` for every metadata request a peer sends (an
+    /// authority counts update checks with it). It runs on the serving task: keep it quick.
+    pub fn on_metadata_request(
+        mut self,
+        observe: impl Fn(NodeId, &str, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.observer = Some(Arc::new(observe));
+        self
+    }
+
     /// Peers fetched from at once (default 8).
     pub fn max_sources(mut self, n: usize) -> Self {
         self.config.max_sources = n.max(1);
@@ -418,6 +432,7 @@ impl Updater {
             root,
             config: Config {
                 dir: PathBuf::new(),
+                observer: None,
                 subscriptions: BTreeSet::new(),
                 policy: AutoUpdate::Notify,
                 authorities: Vec::new(),
@@ -448,6 +463,16 @@ impl Updater {
             .latest
             .get(&(package.to_owned(), channel.to_owned()))
             .map(|k| k.release.clone())
+    }
+
+    /// The signed metadata of the newest verified release for `package` on `channel`, as
+    /// an authority hands it to nodes.
+    pub fn latest_signed(&self, package: &str, channel: &str) -> Option<proto::SignedMetadata> {
+        self.shared
+            .lock()
+            .latest
+            .get(&(package.to_owned(), channel.to_owned()))
+            .map(|k| k.signed.clone())
     }
 
     /// The installed sequence of `package` on `channel`.

@@ -129,7 +129,7 @@ async fn serve_stream(shared: &Shared, mut stream: PeerStream) -> Result<(), Upd
                 return Err(e);
             }
         };
-        let answer = answer(shared, request).await;
+        let answer = answer(shared, peer, request).await;
         let end = matches!(&answer, U::Status(s) if s.code == BAD_REQUEST);
         write_msg(&mut stream, answer)
             .await
@@ -141,9 +141,12 @@ async fn serve_stream(shared: &Shared, mut stream: PeerStream) -> Result<(), Upd
     }
 }
 
-async fn answer(shared: &Shared, request: U) -> U {
+async fn answer(shared: &Shared, peer: NodeId, request: U) -> U {
     match request {
         U::MetadataRequest(m) => {
+            if let Some(observe) = &shared.config.observer {
+                observe(peer, &m.package, &m.channel);
+            }
             let state = shared.lock();
             let mut roots = Vec::new();
             let mut budget = 0usize;

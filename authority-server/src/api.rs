@@ -1,0 +1,873 @@
+//! The admin API, the public update-check endpoint, health, metrics and the dashboard.
+//!
+//! Every admin route is listed once in [`ROUTES`] with the roles allowed to call it; one
+//! middleware enforces that table (401 without a valid token, 403 for a role not listed),
+//! and the OpenAPI document is generated from it, so the two cannot drift apart.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use data_encoding::{BASE64, HEXLOWER};
+use meshara_core::update::{Release, TrustState};
+use meshara_core::{NodeId, proto};
+use prost::Message;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Principal, Role};
+use crate::db::{NewRelease, ReleaseRow};
+use crate::keys::{DetachedSignature, Draft};
+use crate::{AppState, now};
+
+/// Roles that may call a route (admin may call every route).
+const ANY: &[Role] = &[Role::Viewer, Role::Signer, Role::Publisher];
+const SIGN: &[Role] = &[Role::Signer];
+const PUBLISH: &[Role] = &[Role::Publisher];
+const ADMIN: &[Role] = &[];
+
+/// One admin route: method, path template, roles allowed besides admin, summary.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDoc {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template as routed.
+    pub path: &'static str,
+    /// Roles allowed besides admin.
+    pub allowed: &'static [Role],
+    /// What it does.
+    pub summary: &'static str,
+}
+
+macro_rules! route {
+    ($m:literal, $p:literal, $a:expr, $s:literal) => {
+        RouteDoc {
+            method: $m,
+            path: $p,
+            allowed: $a,
+            summary: $s,
+        }
+    };
+}
+
+/// Every admin route and who may call it.
+pub const ROUTES: &[RouteDoc] = &[
+    route!("GET", "/api/v1/me", ANY, "The caller's name and role"),
+    route!("GET", "/api/v1/health", ANY, "Node, database and root status"),
+    route!("GET", "/api/v1/packages", ANY, "Uploaded packages"),
+    route!("PUT", "/api/v1/packages", PUBLISH, "Upload a package (raw body, streamed; ?name=)"),
+    route!("GET", "/api/v1/releases", ANY, "Releases with their signature progress"),
+    route!("POST", "/api/v1/releases", PUBLISH, "Draft a release of an uploaded package"),
+    route!("GET", "/api/v1/releases/{id}", ANY, "One release"),
+    route!("GET", "/api/v1/releases/{id}/draft", SIGN, "Export a draft for offline signing"),
+    route!("POST", "/api/v1/releases/{id}/sign", SIGN, "Sign a draft with a server-held key"),
+    route!("POST", "/api/v1/releases/{id}/signatures", SIGN, "Attach a signature made offline"),
+    route!("POST", "/api/v1/releases/{id}/publish", PUBLISH, "Publish now, or at a time, once the threshold is met"),
+    route!("POST", "/api/v1/releases/{id}/rollout", PUBLISH, "Set a draft's staged-rollout percentage (drops its signatures)"),
+    route!("POST", "/api/v1/releases/{id}/rollback", PUBLISH, "Draft a newer release restoring this release's content"),
+    route!("POST", "/api/v1/releases/{id}/revoke", PUBLISH, "Revoke a published release and draft its rollback"),
+    route!("GET", "/api/v1/queries", ANY, "Update checks nodes made"),
+    route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
+    route!("POST", "/api/v1/tokens", ADMIN, "Create an API token (shown once)"),
+    route!("DELETE", "/api/v1/tokens/{id}", ADMIN, "Revoke an API token"),
+];
+
+/// An API error: status and a JSON body `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    }
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router: admin API (behind the role table), public endpoints and the dashboard.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/packages", get(packages).put(upload))
+        .route("/api/v1/releases", get(releases).post(create_release))
+        .route("/api/v1/releases/{id}", get(one_release))
+        .route("/api/v1/releases/{id}/draft", get(export_draft))
+        .route("/api/v1/releases/{id}/sign", post(sign))
+        .route("/api/v1/releases/{id}/signatures", post(attach))
+        .route("/api/v1/releases/{id}/publish", post(publish))
+        .route("/api/v1/releases/{id}/rollout", post(rollout))
+        .route("/api/v1/releases/{id}/rollback", post(rollback))
+        .route("/api/v1/releases/{id}/revoke", post(revoke))
+        .route("/api/v1/queries", get(queries))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        // Uploads stream to disk with their own limit.
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    Router::new()
+        .merge(admin)
+        .route("/v1/updates/{package}/{channel}", get(update_check))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(|| async { static_file("text/html; charset=utf-8", crate::web::INDEX) }))
+        .route("/app.js", get(|| async { static_file("text/javascript; charset=utf-8", crate::web::APP_JS) }))
+        .route("/style.css", get(|| async { static_file("text/css; charset=utf-8", crate::web::STYLE) }))
+        .layer(state.http_metrics.layer())
+        .with_state(state)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Enforces [`ROUTES`]: a valid bearer token, and a role the route allows.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    matched: MatchedPath,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(doc) = ROUTES
+        .iter()
+        .find(|r| r.path == matched.as_str() && r.method == request.method().as_str())
+    else {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "route not in the role table")
+            .into_response();
+    };
+    let principal = match crate::auth::authenticate(&state.db, request.headers()).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return (
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "a valid bearer token is required",
+                ),
+            )
+                .into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if principal.role != Role::Admin && !doc.allowed.contains(&principal.role) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not {}", principal.role, doc.summary.to_lowercase()),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
+    Json(json!({"name": p.name, "role": p.role.as_str()}))
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let root = s.updater.root();
+    let published = s
+        .db
+        .releases()
+        .await?
+        .iter()
+        .filter(|r| r.status == "published")
+        .count();
+    let keys: Vec<Value> = root
+        .keys
+        .iter()
+        .map(|k| {
+            json!({
+                "name": k.name, "key": k.key.to_string(),
+                "roles": k.roles.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "server_held": s.keys.holds(&k.key),
+            })
+        })
+        .collect();
+    let database_ok = s.db.ping().await;
+    Ok(Json(json!({
+        "status": if database_ok && s.node.is_running() { "ok" } else { "degraded" },
+        "node_id": s.node.node_id().to_string(),
+        "peers": s.node.peers().len(),
+        "database": s.db.backend(),
+        "published": published,
+        "uptime_secs": s.started.elapsed().as_secs(),
+        "root": {
+            "sequence": root.sequence, "expires_at": root.expires_at,
+            "root_threshold": root.root_threshold, "release_threshold": root.release_threshold,
+            "keys": keys,
+        },
+    })))
+}
+
+async fn packages(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.db.packages().await?)))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+async fn upload(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = q.name.unwrap_or_else(|| "package".into());
+    if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
+        return Err(ApiError::invalid("name must be 1..=255 bytes without '/'"));
+    }
+    let stored = s
+        .store
+        .put(body.into_data_stream(), s.config.max_package_bytes)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            crate::storage::StorageError::Empty
+            | crate::storage::StorageError::Interrupted(_) => ApiError::invalid(e.to_string()),
+            e => ApiError::internal(e),
+        })?;
+    let row = crate::db::PackageRow {
+        hash: stored.hash.clone(),
+        name,
+        size: stored.size as i64,
+        uploaded_at: now(),
+        uploaded_by: p.name.clone(),
+    };
+    s.db.insert_package(&row).await?;
+    s.db.audit(&p.name, "package.upload", &row.hash, &format!("{} ({} bytes)", row.name, row.size))
+        .await?;
+    let row = s.db.package(&stored.hash).await?.unwrap_or(row);
+    Ok((StatusCode::CREATED, Json(json!(row))))
+}
+
+/// A release as the API shows it.
+async fn view(s: &AppState, r: &ReleaseRow) -> ApiResult<Value> {
+    let sigs = s.db.signatures(r.id).await?;
+    let root = s.updater.root();
+    let signatures: Vec<Value> = sigs
+        .iter()
+        .map(|g| {
+            let name = g
+                .public_key
+                .parse::<NodeId>()
+                .ok()
+                .and_then(|k| root.key(&k).map(|k| k.name.clone()));
+            json!({"key": g.public_key, "name": name, "added_by": g.signer})
+        })
+        .collect();
+    Ok(json!({
+        "id": r.id, "package": r.package, "channel": r.channel, "semver": r.semver,
+        "sequence": r.sequence, "content_hash": r.content_hash, "size": r.size,
+        "status": r.status, "signatures": signatures, "threshold": root.release_threshold,
+        "rollout_percent": r.rollout_percent, "publish_at": r.publish_at,
+        "created_at": r.created_at, "created_by": r.created_by, "published_at": r.published_at,
+        "expires_at": r.expires_at,
+    }))
+}
+
+async fn releases(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for r in s.db.releases().await? {
+        out.push(view(&s, &r).await?);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn load(s: &AppState, id: i64) -> ApiResult<ReleaseRow> {
+    s.db.release(id).await?.ok_or_else(|| ApiError::not_found("release"))
+}
+
+async fn one_release(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let r = load(&s, id).await?;
+    Ok(Json(view(&s, &r).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRelease {
+    package: String,
+    channel: String,
+    semver: String,
+    content_hash: String,
+    rollout_percent: Option<u8>,
+    expires_in_days: Option<u64>,
+}
+
+/// Describes the stored content of `hash` as a release (streamed from disk).
+async fn describe(
+    s: &AppState,
+    hash: &str,
+    fields: (&str, &str, &str, u64, u64, Option<u8>),
+) -> ApiResult<Release> {
+    let (package, channel, semver, sequence, expires_at, rollout) =
+        (fields.0.to_owned(), fields.1.to_owned(), fields.2.to_owned(), fields.3, fields.4, fields.5);
+    let path = s.store.path(hash);
+    let chunk_size = s.config.chunk_size;
+    let release = tokio::task::spawn_blocking(move || -> Result<Release, String> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut whole = blake3::Hasher::new();
+        let mut chunk_hashes = Vec::new();
+        let mut buf = vec![0; chunk_size as usize];
+        let mut size = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = file.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            whole.update(&buf[..filled]);
+            chunk_hashes.push(*blake3::hash(&buf[..filled]).as_bytes());
+            size += filled as u64;
+        }
+        let release = Release {
+            package,
+            channel,
+            semver,
+            sequence,
+            expires_at,
+            size,
+            content_hash: *whole.finalize().as_bytes(),
+            chunk_size,
+            chunk_hashes,
+            rollout_percent: rollout,
+        };
+        release.validate().map_err(|e| e.to_string())?;
+        Ok(release)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::invalid)?;
+    if HEXLOWER.encode(&release.content_hash) != hash {
+        return Err(ApiError::internal("stored package does not match its hash"));
+    }
+    Ok(release)
+}
+
+async fn draft_release(
+    s: &AppState,
+    actor: &str,
+    package: &str,
+    channel: &str,
+    semver: &str,
+    content_hash: &str,
+    rollout: Option<u8>,
+    expires_in_days: u64,
+) -> ApiResult<ReleaseRow> {
+    let pkg = s
+        .db
+        .package(content_hash)
+        .await?
+        .ok_or_else(|| ApiError::invalid("content_hash names no uploaded package"))?;
+    let expires_at = now() as u64 + expires_in_days * 86_400;
+    // The sequence is assigned inside the insert's transaction; describe with a placeholder
+    // and re-encode with the real one.
+    let described = describe(s, content_hash, (package, channel, semver, 1, expires_at, rollout)).await?;
+    let new = NewRelease {
+        package,
+        channel,
+        semver,
+        content_hash,
+        size: pkg.size,
+        rollout_percent: rollout.map(i64::from),
+        expires_at: expires_at as i64,
+        created_by: actor,
+    };
+    let row = s
+        .db
+        .insert_release(&new, |sequence| {
+            let mut r = described.clone();
+            r.sequence = sequence as u64;
+            r.encode()
+                .map(|b| BASE64.encode(&b))
+                .map_err(|e| e.to_string())
+        })
+        .await?
+        .map_err(ApiError::invalid)?;
+    Ok(row)
+}
+
+async fn create_release(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(c): Json<CreateRelease>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let days = c.expires_in_days.unwrap_or(s.config.release_expiry_days);
+    if days == 0 || days > 3650 {
+        return Err(ApiError::invalid("expires_in_days must be 1..=3650"));
+    }
+    let row = draft_release(
+        &s, &p.name, &c.package, &c.channel, &c.semver, &c.content_hash, c.rollout_percent, days,
+    )
+    .await?;
+    s.db.audit(&p.name, "release.draft", &row.id.to_string(),
+        &format!("{}/{} {} #{}", row.package, row.channel, row.semver, row.sequence)).await?;
+    Ok((StatusCode::CREATED, Json(view(&s, &row).await?)))
+}
+
+fn body_bytes(r: &ReleaseRow) -> ApiResult<Vec<u8>> {
+    BASE64
+        .decode(r.body.as_bytes())
+        .map_err(|_| ApiError::internal("stored body is not base64"))
+}
+
+async fn export_draft(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> ApiResult<Json<Draft>> {
+    let r = load(&s, id).await?;
+    Ok(Json(Draft::new(r.id, &body_bytes(&r)?).map_err(ApiError::internal)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignWith {
+    key: String,
+}
+
+async fn sign(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+    Json(w): Json<SignWith>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&s, id).await?;
+    if r.status != "draft" {
+        return Err(ApiError::conflict(format!("release is {}, not a draft", r.status)));
+    }
+    let key = s
+        .keys
+        .get(&w.key)
+        .ok_or_else(|| ApiError::invalid(format!("no server-held key named {:?}", w.key)))?;
+    let root = s.updater.root();
+    if !root.key(&key.node_id()).is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release)) {
+        return Err(ApiError::invalid(format!("key {:?} is not a release key of the current root", w.key)));
+    }
+    let sig = meshara_core::update::signature(&body_bytes(&r)?, key);
+    s.db.add_signature(id, &key.node_id().to_string(), &BASE64.encode(&sig.signature), &p.name)
+        .await?;
+    s.db.audit(&p.name, "release.sign", &id.to_string(), &format!("with server-held key {}", w.key))
+        .await?;
+    Ok(Json(view(&s, &r).await?))
+}
+
+async fn attach(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+    Json(d): Json<DetachedSignature>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&s, id).await?;
+    if r.status != "draft" {
+        return Err(ApiError::conflict(format!("release is {}, not a draft", r.status)));
+    }
+    let key: NodeId = d
+        .public_key
+        .parse()
+        .map_err(|_| ApiError::invalid("public_key is not a key"))?;
+    let sig = BASE64
+        .decode(d.signature.as_bytes())
+        .ok()
+        .filter(|s| s.len() == 64)
+        .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, base64"))?;
+    let root = s.updater.root();
+    if !root.key(&key).is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release)) {
+        return Err(ApiError::invalid("the key is not a release key of the current root"));
+    }
+    meshara_core::update::verify_signature(&body_bytes(&r)?, &key, &sig)
+    .map_err(|_| ApiError::invalid("the signature does not verify over this release"))?;
+    s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name).await?;
+    s.db.audit(&p.name, "release.attach_signature", &id.to_string(), &format!("offline signature by {key}"))
+        .await?;
+    Ok(Json(view(&s, &r).await?))
+}
+
+/// The signed metadata of a release as stored.
+async fn signed(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMetadata> {
+    let signatures = s
+        .db
+        .signatures(r.id)
+        .await?
+        .iter()
+        .filter_map(|g| {
+            Some(proto::MetadataSignature {
+                public_key: g.public_key.parse::<NodeId>().ok()?.as_bytes().to_vec().into(),
+                signature: BASE64.decode(g.signature.as_bytes()).ok()?.into(),
+            })
+        })
+        .collect();
+    Ok(proto::SignedMetadata {
+        body: body_bytes(r)?.into(),
+        signatures,
+    })
+}
+
+/// Checks a release's signatures against the current root as a node would (threshold,
+/// expiry), without the node's rollback state.
+async fn check_quorum(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMetadata> {
+    let signed = signed(s, r).await?;
+    let trust = TrustState::new(s.updater.root()).map_err(ApiError::internal)?;
+    trust
+        .verify_release(&signed, now() as u64)
+        .map_err(|e| ApiError::conflict(format!("cannot publish: {e}")))?;
+    Ok(signed)
+}
+
+/// Publishes a release whose quorum is met: hands it to the authority node, which verifies
+/// it once more, announces it and serves it.
+pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> ApiResult<()> {
+    let signed = check_quorum(s, r).await?;
+    s.updater
+        .publish(signed, &s.store.path(&r.content_hash))
+        .await
+        .map_err(|e| ApiError::conflict(format!("cannot publish: {e}")))?;
+    s.db.set_status(r.id, "published", r.publish_at, Some(now())).await?;
+    s.db.audit(actor, "release.publish", &r.id.to_string(),
+        &format!("{}/{} {} #{}", r.package, r.channel, r.semver, r.sequence)).await?;
+    tracing::info!(id = r.id, package = %r.package, channel = %r.channel, semver = %r.semver, "release published");
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PublishAt {
+    at: Option<i64>,
+}
+
+async fn publish(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+    body: Option<Json<PublishAt>>,
+) -> ApiResult<Json<Value>> {
+    let at = body.and_then(|b| b.0.at);
+    let r = load(&s, id).await?;
+    if r.status != "draft" && r.status != "scheduled" {
+        return Err(ApiError::conflict(format!("release is {}", r.status)));
+    }
+    match at {
+        Some(at) if at > now() => {
+            check_quorum(&s, &r).await?;
+            s.db.set_status(id, "scheduled", Some(at), None).await?;
+            s.db.audit(&p.name, "release.schedule", &id.to_string(), &format!("at {at}")).await?;
+        }
+        _ => publish_now(&s, &r, &p.name).await?,
+    }
+    let r = load(&s, id).await?;
+    Ok(Json(view(&s, &r).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollout {
+    percent: u8,
+}
+
+async fn rollout(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+    Json(w): Json<Rollout>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&s, id).await?;
+    if r.status != "draft" {
+        return Err(ApiError::conflict(
+            "only a draft's rollout can change; widen a published rollout with a newer release",
+        ));
+    }
+    if !(1..=100).contains(&w.percent) {
+        return Err(ApiError::invalid("percent must be 1..=100"));
+    }
+    let mut release = Release::decode(&body_bytes(&r)?).map_err(ApiError::internal)?;
+    release.rollout_percent = (w.percent < 100).then_some(w.percent);
+    let body = release.encode().map_err(ApiError::internal)?;
+    s.db.set_rollout(id, i64::from(w.percent), &BASE64.encode(&body)).await?;
+    s.db.audit(&p.name, "release.rollout", &id.to_string(), &format!("{}% (signatures cleared)", w.percent))
+        .await?;
+    let r = load(&s, id).await?;
+    Ok(Json(view(&s, &r).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackTo {
+    semver: Option<String>,
+}
+
+async fn rollback(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+    body: Option<Json<RollbackTo>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let r = load(&s, id).await?;
+    let semver = body.and_then(|b| b.0.semver).unwrap_or_else(|| r.semver.clone());
+    let row = draft_release(
+        &s, &p.name, &r.package, &r.channel, &semver, &r.content_hash, None, s.config.release_expiry_days,
+    )
+    .await?;
+    s.db.audit(&p.name, "release.rollback", &row.id.to_string(),
+        &format!("restores the content of release {} as #{}", r.id, row.sequence)).await?;
+    Ok((StatusCode::CREATED, Json(view(&s, &row).await?)))
+}
+
+async fn revoke(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&s, id).await?;
+    if r.status != "published" {
+        return Err(ApiError::conflict(format!("release is {}, not published", r.status)));
+    }
+    s.db.set_status(id, "revoked", r.publish_at, r.published_at).await?;
+    s.db.audit(&p.name, "release.revoke", &id.to_string(), "").await?;
+    // Nodes only move forward: the revocation takes effect when a newer release restoring
+    // the previous content is published. Draft it now.
+    let previous = s
+        .db
+        .releases()
+        .await?
+        .into_iter()
+        .find(|o| o.package == r.package && o.channel == r.channel && o.status == "published" && o.sequence < r.sequence);
+    let rollback = match previous {
+        Some(prev) => {
+            let row = draft_release(
+                &s, &p.name, &prev.package, &prev.channel, &prev.semver, &prev.content_hash, None,
+                s.config.release_expiry_days,
+            )
+            .await?;
+            s.db.audit(&p.name, "release.rollback", &row.id.to_string(),
+                &format!("restores the content of release {} after revoking {}", prev.id, id)).await?;
+            Some(view(&s, &row).await?)
+        }
+        None => None,
+    };
+    let r = load(&s, id).await?;
+    Ok(Json(json!({"revoked": view(&s, &r).await?, "rollback": rollback})))
+}
+
+async fn queries(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let (by_channel, recent) = s.db.queries(50).await?;
+    let total: i64 = by_channel.iter().map(|c| c.count).sum();
+    Ok(Json(json!({"total": total, "by_channel": by_channel, "recent": recent})))
+}
+
+async fn audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.db.audit_log(200).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+async fn create_token(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(t): Json<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let role: Role = t.role.parse().map_err(ApiError::invalid)?;
+    if t.name.is_empty() || t.name.len() > 64 {
+        return Err(ApiError::invalid("name must be 1..=64 bytes"));
+    }
+    let (id, token) = crate::auth::create_token(&s.db, &t.name, role).await?;
+    s.db.audit(&p.name, "token.create", &id, &format!("{} as {}", t.name, role)).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "name": t.name, "role": role.as_str(), "token": token}))))
+}
+
+async fn revoke_token(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !s.db.revoke_token(&id).await? {
+        return Err(ApiError::not_found("token"));
+    }
+    s.db.audit(&p.name, "token.revoke", &id, "").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public update check: the newest published release's signed metadata.
+async fn update_check(
+    State(s): State<Arc<AppState>>,
+    Path((package, channel)): Path<(String, String)>,
+) -> Response {
+    s.record_query(&package, &channel, "http", None);
+    let (Some(release), Some(signed)) = (
+        s.updater.latest(&package, &channel),
+        s.updater.latest_signed(&package, &channel),
+    ) else {
+        return ApiError::not_found("release for this package and channel").into_response();
+    };
+    Json(json!({
+        "package": release.package, "channel": release.channel, "semver": release.semver,
+        "sequence": release.sequence, "size": release.size,
+        "content_hash": HEXLOWER.encode(&release.content_hash),
+        "rollout_percent": release.rollout_percent,
+        "signed_metadata": BASE64.encode(&signed.encode_to_vec()),
+    }))
+    .into_response()
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.db.ping().await && s.node.is_running() && !s.shutting_down() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    match s.metrics_text().await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    let error = json!({"$ref": "#/components/responses/Error"});
+    for r in ROUTES {
+        let roles: Vec<&str> = std::iter::once("admin")
+            .chain(r.allowed.iter().map(|r| r.as_str()))
+            .collect();
+        let params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": if name == "id" && !r.path.contains("tokens") { "integer" } else { "string" }}}))
+            .collect();
+        let op = json!({
+            "summary": r.summary,
+            "description": format!("Roles: {}.", roles.join(", ")),
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "responses": {"200": {"description": "OK", "content": {"application/json": {}}},
+                          "401": error, "403": error},
+            "x-roles": roles,
+        });
+        let entry = paths
+            .entry(r.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[r.method.to_lowercase()] = op;
+    }
+    paths.insert(
+        "/v1/updates/{package}/{channel}".into(),
+        json!({"get": {"summary": "Newest published release (public): its signed metadata, base64 protobuf",
+            "parameters": [
+                {"name": "package", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "OK"}, "404": error}}}),
+    );
+    for (p, s) in [("/healthz", "Liveness"), ("/readyz", "Readiness: database and node"), ("/metrics", "Prometheus metrics")] {
+        paths.insert(p.into(), json!({"get": {"summary": s, "responses": {"200": {"description": "OK"}}}}));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "meshara-authority", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "Error: {\"error\": {\"code\", \"message\"}}",
+                "content": {"application/json": {}}}},
+        },
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// Methods as axum knows them, for tests that walk [`ROUTES`].
+pub fn method(doc: &RouteDoc) -> Method {
+    Method::from_bytes(doc.method.as_bytes()).unwrap_or(Method::GET)
+}
+
+/// Reads the bearer token from headers.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Records an update check from a node over Meshara.
+pub(crate) fn meshara_query(s: &AppState, peer: NodeId, package: &str, channel: &str) {
+    s.record_query(package, channel, "meshara", Some(peer.to_string()));
+}

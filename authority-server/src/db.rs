@@ -1,0 +1,666 @@
+//! Storage of everything but package bytes, through one code path for SQLite (the embedded
+//! default) and PostgreSQL: sqlx's `Any` driver, `$n` placeholders (both accept them), only
+//! `BIGINT` and `TEXT` columns, and one migration directory per dialect that differ only in
+//! how an auto-increment key is spelled.
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The URL names a database this build does not support.
+    #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
+    Unsupported(String),
+    /// A migration failed.
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        /// The migration.
+        version: i64,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite, a file in the data directory.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A token's owner and role, as stored.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Token id (not secret).
+    pub id: String,
+    /// Who holds it.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+}
+
+/// A stored package.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageRow {
+    /// BLAKE3 hash, hex.
+    pub hash: String,
+    /// File name given at upload.
+    pub name: String,
+    /// Bytes.
+    pub size: i64,
+    /// Unix seconds.
+    pub uploaded_at: i64,
+    /// Token name of the uploader.
+    pub uploaded_by: String,
+}
+
+/// A release as stored.
+#[derive(Debug, Clone)]
+pub struct ReleaseRow {
+    /// Id.
+    pub id: i64,
+    /// Package.
+    pub package: String,
+    /// Channel.
+    pub channel: String,
+    /// Semantic version.
+    pub semver: String,
+    /// Sequence.
+    pub sequence: i64,
+    /// Content hash, hex.
+    pub content_hash: String,
+    /// Content size.
+    pub size: i64,
+    /// Encoded `ReleaseMetadata`, base64: what signatures cover.
+    pub body: String,
+    /// Staged rollout.
+    pub rollout_percent: Option<i64>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// `draft`, `scheduled`, `published` or `revoked`.
+    pub status: String,
+    /// When a scheduled release publishes.
+    pub publish_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Token name.
+    pub created_by: String,
+    /// Unix seconds.
+    pub published_at: Option<i64>,
+}
+
+/// A signature as stored.
+#[derive(Debug, Clone)]
+pub struct SignatureRow {
+    /// Public key, NodeId text.
+    pub public_key: String,
+    /// Signature, base64.
+    pub signature: String,
+    /// Who added it.
+    pub signer: String,
+}
+
+/// An audit entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    /// Id.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Token name, or `scheduler` / `system`.
+    pub actor: String,
+    /// Action, e.g. `release.publish`.
+    pub action: String,
+    /// What it acted on.
+    pub target: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// One update check a node made.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryRow {
+    /// Unix seconds.
+    pub at: i64,
+    /// Package.
+    pub package: String,
+    /// Channel.
+    pub channel: String,
+    /// `http` or `meshara`.
+    pub via: String,
+    /// The asking node, over Meshara.
+    pub peer: Option<String>,
+}
+
+/// Update checks per package and channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryCount {
+    /// Package.
+    pub package: String,
+    /// Channel.
+    pub channel: String,
+    /// Checks kept.
+    pub count: i64,
+    /// The newest.
+    pub last_at: i64,
+}
+
+const RELEASE_COLUMNS: &str = "id, package, channel, semver, sequence, content_hash, size, body, \
+     rollout_percent, expires_at, status, publish_at, created_at, created_by, published_at";
+
+fn release(row: &AnyRow) -> Result<ReleaseRow, sqlx::Error> {
+    Ok(ReleaseRow {
+        id: row.try_get("id")?,
+        package: row.try_get("package")?,
+        channel: row.try_get("channel")?,
+        semver: row.try_get("semver")?,
+        sequence: row.try_get("sequence")?,
+        content_hash: row.try_get("content_hash")?,
+        size: row.try_get("size")?,
+        body: row.try_get("body")?,
+        rollout_percent: row.try_get("rollout_percent")?,
+        expires_at: row.try_get("expires_at")?,
+        status: row.try_get("status")?,
+        publish_at: row.try_get("publish_at")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        published_at: row.try_get("published_at")?,
+    })
+}
+
+/// Fields of a new release.
+#[derive(Debug, Clone)]
+pub struct NewRelease<'a> {
+    /// Package.
+    pub package: &'a str,
+    /// Channel.
+    pub channel: &'a str,
+    /// Semantic version.
+    pub semver: &'a str,
+    /// Content hash, hex.
+    pub content_hash: &'a str,
+    /// Content size.
+    pub size: i64,
+    /// Staged rollout.
+    pub rollout_percent: Option<i64>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Token name.
+    pub created_by: &'a str,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and runs the
+    /// migrations not yet applied.
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::Unsupported(url.to_owned()));
+        };
+        let pool = AnyPoolOptions::new()
+            // One writer at a time is what SQLite allows anyway; more only queue on its lock.
+            .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
+            .connect(url)
+            .await?;
+        let db = Db { pool, backend };
+        if backend == Backend::Sqlite {
+            sqlx::raw_sql("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
+                .execute(&db.pool)
+                .await?;
+        }
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS meshara_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE,
+            Backend::Postgres => POSTGRES,
+        };
+        for (version, sql) in migrations {
+            let applied: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM meshara_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("n")?;
+            if applied > 0 {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            let run = async {
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO meshara_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(*version)
+                    .bind(crate::now())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            };
+            run.await.map_err(|source| DbError::Migration {
+                version: *version,
+                source,
+            })?;
+            tx.commit().await?;
+            tracing::info!(version, "database migration applied");
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await
+            .is_ok()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- tokens ---
+
+    /// Stores a token by the hash of its secret.
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        hash: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, role, hash, created_at, revoked) VALUES ($1, $2, $3, $4, $5, 0)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(role)
+        .bind(hash)
+        .bind(crate::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The live token whose secret hashes to `hash`.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, DbError> {
+        let row = sqlx::query("SELECT id, name, role FROM tokens WHERE hash = $1 AND revoked = 0")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(TokenRow {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                role: r.try_get("role")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// How many live tokens exist.
+    pub async fn token_count(&self) -> Result<i64, DbError> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE revoked = 0")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+
+    /// Revokes a token by id. Returns whether it existed.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1 AND revoked = 0")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // --- packages ---
+
+    /// Records a package whose file is complete and verified; a second upload of the same
+    /// content keeps the first record.
+    pub async fn insert_package(&self, p: &PackageRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO packages (hash, name, size, uploaded_at, uploaded_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&p.hash)
+        .bind(&p.name)
+        .bind(p.size)
+        .bind(p.uploaded_at)
+        .bind(&p.uploaded_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every package, newest first.
+    pub async fn packages(&self) -> Result<Vec<PackageRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT hash, name, size, uploaded_at, uploaded_by FROM packages ORDER BY uploaded_at DESC, hash",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PackageRow {
+                    hash: r.try_get("hash")?,
+                    name: r.try_get("name")?,
+                    size: r.try_get("size")?,
+                    uploaded_at: r.try_get("uploaded_at")?,
+                    uploaded_by: r.try_get("uploaded_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One package.
+    pub async fn package(&self, hash: &str) -> Result<Option<PackageRow>, DbError> {
+        Ok(self.packages().await?.into_iter().find(|p| p.hash == hash))
+    }
+
+    // --- releases ---
+
+    /// Creates a draft with the next sequence of its package and channel; `body` makes the
+    /// encoded metadata from the sequence.
+    pub async fn insert_release(
+        &self,
+        new: &NewRelease<'_>,
+        body: impl Fn(i64) -> Result<String, String>,
+    ) -> Result<Result<ReleaseRow, String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM releases WHERE package = $1 AND channel = $2",
+        )
+        .bind(new.package)
+        .bind(new.channel)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("next")?;
+        let body = match body(next) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let row = sqlx::query(&format!(
+            "INSERT INTO releases (package, channel, semver, sequence, content_hash, size, body, \
+             rollout_percent, expires_at, status, publish_at, created_at, created_by, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'draft', NULL, $10, $11, NULL) RETURNING {RELEASE_COLUMNS}"
+        ))
+        .bind(new.package)
+        .bind(new.channel)
+        .bind(new.semver)
+        .bind(next)
+        .bind(new.content_hash)
+        .bind(new.size)
+        .bind(&body)
+        .bind(new.rollout_percent)
+        .bind(new.expires_at)
+        .bind(crate::now())
+        .bind(new.created_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        let r = release(&row)?;
+        tx.commit().await?;
+        Ok(Ok(r))
+    }
+
+    /// Every release, newest first.
+    pub async fn releases(&self) -> Result<Vec<ReleaseRow>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases ORDER BY id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(release).collect::<Result<_, _>>()?)
+    }
+
+    /// One release.
+    pub async fn release(&self, id: i64) -> Result<Option<ReleaseRow>, DbError> {
+        let row = sqlx::query(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(release).transpose()?)
+    }
+
+    /// Scheduled releases due at `now`.
+    pub async fn due(&self, now: i64) -> Result<Vec<ReleaseRow>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'scheduled' AND publish_at <= $1 ORDER BY publish_at, id"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(release).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets a release's status (and publish time fields).
+    pub async fn set_status(
+        &self,
+        id: i64,
+        status: &str,
+        publish_at: Option<i64>,
+        published_at: Option<i64>,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE releases SET status = $1, publish_at = $2, published_at = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(publish_at)
+        .bind(published_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces a draft's body and rollout, dropping its signatures (they covered the old
+    /// body), in one transaction.
+    pub async fn set_rollout(&self, id: i64, percent: i64, body: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE releases SET rollout_percent = $1, body = $2 WHERE id = $3")
+            .bind(percent)
+            .bind(body)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM signatures WHERE release_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds or replaces `public_key`'s signature on a release.
+    pub async fn add_signature(
+        &self,
+        release_id: i64,
+        public_key: &str,
+        signature: &str,
+        signer: &str,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM signatures WHERE release_id = $1 AND public_key = $2")
+            .bind(release_id)
+            .bind(public_key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signatures (release_id, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(release_id)
+        .bind(public_key)
+        .bind(signature)
+        .bind(signer)
+        .bind(crate::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A release's signatures.
+    pub async fn signatures(&self, release_id: i64) -> Result<Vec<SignatureRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT public_key, signature, signer FROM signatures WHERE release_id = $1 ORDER BY added_at, public_key",
+        )
+        .bind(release_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SignatureRow {
+                    public_key: r.try_get("public_key")?,
+                    signature: r.try_get("signature")?,
+                    signer: r.try_get("signer")?,
+                })
+            })
+            .collect()
+    }
+
+    // --- audit ---
+
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(crate::now())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    // --- queries ---
+
+    /// Records update checks in one transaction, keeping the newest `keep`.
+    pub async fn record_queries(&self, batch: &[QueryRow], keep: i64) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for q in batch {
+            sqlx::query(
+                "INSERT INTO queries (at, package, channel, via, peer) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(q.at)
+            .bind(&q.package)
+            .bind(&q.channel)
+            .bind(&q.via)
+            .bind(q.peer.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM queries WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM queries) - $1")
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks per package and channel, and the newest `limit`.
+    pub async fn queries(&self, limit: i64) -> Result<(Vec<QueryCount>, Vec<QueryRow>), DbError> {
+        let counts = sqlx::query(
+            "SELECT package, channel, COUNT(*) AS n, MAX(at) AS last_at FROM queries GROUP BY package, channel ORDER BY package, channel",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(QueryCount {
+                package: r.try_get("package")?,
+                channel: r.try_get("channel")?,
+                count: r.try_get("n")?,
+                last_at: r.try_get("last_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let recent = sqlx::query(
+            "SELECT at, package, channel, via, peer FROM queries ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(QueryRow {
+                at: r.try_get("at")?,
+                package: r.try_get("package")?,
+                channel: r.try_get("channel")?,
+                via: r.try_get("via")?,
+                peer: r.try_get("peer")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((counts, recent))
+    }
+}

@@ -1,0 +1,260 @@
+//! Authority keys: server-held signing keys (keystore files under `<data_dir>/keys/`), the
+//! trusted root (`<data_dir>/root.pb`), and the draft format exchanged with offline signers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use data_encoding::BASE64;
+use meshara_core::update::{self, AuthorityKey, Release, Role, Root};
+use meshara_core::{Identity, KdfParams, Keystore, NodeId, proto};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A keystore could not be read or written.
+    #[error("keystore {path}: {source}")]
+    Keystore {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: meshara_core::KeystoreError,
+    },
+    /// A file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// Metadata was refused.
+    #[error(transparent)]
+    Update(#[from] update::UpdateError),
+    /// Input is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The server-held keys, by name.
+#[derive(Default)]
+pub struct ServerKeys {
+    keys: BTreeMap<String, Identity>,
+}
+
+impl std::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.keys.keys()).finish()
+    }
+}
+
+impl ServerKeys {
+    /// Unlocks every `<dir>/<name>.key` with `passphrase`.
+    pub fn load(dir: &Path, passphrase: &[u8]) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { keys }),
+            Err(e) => return Err(KeyError::Io(format!("reading {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(|e| KeyError::Io(format!("reading {}", dir.display()), e))?
+                .path();
+            let (Some(name), Some("key")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let unlocked = Keystore::new(&path)
+                .load(passphrase)
+                .map_err(|source| KeyError::Keystore {
+                    path: path.clone(),
+                    source,
+                })?;
+            keys.insert(name.to_owned(), unlocked.identity);
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key named `name`.
+    pub fn get(&self, name: &str) -> Option<&Identity> {
+        self.keys.get(name)
+    }
+
+    /// Whether `key` is held by the server.
+    pub fn holds(&self, key: &NodeId) -> bool {
+        self.keys.values().any(|i| i.node_id() == *key)
+    }
+
+    /// Names and public keys.
+    pub fn list(&self) -> impl Iterator<Item = (&str, NodeId)> {
+        self.keys.iter().map(|(n, i)| (n.as_str(), i.node_id()))
+    }
+}
+
+/// Creates a new key in a keystore file; returns its public key.
+pub fn generate(path: &Path, passphrase: &[u8]) -> Result<NodeId, KeyError> {
+    let identity = Identity::generate();
+    Keystore::new(path)
+        .create(&identity, passphrase, KdfParams::default(), crate::now() as u64)
+        .map_err(|source| KeyError::Keystore {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(identity.node_id())
+}
+
+/// Sets up a new authority in `data_dir`: `n` server-held keys holding both roles, and a
+/// root with the given thresholds, signed by all of them. For development and for
+/// authorities that keep their keys on the server; an authority with offline keys builds its
+/// root with [`root_for`] and signs it where the keys are.
+pub fn init(
+    data_dir: &Path,
+    n: usize,
+    threshold: u32,
+    passphrase: &[u8],
+    valid_days: u64,
+) -> Result<proto::SignedMetadata, KeyError> {
+    let root_path = data_dir.join("root.pb");
+    if root_path.exists() {
+        return Err(KeyError::Invalid(format!(
+            "{} exists: this authority is already set up",
+            root_path.display()
+        )));
+    }
+    let dir = data_dir.join("keys");
+    std::fs::create_dir_all(&dir).map_err(|e| KeyError::Io("creating keys/".into(), e))?;
+    let mut ids = Vec::new();
+    for i in 1..=n {
+        let path = dir.join(format!("k{i}.key"));
+        generate(&path, passphrase)?;
+        ids.push(
+            Keystore::new(&path)
+                .load(passphrase)
+                .map_err(|source| KeyError::Keystore { path, source })?
+                .identity,
+        );
+    }
+    let keys: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (format!("k{}", i + 1), id.node_id()))
+        .collect();
+    let root = root_for(&keys, threshold, threshold, valid_days)?;
+    let signed = root.sign(&ids.iter().collect::<Vec<_>>())?;
+    write_root(&root_path, &signed)?;
+    Ok(signed)
+}
+
+/// A first root listing `keys` (name, key) with both roles.
+pub fn root_for(
+    keys: &[(String, NodeId)],
+    root_threshold: u32,
+    release_threshold: u32,
+    valid_days: u64,
+) -> Result<Root, KeyError> {
+    let root = Root {
+        sequence: 1,
+        expires_at: crate::now() as u64 + valid_days * 86_400,
+        keys: keys
+            .iter()
+            .map(|(name, key)| AuthorityKey {
+                key: *key,
+                name: name.clone(),
+                roles: [Role::Root, Role::Release].into(),
+            })
+            .collect(),
+        root_threshold,
+        release_threshold,
+        revoked: Vec::new(),
+    };
+    root.validate()?;
+    Ok(root)
+}
+
+/// Writes signed root metadata (the file nodes ship with).
+pub fn write_root(path: &Path, signed: &proto::SignedMetadata) -> Result<(), KeyError> {
+    std::fs::write(path, signed.encode_to_vec())
+        .map_err(|e| KeyError::Io(format!("writing {}", path.display()), e))
+}
+
+/// Reads signed root metadata.
+pub fn read_root(path: &Path) -> Result<proto::SignedMetadata, KeyError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| KeyError::Io(format!("reading {}", path.display()), e))?;
+    let signed = update::decode_signed(&bytes)?;
+    Root::decode(&signed.body)?;
+    Ok(signed)
+}
+
+/// A release exported for signing elsewhere: what it says, and the exact bytes to sign.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Draft {
+    /// The release id on the authority.
+    pub release_id: i64,
+    /// Package.
+    pub package: String,
+    /// Channel.
+    pub channel: String,
+    /// Semantic version.
+    pub semver: String,
+    /// Sequence.
+    pub sequence: u64,
+    /// Content hash, hex.
+    pub content_hash: String,
+    /// Content size.
+    pub size: u64,
+    /// Staged rollout.
+    pub rollout_percent: Option<u8>,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// The encoded metadata, base64: this is what is signed.
+    pub body: String,
+}
+
+/// A signature made offline, to attach to a release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DetachedSignature {
+    /// The signing key (NodeId text).
+    pub public_key: String,
+    /// The Ed25519 signature, base64.
+    pub signature: String,
+}
+
+impl Draft {
+    /// Describes release `id` with metadata `body`.
+    pub fn new(release_id: i64, body: &[u8]) -> Result<Draft, KeyError> {
+        let r = Release::decode(body)?;
+        Ok(Draft {
+            release_id,
+            package: r.package,
+            channel: r.channel,
+            semver: r.semver,
+            sequence: r.sequence,
+            content_hash: data_encoding::HEXLOWER.encode(&r.content_hash),
+            size: r.size,
+            rollout_percent: r.rollout_percent,
+            expires_at: r.expires_at,
+            body: BASE64.encode(body),
+        })
+    }
+
+    /// Checks that the readable fields match the body (so a signer sees what they sign),
+    /// and signs the body.
+    pub fn sign(&self, key: &Identity) -> Result<DetachedSignature, KeyError> {
+        let body = BASE64
+            .decode(self.body.as_bytes())
+            .map_err(|_| KeyError::Invalid("draft body is not base64".into()))?;
+        let expected = Draft::new(self.release_id, &body)?;
+        if expected != *self {
+            return Err(KeyError::Invalid(
+                "the draft's fields do not match its body; refusing to sign".into(),
+            ));
+        }
+        let sig = update::signature(&body, key);
+        Ok(DetachedSignature {
+            public_key: key.node_id().to_string(),
+            signature: BASE64.encode(&sig.signature),
+        })
+    }
+}

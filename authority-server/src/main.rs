@@ -1,0 +1,161 @@
+//! `meshara-authority`: the update authority server and its offline tools.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use meshara_authority::config::Config;
+use meshara_authority::keys::{self, Draft};
+use meshara_authority::{Authority, auth, db};
+
+#[derive(Parser)]
+#[command(name = "meshara-authority", version, about = "The Meshara update authority")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server (config file, then MESHARA_AUTHORITY_* overrides).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Sets up a new authority in a data directory: N server-held keys and a root signed by
+    /// all of them.
+    Init {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Keys to create.
+        #[arg(long, default_value_t = 3)]
+        keys: usize,
+        /// Signatures needed for a release and for a new root.
+        #[arg(long, default_value_t = 2)]
+        threshold: u32,
+        /// Days the root is valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
+    /// Creates an API token (printed once).
+    Token {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// admin, publisher, signer or viewer.
+        #[arg(long)]
+        role: String,
+    },
+    /// Creates a signing key in a keystore file (for an offline signer).
+    Keygen {
+        /// Keystore file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Signs an exported draft with a key kept offline; prints the signature to attach.
+    Sign {
+        /// The draft (JSON from GET /api/v1/releases/{id}/draft).
+        #[arg(long)]
+        draft: PathBuf,
+        /// The keystore holding the signing key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn passphrase() -> anyhow::Result<Vec<u8>> {
+    match std::env::var("MESHARA_AUTHORITY_KEY_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
+        _ => bail!("set MESHARA_AUTHORITY_KEY_PASSPHRASE to the passphrase of the keystores"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHARA_AUTHORITY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let authority = Authority::start(config.clone(), &passphrase()?).await?;
+            let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
+            println!("meshara-authority");
+            println!("  dashboard + admin API: http://{}/", authority.http_addr());
+            println!("  node: {} at {:?}", authority.node().node_id(), authority.node().quic_addr());
+            if token_file.exists() {
+                println!("  first admin token: {}", token_file.display());
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            authority.stop().await;
+        }
+        Command::Init {
+            data_dir,
+            keys: n,
+            threshold,
+            valid_days,
+        } => {
+            std::fs::create_dir_all(&data_dir)?;
+            let signed = keys::init(&data_dir, n, threshold, &passphrase()?, valid_days)?;
+            let root = meshara_core::update::Root::decode(&signed.body)?;
+            println!("authority set up in {}", data_dir.display());
+            println!("  root: {} ({} keys, {threshold}-of-{n})", data_dir.join("root.pb").display(), root.keys.len());
+            for k in &root.keys {
+                println!("  key {}: {}", k.name, k.key);
+            }
+            println!("ship root.pb with your application: nodes trust it and every root it rotates to");
+        }
+        Command::Token { config, name, role } => {
+            let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let db = db::Db::connect(&config.database_url()).await?;
+            let (id, token) = auth::create_token(&db, &name, role).await?;
+            db.audit("cli", "token.create", &id, &format!("{name} as {role}")).await?;
+            println!("{token}");
+            eprintln!("token {id} for {name} ({role}); it is not shown again");
+        }
+        Command::Keygen { out } => {
+            let key = keys::generate(&out, &passphrase()?)?;
+            println!("{key}");
+            eprintln!("created {}; give the public key above to the authority's admins", out.display());
+        }
+        Command::Sign { draft, key } => {
+            let text = std::fs::read_to_string(&draft).with_context(|| format!("reading {}", draft.display()))?;
+            let draft: Draft = serde_json::from_str(&text).context("the draft is not valid JSON")?;
+            let identity = meshara_core::Keystore::new(&key).load(&passphrase()?)?.identity;
+            eprintln!(
+                "signing {}/{} {} (sequence {}, {} bytes, content {}) with {}",
+                draft.package, draft.channel, draft.semver, draft.sequence, draft.size,
+                draft.content_hash, identity.node_id()
+            );
+            let sig = draft.sign(&identity)?;
+            println!("{}", serde_json::to_string_pretty(&sig)?);
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
