@@ -58,23 +58,88 @@ macro_rules! route {
 /// Every admin route and who may call it.
 pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/api/v1/me", ANY, "The caller's name and role"),
-    route!("GET", "/api/v1/health", ANY, "Node, database and root status"),
+    route!(
+        "GET",
+        "/api/v1/health",
+        ANY,
+        "Node, database and root status"
+    ),
     route!("GET", "/api/v1/packages", ANY, "Uploaded packages"),
-    route!("PUT", "/api/v1/packages", PUBLISH, "Upload a package (raw body, streamed; ?name=)"),
-    route!("GET", "/api/v1/releases", ANY, "Releases with their signature progress"),
-    route!("POST", "/api/v1/releases", PUBLISH, "Draft a release of an uploaded package"),
+    route!(
+        "PUT",
+        "/api/v1/packages",
+        PUBLISH,
+        "Upload a package (raw body, streamed; ?name=)"
+    ),
+    route!(
+        "GET",
+        "/api/v1/releases",
+        ANY,
+        "Releases with their signature progress"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases",
+        PUBLISH,
+        "Draft a release of an uploaded package"
+    ),
     route!("GET", "/api/v1/releases/{id}", ANY, "One release"),
-    route!("GET", "/api/v1/releases/{id}/draft", SIGN, "Export a draft for offline signing"),
-    route!("POST", "/api/v1/releases/{id}/sign", SIGN, "Sign a draft with a server-held key"),
-    route!("POST", "/api/v1/releases/{id}/signatures", SIGN, "Attach a signature made offline"),
-    route!("POST", "/api/v1/releases/{id}/publish", PUBLISH, "Publish now, or at a time, once the threshold is met"),
-    route!("POST", "/api/v1/releases/{id}/rollout", PUBLISH, "Set a draft's staged-rollout percentage (drops its signatures)"),
-    route!("POST", "/api/v1/releases/{id}/rollback", PUBLISH, "Draft a newer release restoring this release's content"),
-    route!("POST", "/api/v1/releases/{id}/revoke", PUBLISH, "Revoke a published release and draft its rollback"),
+    route!(
+        "GET",
+        "/api/v1/releases/{id}/draft",
+        SIGN,
+        "Export a draft for offline signing"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/sign",
+        SIGN,
+        "Sign a draft with a server-held key"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/signatures",
+        SIGN,
+        "Attach a signature made offline"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/publish",
+        PUBLISH,
+        "Publish now, or at a time, once the threshold is met"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/rollout",
+        PUBLISH,
+        "Set a draft's staged-rollout percentage (drops its signatures)"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/rollback",
+        PUBLISH,
+        "Draft a newer release restoring this release's content"
+    ),
+    route!(
+        "POST",
+        "/api/v1/releases/{id}/revoke",
+        PUBLISH,
+        "Revoke a published release and draft its rollback"
+    ),
     route!("GET", "/api/v1/queries", ANY, "Update checks nodes made"),
     route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
-    route!("POST", "/api/v1/tokens", ADMIN, "Create an API token (shown once)"),
-    route!("DELETE", "/api/v1/tokens/{id}", ADMIN, "Revoke an API token"),
+    route!(
+        "POST",
+        "/api/v1/tokens",
+        ADMIN,
+        "Create an API token (shown once)"
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        ADMIN,
+        "Revoke an API token"
+    ),
 ];
 
 /// An API error: status and a JSON body `{"error": {"code", "message"}}`.
@@ -97,14 +162,22 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
     fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
     fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -145,7 +218,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         // Uploads stream to disk with their own limit.
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
@@ -155,9 +231,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/", get(|| async { static_file("text/html; charset=utf-8", crate::web::INDEX) }))
-        .route("/app.js", get(|| async { static_file("text/javascript; charset=utf-8", crate::web::APP_JS) }))
-        .route("/style.css", get(|| async { static_file("text/css; charset=utf-8", crate::web::STYLE) }))
+        .route(
+            "/",
+            get(|| async { static_file("text/html; charset=utf-8", crate::web::INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", crate::web::APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { static_file("text/css; charset=utf-8", crate::web::STYLE) }),
+        )
         .layer(state.http_metrics.layer())
         .with_state(state)
 }
@@ -169,7 +254,7 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
             (header::CACHE_CONTROL, "no-cache"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; frame-ancestors 'none'",
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
             ),
         ],
         body,
@@ -188,8 +273,12 @@ async fn authorize(
         .iter()
         .find(|r| r.path == matched.as_str() && r.method == request.method().as_str())
     else {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "route not in the role table")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "route not in the role table",
+        )
+        .into_response();
     };
     let principal = match crate::auth::authenticate(&state.db, request.headers()).await {
         Ok(Some(p)) => p,
@@ -210,7 +299,11 @@ async fn authorize(
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("role {} may not {}", principal.role, doc.summary.to_lowercase()),
+            format!(
+                "role {} may not {}",
+                principal.role,
+                doc.summary.to_lowercase()
+            ),
         )
         .into_response();
     }
@@ -224,13 +317,12 @@ async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
 
 async fn health(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let root = s.updater.root();
-    let published = s
-        .db
-        .releases()
-        .await?
-        .iter()
-        .filter(|r| r.status == "published")
-        .count();
+    let published =
+        s.db.releases()
+            .await?
+            .iter()
+            .filter(|r| r.status == "published")
+            .count();
     let keys: Vec<Value> = root
         .keys
         .iter()
@@ -277,18 +369,18 @@ async fn upload(
     if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
         return Err(ApiError::invalid("name must be 1..=255 bytes without '/'"));
     }
-    let stored = s
-        .store
-        .put(body.into_data_stream(), s.config.max_package_bytes)
-        .await
-        .map_err(|e| match e {
-            crate::storage::StorageError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
-            crate::storage::StorageError::Empty
-            | crate::storage::StorageError::Interrupted(_) => ApiError::invalid(e.to_string()),
-            e => ApiError::internal(e),
-        })?;
+    let stored =
+        s.store
+            .put(body.into_data_stream(), s.config.max_package_bytes)
+            .await
+            .map_err(|e| match e {
+                crate::storage::StorageError::TooLarge { .. } => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+                }
+                crate::storage::StorageError::Empty
+                | crate::storage::StorageError::Interrupted(_) => ApiError::invalid(e.to_string()),
+                e => ApiError::internal(e),
+            })?;
     let row = crate::db::PackageRow {
         hash: stored.hash.clone(),
         name,
@@ -297,8 +389,13 @@ async fn upload(
         uploaded_by: p.name.clone(),
     };
     s.db.insert_package(&row).await?;
-    s.db.audit(&p.name, "package.upload", &row.hash, &format!("{} ({} bytes)", row.name, row.size))
-        .await?;
+    s.db.audit(
+        &p.name,
+        "package.upload",
+        &row.hash,
+        &format!("{} ({} bytes)", row.name, row.size),
+    )
+    .await?;
     let row = s.db.package(&stored.hash).await?.unwrap_or(row);
     Ok((StatusCode::CREATED, Json(json!(row))))
 }
@@ -337,10 +434,15 @@ async fn releases(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
 }
 
 async fn load(s: &AppState, id: i64) -> ApiResult<ReleaseRow> {
-    s.db.release(id).await?.ok_or_else(|| ApiError::not_found("release"))
+    s.db.release(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("release"))
 }
 
-async fn one_release(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+async fn one_release(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     Ok(Json(view(&s, &r).await?))
 }
@@ -362,8 +464,14 @@ async fn describe(
     hash: &str,
     fields: (&str, &str, &str, u64, u64, Option<u8>),
 ) -> ApiResult<Release> {
-    let (package, channel, semver, sequence, expires_at, rollout) =
-        (fields.0.to_owned(), fields.1.to_owned(), fields.2.to_owned(), fields.3, fields.4, fields.5);
+    let (package, channel, semver, sequence, expires_at, rollout) = (
+        fields.0.to_owned(),
+        fields.1.to_owned(),
+        fields.2.to_owned(),
+        fields.3,
+        fields.4,
+        fields.5,
+    );
     let path = s.store.path(hash);
     let chunk_size = s.config.chunk_size;
     let release = tokio::task::spawn_blocking(move || -> Result<Release, String> {
@@ -423,15 +531,19 @@ async fn draft_release(
     rollout: Option<u8>,
     expires_in_days: u64,
 ) -> ApiResult<ReleaseRow> {
-    let pkg = s
-        .db
-        .package(content_hash)
-        .await?
-        .ok_or_else(|| ApiError::invalid("content_hash names no uploaded package"))?;
+    let pkg =
+        s.db.package(content_hash)
+            .await?
+            .ok_or_else(|| ApiError::invalid("content_hash names no uploaded package"))?;
     let expires_at = now() as u64 + expires_in_days * 86_400;
     // The sequence is assigned inside the insert's transaction; describe with a placeholder
     // and re-encode with the real one.
-    let described = describe(s, content_hash, (package, channel, semver, 1, expires_at, rollout)).await?;
+    let described = describe(
+        s,
+        content_hash,
+        (package, channel, semver, 1, expires_at, rollout),
+    )
+    .await?;
     let new = NewRelease {
         package,
         channel,
@@ -442,9 +554,8 @@ async fn draft_release(
         expires_at: expires_at as i64,
         created_by: actor,
     };
-    let row = s
-        .db
-        .insert_release(&new, |sequence| {
+    let row =
+        s.db.insert_release(&new, |sequence| {
             let mut r = described.clone();
             r.sequence = sequence as u64;
             r.encode()
@@ -466,11 +577,26 @@ async fn create_release(
         return Err(ApiError::invalid("expires_in_days must be 1..=3650"));
     }
     let row = draft_release(
-        &s, &p.name, &c.package, &c.channel, &c.semver, &c.content_hash, c.rollout_percent, days,
+        &s,
+        &p.name,
+        &c.package,
+        &c.channel,
+        &c.semver,
+        &c.content_hash,
+        c.rollout_percent,
+        days,
     )
     .await?;
-    s.db.audit(&p.name, "release.draft", &row.id.to_string(),
-        &format!("{}/{} {} #{}", row.package, row.channel, row.semver, row.sequence)).await?;
+    s.db.audit(
+        &p.name,
+        "release.draft",
+        &row.id.to_string(),
+        &format!(
+            "{}/{} {} #{}",
+            row.package, row.channel, row.semver, row.sequence
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view(&s, &row).await?)))
 }
 
@@ -480,9 +606,14 @@ fn body_bytes(r: &ReleaseRow) -> ApiResult<Vec<u8>> {
         .map_err(|_| ApiError::internal("stored body is not base64"))
 }
 
-async fn export_draft(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> ApiResult<Json<Draft>> {
+async fn export_draft(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Draft>> {
     let r = load(&s, id).await?;
-    Ok(Json(Draft::new(r.id, &body_bytes(&r)?).map_err(ApiError::internal)?))
+    Ok(Json(
+        Draft::new(r.id, &body_bytes(&r)?).map_err(ApiError::internal)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -499,21 +630,40 @@ async fn sign(
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "draft" {
-        return Err(ApiError::conflict(format!("release is {}, not a draft", r.status)));
+        return Err(ApiError::conflict(format!(
+            "release is {}, not a draft",
+            r.status
+        )));
     }
     let key = s
         .keys
         .get(&w.key)
         .ok_or_else(|| ApiError::invalid(format!("no server-held key named {:?}", w.key)))?;
     let root = s.updater.root();
-    if !root.key(&key.node_id()).is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release)) {
-        return Err(ApiError::invalid(format!("key {:?} is not a release key of the current root", w.key)));
+    if !root
+        .key(&key.node_id())
+        .is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release))
+    {
+        return Err(ApiError::invalid(format!(
+            "key {:?} is not a release key of the current root",
+            w.key
+        )));
     }
     let sig = meshara_core::update::signature(&body_bytes(&r)?, key);
-    s.db.add_signature(id, &key.node_id().to_string(), &BASE64.encode(&sig.signature), &p.name)
-        .await?;
-    s.db.audit(&p.name, "release.sign", &id.to_string(), &format!("with server-held key {}", w.key))
-        .await?;
+    s.db.add_signature(
+        id,
+        &key.node_id().to_string(),
+        &BASE64.encode(&sig.signature),
+        &p.name,
+    )
+    .await?;
+    s.db.audit(
+        &p.name,
+        "release.sign",
+        &id.to_string(),
+        &format!("with server-held key {}", w.key),
+    )
+    .await?;
     Ok(Json(view(&s, &r).await?))
 }
 
@@ -525,7 +675,10 @@ async fn attach(
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "draft" {
-        return Err(ApiError::conflict(format!("release is {}, not a draft", r.status)));
+        return Err(ApiError::conflict(format!(
+            "release is {}, not a draft",
+            r.status
+        )));
     }
     let key: NodeId = d
         .public_key
@@ -537,31 +690,47 @@ async fn attach(
         .filter(|s| s.len() == 64)
         .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, base64"))?;
     let root = s.updater.root();
-    if !root.key(&key).is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release)) {
-        return Err(ApiError::invalid("the key is not a release key of the current root"));
+    if !root
+        .key(&key)
+        .is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release))
+    {
+        return Err(ApiError::invalid(
+            "the key is not a release key of the current root",
+        ));
     }
     meshara_core::update::verify_signature(&body_bytes(&r)?, &key, &sig)
-    .map_err(|_| ApiError::invalid("the signature does not verify over this release"))?;
-    s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name).await?;
-    s.db.audit(&p.name, "release.attach_signature", &id.to_string(), &format!("offline signature by {key}"))
+        .map_err(|_| ApiError::invalid("the signature does not verify over this release"))?;
+    s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
+    s.db.audit(
+        &p.name,
+        "release.attach_signature",
+        &id.to_string(),
+        &format!("offline signature by {key}"),
+    )
+    .await?;
     Ok(Json(view(&s, &r).await?))
 }
 
 /// The signed metadata of a release as stored.
 async fn signed(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMetadata> {
-    let signatures = s
-        .db
-        .signatures(r.id)
-        .await?
-        .iter()
-        .filter_map(|g| {
-            Some(proto::MetadataSignature {
-                public_key: g.public_key.parse::<NodeId>().ok()?.as_bytes().to_vec().into(),
-                signature: BASE64.decode(g.signature.as_bytes()).ok()?.into(),
+    let signatures =
+        s.db.signatures(r.id)
+            .await?
+            .iter()
+            .filter_map(|g| {
+                Some(proto::MetadataSignature {
+                    public_key: g
+                        .public_key
+                        .parse::<NodeId>()
+                        .ok()?
+                        .as_bytes()
+                        .to_vec()
+                        .into(),
+                    signature: BASE64.decode(g.signature.as_bytes()).ok()?.into(),
+                })
             })
-        })
-        .collect();
+            .collect();
     Ok(proto::SignedMetadata {
         body: body_bytes(r)?.into(),
         signatures,
@@ -587,9 +756,15 @@ pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> Ap
         .publish(signed, &s.store.path(&r.content_hash))
         .await
         .map_err(|e| ApiError::conflict(format!("cannot publish: {e}")))?;
-    s.db.set_status(r.id, "published", r.publish_at, Some(now())).await?;
-    s.db.audit(actor, "release.publish", &r.id.to_string(),
-        &format!("{}/{} {} #{}", r.package, r.channel, r.semver, r.sequence)).await?;
+    s.db.set_status(r.id, "published", r.publish_at, Some(now()))
+        .await?;
+    s.db.audit(
+        actor,
+        "release.publish",
+        &r.id.to_string(),
+        &format!("{}/{} {} #{}", r.package, r.channel, r.semver, r.sequence),
+    )
+    .await?;
     tracing::info!(id = r.id, package = %r.package, channel = %r.channel, semver = %r.semver, "release published");
     Ok(())
 }
@@ -615,7 +790,13 @@ async fn publish(
         Some(at) if at > now() => {
             check_quorum(&s, &r).await?;
             s.db.set_status(id, "scheduled", Some(at), None).await?;
-            s.db.audit(&p.name, "release.schedule", &id.to_string(), &format!("at {at}")).await?;
+            s.db.audit(
+                &p.name,
+                "release.schedule",
+                &id.to_string(),
+                &format!("at {at}"),
+            )
+            .await?;
         }
         _ => publish_now(&s, &r, &p.name).await?,
     }
@@ -647,9 +828,15 @@ async fn rollout(
     let mut release = Release::decode(&body_bytes(&r)?).map_err(ApiError::internal)?;
     release.rollout_percent = (w.percent < 100).then_some(w.percent);
     let body = release.encode().map_err(ApiError::internal)?;
-    s.db.set_rollout(id, i64::from(w.percent), &BASE64.encode(&body)).await?;
-    s.db.audit(&p.name, "release.rollout", &id.to_string(), &format!("{}% (signatures cleared)", w.percent))
+    s.db.set_rollout(id, i64::from(w.percent), &BASE64.encode(&body))
         .await?;
+    s.db.audit(
+        &p.name,
+        "release.rollout",
+        &id.to_string(),
+        &format!("{}% (signatures cleared)", w.percent),
+    )
+    .await?;
     let r = load(&s, id).await?;
     Ok(Json(view(&s, &r).await?))
 }
@@ -667,13 +854,30 @@ async fn rollback(
     body: Option<Json<RollbackTo>>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let r = load(&s, id).await?;
-    let semver = body.and_then(|b| b.0.semver).unwrap_or_else(|| r.semver.clone());
+    let semver = body
+        .and_then(|b| b.0.semver)
+        .unwrap_or_else(|| r.semver.clone());
     let row = draft_release(
-        &s, &p.name, &r.package, &r.channel, &semver, &r.content_hash, None, s.config.release_expiry_days,
+        &s,
+        &p.name,
+        &r.package,
+        &r.channel,
+        &semver,
+        &r.content_hash,
+        None,
+        s.config.release_expiry_days,
     )
     .await?;
-    s.db.audit(&p.name, "release.rollback", &row.id.to_string(),
-        &format!("restores the content of release {} as #{}", r.id, row.sequence)).await?;
+    s.db.audit(
+        &p.name,
+        "release.rollback",
+        &row.id.to_string(),
+        &format!(
+            "restores the content of release {} as #{}",
+            r.id, row.sequence
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view(&s, &row).await?)))
 }
 
@@ -684,39 +888,62 @@ async fn revoke(
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "published" {
-        return Err(ApiError::conflict(format!("release is {}, not published", r.status)));
+        return Err(ApiError::conflict(format!(
+            "release is {}, not published",
+            r.status
+        )));
     }
-    s.db.set_status(id, "revoked", r.publish_at, r.published_at).await?;
-    s.db.audit(&p.name, "release.revoke", &id.to_string(), "").await?;
+    s.db.set_status(id, "revoked", r.publish_at, r.published_at)
+        .await?;
+    s.db.audit(&p.name, "release.revoke", &id.to_string(), "")
+        .await?;
     // Nodes only move forward: the revocation takes effect when a newer release restoring
     // the previous content is published. Draft it now.
-    let previous = s
-        .db
-        .releases()
-        .await?
-        .into_iter()
-        .find(|o| o.package == r.package && o.channel == r.channel && o.status == "published" && o.sequence < r.sequence);
+    let previous = s.db.releases().await?.into_iter().find(|o| {
+        o.package == r.package
+            && o.channel == r.channel
+            && o.status == "published"
+            && o.sequence < r.sequence
+    });
     let rollback = match previous {
         Some(prev) => {
             let row = draft_release(
-                &s, &p.name, &prev.package, &prev.channel, &prev.semver, &prev.content_hash, None,
+                &s,
+                &p.name,
+                &prev.package,
+                &prev.channel,
+                &prev.semver,
+                &prev.content_hash,
+                None,
                 s.config.release_expiry_days,
             )
             .await?;
-            s.db.audit(&p.name, "release.rollback", &row.id.to_string(),
-                &format!("restores the content of release {} after revoking {}", prev.id, id)).await?;
+            s.db.audit(
+                &p.name,
+                "release.rollback",
+                &row.id.to_string(),
+                &format!(
+                    "restores the content of release {} after revoking {}",
+                    prev.id, id
+                ),
+            )
+            .await?;
             Some(view(&s, &row).await?)
         }
         None => None,
     };
     let r = load(&s, id).await?;
-    Ok(Json(json!({"revoked": view(&s, &r).await?, "rollback": rollback})))
+    Ok(Json(
+        json!({"revoked": view(&s, &r).await?, "rollback": rollback}),
+    ))
 }
 
 async fn queries(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let (by_channel, recent) = s.db.queries(50).await?;
     let total: i64 = by_channel.iter().map(|c| c.count).sum();
-    Ok(Json(json!({"total": total, "by_channel": by_channel, "recent": recent})))
+    Ok(Json(
+        json!({"total": total, "by_channel": by_channel, "recent": recent}),
+    ))
 }
 
 async fn audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
@@ -740,8 +967,17 @@ async fn create_token(
         return Err(ApiError::invalid("name must be 1..=64 bytes"));
     }
     let (id, token) = crate::auth::create_token(&s.db, &t.name, role).await?;
-    s.db.audit(&p.name, "token.create", &id, &format!("{} as {}", t.name, role)).await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id, "name": t.name, "role": role.as_str(), "token": token}))))
+    s.db.audit(
+        &p.name,
+        "token.create",
+        &id,
+        &format!("{} as {}", t.name, role),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "name": t.name, "role": role.as_str(), "token": token})),
+    ))
 }
 
 async fn revoke_token(
@@ -789,7 +1025,10 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     match s.metrics_text().await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -820,9 +1059,7 @@ pub fn openapi_document() -> Value {
                           "401": error, "403": error},
             "x-roles": roles,
         });
-        let entry = paths
-            .entry(r.path.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         entry[r.method.to_lowercase()] = op;
     }
     paths.insert(
@@ -833,8 +1070,15 @@ pub fn openapi_document() -> Value {
                 {"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "OK"}, "404": error}}}),
     );
-    for (p, s) in [("/healthz", "Liveness"), ("/readyz", "Readiness: database and node"), ("/metrics", "Prometheus metrics")] {
-        paths.insert(p.into(), json!({"get": {"summary": s, "responses": {"200": {"description": "OK"}}}}));
+    for (p, s) in [
+        ("/healthz", "Liveness"),
+        ("/readyz", "Readiness: database and node"),
+        ("/metrics", "Prometheus metrics"),
+    ] {
+        paths.insert(
+            p.into(),
+            json!({"get": {"summary": s, "responses": {"200": {"description": "OK"}}}}),
+        );
     }
     json!({
         "openapi": "3.1.0",

@@ -90,14 +90,11 @@ pub async fn authenticate(db: &Db, headers: &HeaderMap) -> Result<Option<Princip
     if !token.starts_with("mat_") || token.len() > 128 {
         return Ok(None);
     }
-    Ok(db
-        .token_by_hash(&hash_token(token))
-        .await?
-        .and_then(|row| {
-            Some(Principal {
-                role: row.role.parse().ok()?,
-                token_id: row.id,
-                name: row.name,
-            })
-        }))
+    Ok(db.token_by_hash(&hash_token(token)).await?.and_then(|row| {
+        Some(Principal {
+            role: row.role.parse().ok()?,
+            token_id: row.id,
+            name: row.name,
+        })
+    }))
 }

@@ -276,7 +276,11 @@ mod tests {
         for (k, v, needle) in [
             ("MESHARA_AUTHORITY_CHUNK_SIZE", "0", "chunk_size"),
             ("MESHARA_AUTHORITY_HTTP_LISTEN", "nowhere", "HTTP_LISTEN"),
-            ("MESHARA_AUTHORITY_DATABASE_URL", "mysql://x", "database_url"),
+            (
+                "MESHARA_AUTHORITY_DATABASE_URL",
+                "mysql://x",
+                "database_url",
+            ),
             ("MESHARA_AUTHORITY_BOOTSTRAP", "not an address", "bootstrap"),
             ("MESHARA_AUTHORITY_COLOUR", "red", "COLOUR"),
         ] {

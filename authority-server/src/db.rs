@@ -454,10 +454,12 @@ impl Db {
 
     /// One release.
     pub async fn release(&self, id: i64) -> Result<Option<ReleaseRow>, DbError> {
-        let row = sqlx::query(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(release).transpose()?)
     }
 
@@ -619,10 +621,12 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM queries WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM queries) - $1")
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM queries WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM queries) - $1",
+        )
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

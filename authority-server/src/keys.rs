@@ -65,12 +65,13 @@ impl ServerKeys {
             ) else {
                 continue;
             };
-            let unlocked = Keystore::new(&path)
-                .load(passphrase)
-                .map_err(|source| KeyError::Keystore {
-                    path: path.clone(),
-                    source,
-                })?;
+            let unlocked =
+                Keystore::new(&path)
+                    .load(passphrase)
+                    .map_err(|source| KeyError::Keystore {
+                        path: path.clone(),
+                        source,
+                    })?;
             keys.insert(name.to_owned(), unlocked.identity);
         }
         Ok(Self { keys })
@@ -96,7 +97,12 @@ impl ServerKeys {
 pub fn generate(path: &Path, passphrase: &[u8]) -> Result<NodeId, KeyError> {
     let identity = Identity::generate();
     Keystore::new(path)
-        .create(&identity, passphrase, KdfParams::default(), crate::now() as u64)
+        .create(
+            &identity,
+            passphrase,
+            KdfParams::default(),
+            crate::now() as u64,
+        )
         .map_err(|source| KeyError::Keystore {
             path: path.to_owned(),
             source,

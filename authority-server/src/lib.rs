@@ -129,15 +129,26 @@ impl AppState {
 
     async fn metrics_text(&self) -> Result<String, api::ApiError> {
         let releases = self.db.releases().await?;
-        self.metrics.packages.set(self.db.packages().await?.len() as i64);
+        self.metrics
+            .packages
+            .set(self.db.packages().await?.len() as i64);
         self.metrics
             .published
             .set(releases.iter().filter(|r| r.status == "published").count() as i64);
-        self.metrics.served_bytes.set(self.updater.served_bytes() as i64);
+        self.metrics
+            .served_bytes
+            .set(self.updater.served_bytes() as i64);
         self.metrics.peers.set(self.node.peers().len() as i64);
         let mut text = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
-            .map_err(|e| api::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        prometheus_client::encoding::text::encode_registry(&mut text, &self.registry).map_err(
+            |e| {
+                api::ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                )
+            },
+        )?;
         text.push_str(&self.node.metrics_text());
         Ok(text)
     }
@@ -191,7 +202,9 @@ impl Authority {
             .listen_quic(config.node.quic_listen)
             .mdns(false);
         for b in &config.node.bootstrap {
-            let addr: PeerAddr = b.parse().map_err(|e| StartError::Node(format!("{b}: {e}")))?;
+            let addr: PeerAddr = b
+                .parse()
+                .map_err(|e| StartError::Node(format!("{b}: {e}")))?;
             builder = builder.bootstrap(addr);
         }
         let node = builder
@@ -216,11 +229,27 @@ impl Authority {
         let http_metrics = meshara_axum::HttpMetrics::new();
         http_metrics.register(&mut registry);
         let metrics = Metrics::default();
-        registry.register("update_checks", "Update checks answered, by transport", metrics.checks.clone());
-        registry.register("update_checks_unrecorded", "Update checks not written to the database (writer behind)", metrics.dropped_checks.clone());
+        registry.register(
+            "update_checks",
+            "Update checks answered, by transport",
+            metrics.checks.clone(),
+        );
+        registry.register(
+            "update_checks_unrecorded",
+            "Update checks not written to the database (writer behind)",
+            metrics.dropped_checks.clone(),
+        );
         registry.register("packages", "Stored packages", metrics.packages.clone());
-        registry.register("releases_published", "Published releases", metrics.published.clone());
-        registry.register("served_bytes", "Release content bytes served to nodes", metrics.served_bytes.clone());
+        registry.register(
+            "releases_published",
+            "Published releases",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "served_bytes",
+            "Release content bytes served to nodes",
+            metrics.served_bytes.clone(),
+        );
         registry.register("peers", "Connected Meshara peers", metrics.peers.clone());
 
         let state = Arc::new(AppState {
@@ -316,7 +345,10 @@ async fn republish(state: &AppState) {
         if !seen.insert((r.package.clone(), r.channel.clone())) {
             continue;
         }
-        let current = state.updater.latest(&r.package, &r.channel).map(|l| l.sequence);
+        let current = state
+            .updater
+            .latest(&r.package, &r.channel)
+            .map(|l| l.sequence);
         if current.is_some_and(|c| c >= r.sequence as u64) {
             continue;
         }
@@ -347,7 +379,10 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
         f.write_all(token.as_bytes())
             .map_err(|e| StartError::Other(format!("writing {}: {e}", path.display())))?;
     }
-    state.db.audit("system", "token.create", "admin", "first start").await?;
+    state
+        .db
+        .audit("system", "token.create", "admin", "first start")
+        .await?;
     tracing::info!(path = %path.display(), "created the first admin token");
     Ok(())
 }
@@ -402,7 +437,12 @@ async fn scheduler(state: Arc<AppState>, shutdown: CancellationToken) {
                 let _ = state.db.set_status(r.id, "draft", None, None).await;
                 let _ = state
                     .db
-                    .audit("scheduler", "release.schedule_failed", &r.id.to_string(), &format!("{e:?}"))
+                    .audit(
+                        "scheduler",
+                        "release.schedule_failed",
+                        &r.id.to_string(),
+                        &format!("{e:?}"),
+                    )
                     .await;
             }
         }

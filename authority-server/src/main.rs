@@ -9,7 +9,11 @@ use meshara_authority::keys::{self, Draft};
 use meshara_authority::{Authority, auth, db};
 
 #[derive(Parser)]
-#[command(name = "meshara-authority", version, about = "The Meshara update authority")]
+#[command(
+    name = "meshara-authority",
+    version,
+    about = "The Meshara update authority"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,11 @@ async fn main() -> anyhow::Result<()> {
             let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
             println!("meshara-authority");
             println!("  dashboard + admin API: http://{}/", authority.http_addr());
-            println!("  node: {} at {:?}", authority.node().node_id(), authority.node().quic_addr());
+            println!(
+                "  node: {} at {:?}",
+                authority.node().node_id(),
+                authority.node().quic_addr()
+            );
             if token_file.exists() {
                 println!("  first admin token: {}", token_file.display());
             }
@@ -109,34 +117,53 @@ async fn main() -> anyhow::Result<()> {
             let signed = keys::init(&data_dir, n, threshold, &passphrase()?, valid_days)?;
             let root = meshara_core::update::Root::decode(&signed.body)?;
             println!("authority set up in {}", data_dir.display());
-            println!("  root: {} ({} keys, {threshold}-of-{n})", data_dir.join("root.pb").display(), root.keys.len());
+            println!(
+                "  root: {} ({} keys, {threshold}-of-{n})",
+                data_dir.join("root.pb").display(),
+                root.keys.len()
+            );
             for k in &root.keys {
                 println!("  key {}: {}", k.name, k.key);
             }
-            println!("ship root.pb with your application: nodes trust it and every root it rotates to");
+            println!(
+                "ship root.pb with your application: nodes trust it and every root it rotates to"
+            );
         }
         Command::Token { config, name, role } => {
             let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let db = db::Db::connect(&config.database_url()).await?;
             let (id, token) = auth::create_token(&db, &name, role).await?;
-            db.audit("cli", "token.create", &id, &format!("{name} as {role}")).await?;
+            db.audit("cli", "token.create", &id, &format!("{name} as {role}"))
+                .await?;
             println!("{token}");
             eprintln!("token {id} for {name} ({role}); it is not shown again");
         }
         Command::Keygen { out } => {
             let key = keys::generate(&out, &passphrase()?)?;
             println!("{key}");
-            eprintln!("created {}; give the public key above to the authority's admins", out.display());
+            eprintln!(
+                "created {}; give the public key above to the authority's admins",
+                out.display()
+            );
         }
         Command::Sign { draft, key } => {
-            let text = std::fs::read_to_string(&draft).with_context(|| format!("reading {}", draft.display()))?;
-            let draft: Draft = serde_json::from_str(&text).context("the draft is not valid JSON")?;
-            let identity = meshara_core::Keystore::new(&key).load(&passphrase()?)?.identity;
+            let text = std::fs::read_to_string(&draft)
+                .with_context(|| format!("reading {}", draft.display()))?;
+            let draft: Draft =
+                serde_json::from_str(&text).context("the draft is not valid JSON")?;
+            let identity = meshara_core::Keystore::new(&key)
+                .load(&passphrase()?)?
+                .identity;
             eprintln!(
                 "signing {}/{} {} (sequence {}, {} bytes, content {}) with {}",
-                draft.package, draft.channel, draft.semver, draft.sequence, draft.size,
-                draft.content_hash, identity.node_id()
+                draft.package,
+                draft.channel,
+                draft.semver,
+                draft.sequence,
+                draft.size,
+                draft.content_hash,
+                identity.node_id()
             );
             let sig = draft.sign(&identity)?;
             println!("{}", serde_json::to_string_pretty(&sig)?);

@@ -109,7 +109,12 @@ impl PackageStore {
         result
     }
 
-    async fn receive<S, E>(&self, mut body: S, limit: u64, tmp: &Path) -> Result<Stored, StorageError>
+    async fn receive<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+        tmp: &Path,
+    ) -> Result<Stored, StorageError>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,

@@ -24,18 +24,29 @@ async fn release_flow(backend: Backend) {
     let viewer = h.token("viewer").await;
 
     let (status, me) = h.call("GET", "/api/v1/me", Some(&signer), None).await;
-    assert_eq!((status, me["role"].as_str()), (StatusCode::OK, Some("signer")));
+    assert_eq!(
+        (status, me["role"].as_str()),
+        (StatusCode::OK, Some("signer"))
+    );
 
     // Upload, draft, one server-held signature, one made offline, publish.
     let body = content(300_000, 1);
     let (status, pkg) = h.upload(&publisher, "app-1.0.0.bin", body.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{pkg}");
     let hash = pkg["hash"].as_str().unwrap().to_owned();
-    assert_eq!(hash, data_encoding::HEXLOWER.encode(blake3::hash(&body).as_bytes()));
+    assert_eq!(
+        hash,
+        data_encoding::HEXLOWER.encode(blake3::hash(&body).as_bytes())
+    );
     let (status, draft) = h
-        .call("POST", "/api/v1/releases", Some(&publisher), Some(json!({
-            "package": "app", "channel": "stable", "semver": "1.0.0", "content_hash": hash,
-        })))
+        .call(
+            "POST",
+            "/api/v1/releases",
+            Some(&publisher),
+            Some(json!({
+                "package": "app", "channel": "stable", "semver": "1.0.0", "content_hash": hash,
+            })),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{draft}");
     let id = draft["id"].as_i64().unwrap();
@@ -43,39 +54,107 @@ async fn release_flow(backend: Backend) {
     assert_eq!(draft["status"], "draft");
 
     // Below the threshold: publishing is refused and changes nothing.
-    let (status, err) = h.call("POST", &format!("/api/v1/releases/{id}/publish"), Some(&publisher), Some(json!({}))).await;
+    let (status, err) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/publish"),
+            Some(&publisher),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    assert!(err["error"]["message"].as_str().unwrap().contains("valid signature"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("valid signature"),
+        "{err}"
+    );
 
-    let (status, v) = h.call("POST", &format!("/api/v1/releases/{id}/sign"), Some(&signer), Some(json!({"key": "k1"}))).await;
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/sign"),
+            Some(&signer),
+            Some(json!({"key": "k1"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["signatures"].as_array().unwrap().len(), 1);
 
     // Offline: export, sign elsewhere, attach. A tampered signature is refused.
-    let (status, exported) = h.call("GET", &format!("/api/v1/releases/{id}/draft"), Some(&signer), None).await;
+    let (status, exported) = h
+        .call(
+            "GET",
+            &format!("/api/v1/releases/{id}/draft"),
+            Some(&signer),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let exported: Draft = serde_json::from_value(exported).unwrap();
-    assert_eq!((exported.semver.as_str(), exported.content_hash.as_str()), ("1.0.0", hash.as_str()));
+    assert_eq!(
+        (exported.semver.as_str(), exported.content_hash.as_str()),
+        ("1.0.0", hash.as_str())
+    );
     let mut lying = exported.clone();
     lying.semver = "9.9.9".into();
-    assert!(lying.sign(&h.offline).is_err(), "fields must match the body");
+    assert!(
+        lying.sign(&h.offline).is_err(),
+        "fields must match the body"
+    );
     let sig = exported.sign(&h.offline).unwrap();
     let mut bad = sig.clone();
     bad.signature = BASE64.encode(&[7u8; 64]);
-    let (status, _) = h.call("POST", &format!("/api/v1/releases/{id}/signatures"), Some(&signer), Some(serde_json::to_value(&bad).unwrap())).await;
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/signatures"),
+            Some(&signer),
+            Some(serde_json::to_value(&bad).unwrap()),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let stranger = Identity::generate();
     let foreign = exported.sign(&stranger).unwrap();
-    let (status, _) = h.call("POST", &format!("/api/v1/releases/{id}/signatures"), Some(&signer), Some(serde_json::to_value(&foreign).unwrap())).await;
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/signatures"),
+            Some(&signer),
+            Some(serde_json::to_value(&foreign).unwrap()),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a key outside the root");
-    let (status, v) = h.call("POST", &format!("/api/v1/releases/{id}/signatures"), Some(&signer), Some(serde_json::to_value(&sig).unwrap())).await;
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/signatures"),
+            Some(&signer),
+            Some(serde_json::to_value(&sig).unwrap()),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
 
     // A signer may not publish; a publisher may.
-    let (status, _) = h.call("POST", &format!("/api/v1/releases/{id}/publish"), Some(&signer), Some(json!({}))).await;
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/publish"),
+            Some(&signer),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, v) = h.call("POST", &format!("/api/v1/releases/{id}/publish"), Some(&publisher), Some(json!({}))).await;
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/publish"),
+            Some(&publisher),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "published");
 
@@ -83,11 +162,15 @@ async fn release_flow(backend: Backend) {
     let (status, check) = h.call("GET", "/v1/updates/app/stable", None, None).await;
     assert_eq!(status, StatusCode::OK, "{check}");
     let signed = meshara_core::update::decode_signed(
-        &BASE64.decode(check["signed_metadata"].as_str().unwrap().as_bytes()).unwrap(),
+        &BASE64
+            .decode(check["signed_metadata"].as_str().unwrap().as_bytes())
+            .unwrap(),
     )
     .unwrap();
     let trust = TrustState::new(h.authority().root()).unwrap();
-    let release = trust.verify_release(&signed, meshara_authority::now() as u64).unwrap();
+    let release = trust
+        .verify_release(&signed, meshara_authority::now() as u64)
+        .unwrap();
     assert_eq!(release.semver, "1.0.0");
     let (status, _) = h.call("GET", "/v1/updates/app/beta", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -115,7 +198,12 @@ async fn release_flow(backend: Backend) {
     let counted = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let (_, q) = h.call("GET", "/api/v1/queries", Some(&viewer), None).await;
-            let vias: Vec<String> = q["recent"].as_array().unwrap().iter().map(|r| r["via"].as_str().unwrap().to_owned()).collect();
+            let vias: Vec<String> = q["recent"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["via"].as_str().unwrap().to_owned())
+                .collect();
             if vias.iter().any(|v| v == "http") && vias.iter().any(|v| v == "meshara") {
                 return q;
             }
@@ -135,24 +223,70 @@ async fn release_flow(backend: Backend) {
         })))
         .await;
     let id2 = d2["id"].as_i64().unwrap();
-    assert_eq!((d2["sequence"].as_i64(), d2["rollout_percent"].as_i64()), (Some(2), Some(50)));
+    assert_eq!(
+        (d2["sequence"].as_i64(), d2["rollout_percent"].as_i64()),
+        (Some(2), Some(50))
+    );
     for key in ["k1", "k2"] {
-        h.call("POST", &format!("/api/v1/releases/{id2}/sign"), Some(&signer), Some(json!({"key": key}))).await;
+        h.call(
+            "POST",
+            &format!("/api/v1/releases/{id2}/sign"),
+            Some(&signer),
+            Some(json!({"key": key})),
+        )
+        .await;
     }
     // Changing the rollout changes what is signed: the signatures go.
-    let (status, v) = h.call("POST", &format!("/api/v1/releases/{id2}/rollout"), Some(&publisher), Some(json!({"percent": 25}))).await;
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id2}/rollout"),
+            Some(&publisher),
+            Some(json!({"percent": 25})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!((v["rollout_percent"].as_i64(), v["signatures"].as_array().unwrap().len()), (Some(25), 0));
+    assert_eq!(
+        (
+            v["rollout_percent"].as_i64(),
+            v["signatures"].as_array().unwrap().len()
+        ),
+        (Some(25), 0)
+    );
     for key in ["k1", "k2"] {
-        h.call("POST", &format!("/api/v1/releases/{id2}/sign"), Some(&signer), Some(json!({"key": key}))).await;
+        h.call(
+            "POST",
+            &format!("/api/v1/releases/{id2}/sign"),
+            Some(&signer),
+            Some(json!({"key": key})),
+        )
+        .await;
     }
     // Scheduled two seconds ahead: published by the scheduler.
     let at = meshara_authority::now() + 2;
-    let (status, v) = h.call("POST", &format!("/api/v1/releases/{id2}/publish"), Some(&publisher), Some(json!({"at": at}))).await;
-    assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("scheduled")), "{v}");
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id2}/publish"),
+            Some(&publisher),
+            Some(json!({"at": at})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (StatusCode::OK, Some("scheduled")),
+        "{v}"
+    );
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            let (_, v) = h.call("GET", &format!("/api/v1/releases/{id2}"), Some(&viewer), None).await;
+            let (_, v) = h
+                .call(
+                    "GET",
+                    &format!("/api/v1/releases/{id2}"),
+                    Some(&viewer),
+                    None,
+                )
+                .await;
             if v["status"] == "published" {
                 return;
             }
@@ -161,28 +295,67 @@ async fn release_flow(backend: Backend) {
     })
     .await
     .expect("the scheduler published the release");
-    let (_, v) = h.call("POST", &format!("/api/v1/releases/{id2}/revoke"), Some(&publisher), None).await;
+    let (_, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id2}/revoke"),
+            Some(&publisher),
+            None,
+        )
+        .await;
     assert_eq!(v["revoked"]["status"], "revoked", "{v}");
     let rb = &v["rollback"];
-    assert_eq!((rb["sequence"].as_i64(), rb["content_hash"].as_str()), (Some(3), Some(hash.as_str())));
+    assert_eq!(
+        (rb["sequence"].as_i64(), rb["content_hash"].as_str()),
+        (Some(3), Some(hash.as_str()))
+    );
     assert_eq!(rb["status"], "draft");
 
     // The audit log saw every step, with who did it.
     let (_, log) = h.call("GET", "/api/v1/audit", Some(&viewer), None).await;
-    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["token.create", "package.upload", "release.draft", "release.sign", "release.attach_signature", "release.publish", "release.rollout", "release.schedule", "release.revoke", "release.rollback"] {
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "token.create",
+        "package.upload",
+        "release.draft",
+        "release.sign",
+        "release.attach_signature",
+        "release.publish",
+        "release.rollout",
+        "release.schedule",
+        "release.revoke",
+        "release.rollback",
+    ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
     // Health, metrics, readiness.
     let (_, health) = h.call("GET", "/api/v1/health", Some(&viewer), None).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["root"]["release_threshold"], 2);
-    let keys: Vec<(&str, bool)> = health["root"]["keys"].as_array().unwrap().iter().map(|k| (k["name"].as_str().unwrap(), k["server_held"].as_bool().unwrap())).collect();
+    let keys: Vec<(&str, bool)> = health["root"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap(),
+                k["server_held"].as_bool().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(keys, [("k1", true), ("k2", true), ("k3", false)]);
     let (status, m) = h.call("GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let m = m.as_str().unwrap().to_owned();
-    assert!(m.contains("meshara_authority_update_checks_total{via=\"http\"}"), "{m}");
+    assert!(
+        m.contains("meshara_authority_update_checks_total{via=\"http\"}"),
+        "{m}"
+    );
     assert!(m.contains("meshara_authority_releases_published"), "{m}");
     assert_eq!(h.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
     updater.stop();
@@ -214,7 +387,12 @@ async fn roles(backend: Backend) {
         let path = r.path.replace("{id}", "999999");
         for token in [None, Some("mat_notatoken"), Some("Bearer"), Some("")] {
             let (status, v) = h.call(r.method, &path, token, Some(json!({}))).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {path} with {token:?}: {v}", r.method);
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{} {path} with {token:?}: {v}",
+                r.method
+            );
             assert_eq!(v["error"]["code"], "unauthenticated");
         }
         for (role, token) in &tokens {
@@ -223,9 +401,18 @@ async fn roles(backend: Backend) {
             // a 4xx about the request, never 401/403.
             let (status, v) = h.call(r.method, &path, Some(token), Some(json!({}))).await;
             if allowed {
-                assert!(status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN, "{role} on {} {path}: {status} {v}", r.method);
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{role} on {} {path}: {status} {v}",
+                    r.method
+                );
             } else {
-                assert_eq!(status, StatusCode::FORBIDDEN, "{role} on {} {path}: {v}", r.method);
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{role} on {} {path}: {v}",
+                    r.method
+                );
                 assert_eq!(v["error"]["code"], "forbidden");
             }
         }
@@ -235,34 +422,75 @@ async fn roles(backend: Backend) {
     let (status, _) = h.upload(viewer, "x", vec![1; 1000]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // A revoked token stops working at once.
-    let (status, created) = h.call("POST", "/api/v1/tokens", Some(&h.admin), Some(json!({"name": "temp", "role": "viewer"}))).await;
+    let (status, created) = h
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&h.admin),
+            Some(json!({"name": "temp", "role": "viewer"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let temp = created["token"].as_str().unwrap().to_owned();
-    assert_eq!(h.call("GET", "/api/v1/me", Some(&temp), None).await.0, StatusCode::OK);
-    let (status, _) = h.call("DELETE", &format!("/api/v1/tokens/{}", created["id"].as_str().unwrap()), Some(&h.admin), None).await;
+    assert_eq!(
+        h.call("GET", "/api/v1/me", Some(&temp), None).await.0,
+        StatusCode::OK
+    );
+    let (status, _) = h
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", created["id"].as_str().unwrap()),
+            Some(&h.admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(h.call("GET", "/api/v1/me", Some(&temp), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/api/v1/me", Some(&temp), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // The OpenAPI document lists every route with its roles.
     let (_, doc) = h.call("GET", "/api/v1/openapi.json", None, None).await;
     for r in ROUTES {
         let op = &doc["paths"][r.path][r.method.to_lowercase()];
-        assert!(op["x-roles"].as_array().is_some_and(|a| a.contains(&Value::from("admin"))), "{} {}", r.method, r.path);
+        assert!(
+            op["x-roles"]
+                .as_array()
+                .is_some_and(|a| a.contains(&Value::from("admin"))),
+            "{} {}",
+            r.method,
+            r.path
+        );
     }
     // Oversized and empty uploads are refused and leave nothing behind.
     let mut small = h.config.clone();
     small.max_package_bytes = 10_000;
     h.stop().await;
-    let a = meshara_authority::Authority::start(small, common::PASSPHRASE).await.unwrap();
+    let a = meshara_authority::Authority::start(small, common::PASSPHRASE)
+        .await
+        .unwrap();
     let publisher = tokens[1].1.clone();
     h.addr = a.http_addr();
     h.authority = Some(a);
-    let before = std::fs::read_dir(h.data().join("packages")).unwrap().count();
+    let before = std::fs::read_dir(h.data().join("packages"))
+        .unwrap()
+        .count();
     let (status, v) = h.upload(&publisher, "big", vec![0; 10_001]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     let (status, _) = h.upload(&publisher, "empty", vec![]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(std::fs::read_dir(h.data().join("packages")).unwrap().count(), before);
-    assert_eq!(std::fs::read_dir(h.data().join("incoming")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(h.data().join("packages"))
+            .unwrap()
+            .count(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_dir(h.data().join("incoming"))
+            .unwrap()
+            .count(),
+        0
+    );
     h.stop().await;
 }
 
