@@ -3,6 +3,9 @@
 # needs, idempotently: formatting, lints, unit + integration + property + doc tests, rustdoc,
 # the test-vector check and a bounded fuzz smoke run of every fuzz target.
 #
+# Also starts a throwaway PostgreSQL (scripts/postgres.sh) for the authority server's tests and
+# installs Debian's chromium plus playwright-core for its dashboard test.
+#
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 15; 0 skips fuzzing)
 set -euo pipefail
@@ -19,6 +22,12 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v git >/dev/null 2>&1 || need+=(git)
 # `ip` for the mDNS test between network namespaces.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The authority server's dashboard test: a real headless browser driven from Node.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+# The authority server's PostgreSQL tests.
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -37,6 +46,12 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "test services: PostgreSQL, playwright-core"
+MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
+export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
+(cd authority-server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+export MESHARA_REQUIRE_BROWSER=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked

@@ -458,21 +458,25 @@ struct CreateRelease {
     expires_in_days: Option<u64>,
 }
 
-/// Describes the stored content of `hash` as a release (streamed from disk).
-async fn describe(
-    s: &AppState,
-    hash: &str,
-    fields: (&str, &str, &str, u64, u64, Option<u8>),
-) -> ApiResult<Release> {
-    let (package, channel, semver, sequence, expires_at, rollout) = (
-        fields.0.to_owned(),
-        fields.1.to_owned(),
-        fields.2.to_owned(),
-        fields.3,
-        fields.4,
-        fields.5,
+/// What a new draft says.
+struct DraftSpec<'a> {
+    package: &'a str,
+    channel: &'a str,
+    semver: &'a str,
+    content_hash: &'a str,
+    rollout: Option<u8>,
+    expires_in_days: u64,
+}
+
+/// Describes the stored content of `spec.content_hash` as a release (streamed from disk).
+async fn describe(s: &AppState, spec: &DraftSpec<'_>, expires_at: u64) -> ApiResult<Release> {
+    let (package, channel, semver, rollout) = (
+        spec.package.to_owned(),
+        spec.channel.to_owned(),
+        spec.semver.to_owned(),
+        spec.rollout,
     );
-    let path = s.store.path(hash);
+    let path = s.store.path(spec.content_hash);
     let chunk_size = s.config.chunk_size;
     let release = tokio::task::spawn_blocking(move || -> Result<Release, String> {
         use std::io::Read;
@@ -501,7 +505,8 @@ async fn describe(
             package,
             channel,
             semver,
-            sequence,
+            // The real sequence is assigned inside the insert's transaction.
+            sequence: 1,
             expires_at,
             size,
             content_hash: *whole.finalize().as_bytes(),
@@ -515,42 +520,31 @@ async fn describe(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::invalid)?;
-    if HEXLOWER.encode(&release.content_hash) != hash {
+    if HEXLOWER.encode(&release.content_hash) != spec.content_hash {
         return Err(ApiError::internal("stored package does not match its hash"));
     }
     Ok(release)
 }
 
-async fn draft_release(
-    s: &AppState,
-    actor: &str,
-    package: &str,
-    channel: &str,
-    semver: &str,
-    content_hash: &str,
-    rollout: Option<u8>,
-    expires_in_days: u64,
-) -> ApiResult<ReleaseRow> {
+async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiResult<ReleaseRow> {
     let pkg =
-        s.db.package(content_hash)
+        s.db.package(spec.content_hash)
             .await?
             .ok_or_else(|| ApiError::invalid("content_hash names no uploaded package"))?;
-    let expires_at = now() as u64 + expires_in_days * 86_400;
-    // The sequence is assigned inside the insert's transaction; describe with a placeholder
-    // and re-encode with the real one.
-    let described = describe(
-        s,
-        content_hash,
-        (package, channel, semver, 1, expires_at, rollout),
-    )
-    .await?;
+    if let Some(p) = spec.rollout {
+        if !(1..=100).contains(&p) {
+            return Err(ApiError::invalid("rollout_percent must be 1..=100"));
+        }
+    }
+    let expires_at = now() as u64 + spec.expires_in_days * 86_400;
+    let described = describe(s, &spec, expires_at).await?;
     let new = NewRelease {
-        package,
-        channel,
-        semver,
-        content_hash,
+        package: spec.package,
+        channel: spec.channel,
+        semver: spec.semver,
+        content_hash: spec.content_hash,
         size: pkg.size,
-        rollout_percent: rollout.map(i64::from),
+        rollout_percent: spec.rollout.map(i64::from),
         expires_at: expires_at as i64,
         created_by: actor,
     };
@@ -579,12 +573,14 @@ async fn create_release(
     let row = draft_release(
         &s,
         &p.name,
-        &c.package,
-        &c.channel,
-        &c.semver,
-        &c.content_hash,
-        c.rollout_percent,
-        days,
+        DraftSpec {
+            package: &c.package,
+            channel: &c.channel,
+            semver: &c.semver,
+            content_hash: &c.content_hash,
+            rollout: c.rollout_percent,
+            expires_in_days: days,
+        },
     )
     .await?;
     s.db.audit(
@@ -860,12 +856,14 @@ async fn rollback(
     let row = draft_release(
         &s,
         &p.name,
-        &r.package,
-        &r.channel,
-        &semver,
-        &r.content_hash,
-        None,
-        s.config.release_expiry_days,
+        DraftSpec {
+            package: &r.package,
+            channel: &r.channel,
+            semver: &semver,
+            content_hash: &r.content_hash,
+            rollout: None,
+            expires_in_days: s.config.release_expiry_days,
+        },
     )
     .await?;
     s.db.audit(
@@ -910,12 +908,14 @@ async fn revoke(
             let row = draft_release(
                 &s,
                 &p.name,
-                &prev.package,
-                &prev.channel,
-                &prev.semver,
-                &prev.content_hash,
-                None,
-                s.config.release_expiry_days,
+                DraftSpec {
+                    package: &prev.package,
+                    channel: &prev.channel,
+                    semver: &prev.semver,
+                    content_hash: &prev.content_hash,
+                    rollout: None,
+                    expires_in_days: s.config.release_expiry_days,
+                },
             )
             .await?;
             s.db.audit(

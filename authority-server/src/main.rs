@@ -1,4 +1,5 @@
 //! `meshara-authority`: the update authority server and its offline tools.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool: stdout is its output
 
 use std::path::PathBuf;
 
