@@ -70,7 +70,7 @@ pub struct NodeSection {
     /// QUIC listen address of the authority node.
     #[serde(default = "default_quic")]
     pub quic_listen: SocketAddr,
-    /// Peers to join (`host:port` or `nodeid@host:port`).
+    /// Peers to join (`quic://host:port` or `nodeid@quic://host:port`).
     #[serde(default)]
     pub bootstrap: Vec<String>,
 }

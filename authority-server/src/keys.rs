@@ -130,6 +130,13 @@ pub fn init(
     }
     let dir = data_dir.join("keys");
     std::fs::create_dir_all(&dir).map_err(|e| KeyError::Io("creating keys/".into(), e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [data_dir, dir.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| KeyError::Io(format!("restricting {}", d.display()), e))?;
+        }
+    }
     let mut ids = Vec::new();
     for i in 1..=n {
         let path = dir.join(format!("k{i}.key"));

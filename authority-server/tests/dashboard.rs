@@ -1,7 +1,12 @@
 //! The dashboard in a real headless Chromium (Debian's chromium + playwright-core): the
 //! script in tests/browser/dashboard.mjs signs in, reads every page, signs and publishes a
 //! release, and checks what a viewer may do, against a real server seeded here.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! Test harness: an authority in a temporary directory, on SQLite or on a real PostgreSQL,
 //! and a small HTTP client.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,8 @@ pub(crate) struct DevnetOptions {
     pub(crate) dir: Option<PathBuf>,
     pub(crate) duration: Option<u64>,
     pub(crate) interval_ms: u64,
+    pub(crate) bootstrap: Option<String>,
+    pub(crate) update_root: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -26,6 +28,67 @@ struct Tally {
     broadcasts: AtomicU64,
     broadcast_receipts: AtomicU64,
     queries: AtomicU64,
+}
+
+/// Every node follows `devnet-app` on `stable` and downloads releases from the mesh.
+fn follow_updates(
+    nodes: &[Node],
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    name: &(impl Fn(&meshara_core::NodeId) -> String + Clone + Send + 'static),
+    authority: Option<&str>,
+) -> Result<()> {
+    use meshara_core::updater::{AutoUpdate, UpdateEvent, Updater};
+    let signed = meshara_core::update::decode_signed(&std::fs::read(root)?)?;
+    let authority = authority
+        .and_then(|a| a.split('@').next())
+        .and_then(|id| id.parse::<meshara_core::NodeId>().ok());
+    out(format!(
+        "every node follows releases of devnet-app/stable (root {}); publish one on the authority to watch it spread",
+        root.display()
+    ));
+    for (i, node) in nodes.iter().enumerate() {
+        let mut b = Updater::builder(
+            node.clone(),
+            dir.join(format!("node{i}/updates")),
+            signed.clone(),
+        )
+        .subscribe("devnet-app", "stable")
+        .policy(AutoUpdate::Download);
+        if let Some(a) = authority {
+            b = b.authority(a);
+        }
+        let updater = b.start()?;
+        let mut events = updater.events();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _keep = updater;
+            while let Ok(e) = events.recv().await {
+                match e {
+                    UpdateEvent::Available { release, from } => out(format!(
+                        "  node{i} verified release {} {} #{} (from {})",
+                        release.package,
+                        release.semver,
+                        release.sequence,
+                        from.map_or_else(|| "a check".into(), |f| name(&f))
+                    )),
+                    UpdateEvent::Downloaded { release } => out(format!(
+                        "  node{i} downloaded and verified {} {} ({} bytes)",
+                        release.package, release.semver, release.size
+                    )),
+                    UpdateEvent::Refused { error, .. } => {
+                        out(format!("  node{i} refused update metadata: {error}"))
+                    }
+                    UpdateEvent::PeerMisbehaved { peer, reason } => out(format!(
+                        "  node{i} dropped {} as a source: {reason}",
+                        name(&peer)
+                    )),
+                    _ => {}
+                }
+            }
+        });
+    }
+    Ok(())
 }
 
 pub(crate) async fn devnet(opts: DevnetOptions) -> Result<()> {
@@ -56,11 +119,14 @@ pub(crate) async fn devnet(opts: DevnetOptions) -> Result<()> {
             .listen_quic("127.0.0.1:0".parse()?)
             .listen_tcp("127.0.0.1:0".parse()?)
             .timeouts(timeouts.clone());
-        // Everyone bootstraps from node0 and learns the rest by peer exchange.
+        // Everyone bootstraps from node0 and learns the rest by peer exchange; node0 joins
+        // the outside peer, if any.
         if let Some(first) = nodes.first() {
             if let Some(addr) = first.quic_addr() {
                 builder = builder.bootstrap(addr);
             }
+        } else if let Some(peer) = &opts.bootstrap {
+            builder = builder.bootstrap(peer.parse()?);
         }
         let node = builder.start().await?;
         let control = home.join("control.sock");
@@ -91,6 +157,9 @@ pub(crate) async fn devnet(opts: DevnetOptions) -> Result<()> {
                 .map_or_else(|| id.fingerprint().to_string(), |(_, s)| s.clone())
         }
     };
+    if let Some(root) = &opts.update_root {
+        follow_updates(&nodes, &dir, root, &name, opts.bootstrap.as_deref())?;
+    }
     let tally = Arc::new(Tally::default());
     // Every node answers the "devnet.time" query and counts broadcasts.
     for (i, node) in nodes.iter().enumerate() {

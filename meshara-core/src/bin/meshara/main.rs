@@ -136,6 +136,13 @@ enum Command {
         /// Time between traffic rounds, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// A peer node0 also joins (`nodeid@host:port`), e.g. an authority server's node.
+        #[arg(long)]
+        bootstrap: Option<String>,
+        /// Signed update root (root.pb from `meshara-authority init`): every node follows
+        /// releases of `devnet-app` on `stable` and downloads them from the mesh.
+        #[arg(long)]
+        update_root: Option<PathBuf>,
     },
 }
 
@@ -477,11 +484,15 @@ fn main() -> Result<()> {
             dir,
             duration,
             interval_ms,
+            bootstrap,
+            update_root,
         } => runtime()?.block_on(devnet::devnet(devnet::DevnetOptions {
             nodes: *nodes,
             dir: dir.clone(),
             duration: *duration,
             interval_ms: *interval_ms,
+            bootstrap: bootstrap.clone(),
+            update_root: update_root.clone(),
         }))?,
     }
     Ok(())
