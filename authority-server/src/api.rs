@@ -537,6 +537,11 @@ async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiRes
         }
     }
     let expires_at = now() as u64 + spec.expires_in_days * 86_400;
+    // 100% is every node: the same signed form as no rollout at all.
+    let spec = DraftSpec {
+        rollout: spec.rollout.filter(|p| *p < 100),
+        ..spec
+    };
     let described = describe(s, &spec, expires_at).await?;
     let new = NewRelease {
         package: spec.package,
@@ -748,10 +753,18 @@ async fn check_quorum(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMe
 /// it once more, announces it and serves it.
 pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> ApiResult<()> {
     let signed = check_quorum(s, r).await?;
-    s.updater
-        .publish(signed, &s.store.path(&r.content_hash))
-        .await
-        .map_err(|e| ApiError::conflict(format!("cannot publish: {e}")))?;
+    // Idempotent: after a crash between the node accepting a release and the database
+    // recording it, publishing again records it instead of failing as a rollback.
+    let already = s
+        .updater
+        .latest_signed(&r.package, &r.channel)
+        .is_some_and(|l| l.body == signed.body);
+    if !already {
+        s.updater
+            .publish(signed, &s.store.path(&r.content_hash))
+            .await
+            .map_err(|e| ApiError::conflict(format!("cannot publish: {e}")))?;
+    }
     s.db.set_status(r.id, "published", r.publish_at, Some(now()))
         .await?;
     s.db.audit(

@@ -202,6 +202,16 @@ impl Config {
                 &format!("must be 1..={}", meshara_core::update::MAX_CHUNK_SIZE),
             ));
         }
+        let largest = meshara_core::update::MAX_CHUNKS as u64 * u64::from(self.chunk_size);
+        if self.max_package_bytes > largest {
+            return Err(bad(
+                "max_package_bytes",
+                &format!(
+                    "at most {largest}: a release has at most {} chunks of chunk_size bytes",
+                    meshara_core::update::MAX_CHUNKS
+                ),
+            ));
+        }
         if self.release_expiry_days == 0 || self.release_expiry_days > 3650 {
             return Err(bad("release_expiry_days", "must be 1..=3650"));
         }

@@ -137,23 +137,20 @@ pub fn init(
                 .map_err(|e| KeyError::Io(format!("restricting {}", d.display()), e))?;
         }
     }
-    let mut ids = Vec::new();
-    for i in 1..=n {
-        let path = dir.join(format!("k{i}.key"));
-        generate(&path, passphrase)?;
-        ids.push(
-            Keystore::new(&path)
-                .load(passphrase)
-                .map_err(|source| KeyError::Keystore { path, source })?
-                .identity,
-        );
-    }
+    // Everything is checked before anything is written, so a refused setup leaves no keys.
+    let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
     let keys: Vec<_> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| (format!("k{}", i + 1), id.node_id()))
         .collect();
     let root = root_for(&keys, threshold, threshold, valid_days)?;
+    for ((name, _), id) in keys.iter().zip(&ids) {
+        let path = dir.join(format!("{name}.key"));
+        Keystore::new(&path)
+            .create(id, passphrase, KdfParams::default(), crate::now() as u64)
+            .map_err(|source| KeyError::Keystore { path, source })?;
+    }
     let signed = root.sign(&ids.iter().collect::<Vec<_>>())?;
     write_root(&root_path, &signed)?;
     Ok(signed)
@@ -269,5 +266,27 @@ impl Draft {
             public_key: key.node_id().to_string(),
             signature: BASE64.encode(&sig.signature),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_refused_setup_writes_no_keys_and_a_good_one_signs_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(init(dir.path(), 3, 4, b"pass", 30).is_err());
+        assert!(!dir.path().join("root.pb").exists());
+        let written = std::fs::read_dir(dir.path().join("keys")).map_or(0, |d| d.count());
+        assert_eq!(written, 0);
+        let signed = init(dir.path(), 3, 2, b"pass", 30).unwrap();
+        let root = Root::decode(&signed.body).unwrap();
+        assert_eq!((root.keys.len(), root.release_threshold), (3, 2));
+        assert_eq!(read_root(&dir.path().join("root.pb")).unwrap(), signed);
+        let keys = ServerKeys::load(&dir.path().join("keys"), b"pass").unwrap();
+        assert!(root.keys.iter().all(|k| keys.holds(&k.key)));
+        assert!(init(dir.path(), 3, 2, b"pass", 30).is_err(), "never twice");
     }
 }

@@ -134,11 +134,21 @@ pub(crate) async fn download(
         }
         // Start sources: the hints first, then configured authorities, then connected peers.
         let now = Instant::now();
+        let peers = if shared.config.peer_sources {
+            shared.node.peers().into_iter().map(|p| p.node_id).collect()
+        } else {
+            Vec::new()
+        };
+        let hints = if shared.config.peer_sources {
+            hints
+        } else {
+            &[]
+        };
         let candidates = hints
             .iter()
             .copied()
             .chain(shared.config.authorities.iter().copied())
-            .chain(shared.node.peers().into_iter().map(|p| p.node_id));
+            .chain(peers);
         for peer in candidates {
             if active.len() >= shared.config.max_sources {
                 break;

@@ -263,6 +263,7 @@ struct Config {
     check_interval: Option<Duration>,
     stall_timeout: Duration,
     max_sources: usize,
+    peer_sources: bool,
 }
 
 pub(crate) struct Shared {
@@ -357,6 +358,14 @@ impl UpdaterBuilder {
         self
     }
 
+    /// Whether content is fetched from any peer holding it (default) or only from the
+    /// configured authorities (which reveals less about what this node downloads, and loads
+    /// the authorities more).
+    pub fn fetch_from_peers(mut self, yes: bool) -> Self {
+        self.config.peer_sources = yes;
+        self
+    }
+
     /// Peers fetched from at once (default 8).
     pub fn max_sources(mut self, n: usize) -> Self {
         self.config.max_sources = n.max(1);
@@ -439,6 +448,7 @@ impl Updater {
                 check_interval: None,
                 stall_timeout: Duration::from_secs(60),
                 max_sources: 8,
+                peer_sources: true,
             },
             cache_bytes: 1 << 30,
             installer: None,
