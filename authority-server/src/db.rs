@@ -632,22 +632,12 @@ impl Db {
     }
 
     /// Checks per package and channel, and the newest `limit`.
+    ///
+    /// The newest rows are read first: checks are only ever appended, so the
+    /// counts, read second, include every row the list shows even while the
+    /// writer commits between the two statements (under READ COMMITTED each
+    /// statement sees its own snapshot).
     pub async fn queries(&self, limit: i64) -> Result<(Vec<QueryCount>, Vec<QueryRow>), DbError> {
-        let counts = sqlx::query(
-            "SELECT package, channel, COUNT(*) AS n, MAX(at) AS last_at FROM queries GROUP BY package, channel ORDER BY package, channel",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(QueryCount {
-                package: r.try_get("package")?,
-                channel: r.try_get("channel")?,
-                count: r.try_get("n")?,
-                last_at: r.try_get("last_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let recent = sqlx::query(
             "SELECT at, package, channel, via, peer FROM queries ORDER BY id DESC LIMIT $1",
         )
@@ -662,6 +652,21 @@ impl Db {
                 channel: r.try_get("channel")?,
                 via: r.try_get("via")?,
                 peer: r.try_get("peer")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let counts = sqlx::query(
+            "SELECT package, channel, COUNT(*) AS n, MAX(at) AS last_at FROM queries GROUP BY package, channel ORDER BY package, channel",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(QueryCount {
+                package: r.try_get("package")?,
+                channel: r.try_get("channel")?,
+                count: r.try_get("n")?,
+                last_at: r.try_get("last_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
