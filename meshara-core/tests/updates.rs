@@ -636,3 +636,175 @@ async fn a_late_node_checks_an_authority_and_its_state_survives_a_restart() {
         Err(UpdaterError::NotVerified { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_automatic_download_is_tried_again_and_a_corrupt_cache_is_replaced() {
+    let keys = Keys::new(3);
+    let (auth, publisher, root, dir) = authority(&keys).await;
+    // A relay learns the release but holds no content (it is not subscribed).
+    let relay = node_near(&auth).await;
+    let relay_updater = Updater::builder(relay.clone(), dir.path().join("relay"), root.clone())
+        .start()
+        .unwrap();
+    wait_peers(&auth, 1).await;
+    let mut relay_events = relay_updater.events();
+    let body = content(300_000, 7);
+    let rel = release(1, "1.0.0", &body, 16 * 1024);
+    let signed = rel.sign(&keys.pick(&[0, 1])).unwrap();
+    let path = write_content(dir.path(), "v1", &body);
+    publisher.publish(signed.clone(), &path).await.unwrap();
+    wait_for(&mut relay_events, |e| {
+        matches!(e, UpdateEvent::Available { .. }).then_some(())
+    })
+    .await;
+    // The only copy goes away.
+    publisher.stop();
+    auth.stop().await;
+
+    // A node that installs automatically hears of the release from the relay, finds no
+    // source, and says when it tries again.
+    let node = node_near(&relay).await;
+    let cdir = tempfile::tempdir().unwrap();
+    let target = cdir.path().join("app");
+    let updater = Updater::builder(node.clone(), cdir.path().join("u"), root.clone())
+        .subscribe("app", "stable")
+        .policy(AutoUpdate::Install)
+        .installer(FileInstaller::new(&target))
+        .stall_timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    let mut events = updater.events();
+    wait_peers(&node, 1).await;
+    assert_eq!(
+        updater.check("app", "stable").await.unwrap(),
+        Some(rel.clone())
+    );
+    let (error, retry_in) = wait_for(&mut events, |e| match e {
+        UpdateEvent::DownloadFailed {
+            release,
+            error,
+            retry_in,
+        } => {
+            assert_eq!(release, rel);
+            Some((error, retry_in))
+        }
+        UpdateEvent::Installed { .. } => panic!("installed without a source"),
+        _ => None,
+    })
+    .await;
+    assert!(error.contains("stalled"), "{error}");
+    assert!(retry_in > Duration::ZERO);
+
+    // A holder appears: the retry finds it and installs.
+    let holder = builder().start().await.unwrap();
+    let hdir = tempfile::tempdir().unwrap();
+    let holder_updater = Updater::builder(holder.clone(), hdir.path(), root.clone())
+        .start()
+        .unwrap();
+    holder_updater.publish(signed, &path).await.unwrap();
+    node.connect(&holder.quic_addr().unwrap()).await.unwrap();
+    wait_for(&mut events, |e| match e {
+        UpdateEvent::Installed { release } => Some(release),
+        UpdateEvent::InstallFailed { error, .. } => panic!("{error}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(std::fs::read(&target).unwrap(), body);
+
+    // A manual client whose cached copy rots on disk: applying refuses it, evicts it, and
+    // the next attempt downloads it again.
+    let other = node_near(&holder).await;
+    let odir = tempfile::tempdir().unwrap();
+    let otarget = odir.path().join("app");
+    let manual = Updater::builder(other, odir.path().join("u"), root.clone())
+        .authority(holder.node_id())
+        .installer(FileInstaller::new(&otarget))
+        .start()
+        .unwrap();
+    let found = manual.check("app", "stable").await.unwrap().unwrap();
+    let cached = manual.download(&found).await.unwrap();
+    let mut bytes = std::fs::read(&cached).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    assert!(matches!(
+        manual.apply(&found).await,
+        Err(UpdaterError::Verify(UpdateError::ContentMismatch(_)))
+    ));
+    assert!(!cached.exists(), "the corrupt copy was evicted");
+    assert!(!otarget.exists(), "nothing was installed");
+    manual.apply(&found).await.unwrap();
+    assert_eq!(std::fs::read(&otarget).unwrap(), body);
+    assert_eq!(manual.installed("app", "stable"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_root_chain_is_caught_up_in_batches_and_survives_a_restart() {
+    let keys = Keys::new(3);
+    let (auth, publisher, root, dir) = authority(&keys).await;
+    // Twenty rotations: more than one metadata answer carries.
+    for sequence in 2..=21 {
+        publisher
+            .publish_root(
+                keys.root(sequence, vec![])
+                    .sign(&keys.pick(&[0, 1]))
+                    .unwrap(),
+            )
+            .unwrap();
+    }
+    assert_eq!(publisher.root().sequence, 21);
+    let body = content(10_000, 8);
+    let rel = release(1, "1.0.0", &body, 4096);
+    let path = write_content(dir.path(), "v", &body);
+    publisher
+        .publish(rel.sign(&keys.pick(&[1, 2])).unwrap(), &path)
+        .await
+        .unwrap();
+
+    // A node shipped with root 1 catches up through every rotation in one check.
+    let node = node_near(&auth).await;
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        Updater::builder(node.clone(), state.path(), root.clone())
+            .authority(auth.node_id())
+            .start()
+            .unwrap()
+    };
+    let updater = start();
+    assert_eq!(
+        updater.check("app", "stable").await.unwrap(),
+        Some(rel.clone())
+    );
+    assert_eq!(updater.root().sequence, 21);
+    updater.stop();
+
+    // A request for chunks of size 0 is refused by the decoder with a clear status.
+    let mut raw = node.open_stream(auth.node_id(), PROTOCOL).await.unwrap();
+    let ask = proto::UpdateMessage {
+        body: Some(U::ChunkRequest(proto::ChunkRequest {
+            content_hash: rel.content_hash.to_vec().into(),
+            index: 0,
+            chunk_size: 0,
+        })),
+    }
+    .encode_to_vec();
+    raw.write_all(&(ask.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    raw.write_all(&ask).await.unwrap();
+    let mut len = [0u8; 4];
+    raw.read_exact(&mut len).await.unwrap();
+    let mut buf = vec![0; u32::from_be_bytes(len) as usize];
+    raw.read_exact(&mut buf).await.unwrap();
+    match proto::UpdateMessage::decode(&buf[..]).unwrap().body {
+        Some(U::Status(s)) => {
+            assert_eq!(s.code, 400);
+            assert!(s.message.contains("chunk_size"), "{}", s.message);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The whole chain was kept: a restart replays it from the shipped root.
+    let updater = start();
+    assert_eq!(updater.root().sequence, 21);
+    assert_eq!(updater.latest("app", "stable"), Some(rel));
+}

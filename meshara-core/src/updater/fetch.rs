@@ -21,8 +21,11 @@ use crate::update::Release;
 const WINDOW: usize = 4;
 /// A source idle for want of chunks asks again after this long.
 const REFRESH: Duration = Duration::from_millis(250);
-/// A source that failed is retried after this long.
+/// A source with nothing new is asked again after this long; one that failed after this
+/// long doubled per consecutive failure, up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(2);
+/// Longest pause for a source that keeps failing.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often the set of sources is reconsidered.
 const TICK: Duration = Duration::from_millis(200);
 /// Longest wait for one answer.
@@ -78,8 +81,10 @@ impl Drop for Claims<'_> {
 
 /// Why a source stopped serving this download.
 enum SourceEnd {
-    /// It has everything we could use for now, or it failed: try again later.
-    Retry(String),
+    /// It has nothing we can use for now: ask again later.
+    Idle(&'static str),
+    /// It failed (unreachable, an error status, a timeout): ask again after a backoff.
+    Failed(String),
     /// It sent data that does not verify: never again for this download.
     Bad(String),
 }
@@ -118,6 +123,7 @@ pub(crate) async fn download(
     let mut sources: JoinSet<(NodeId, SourceEnd)> = JoinSet::new();
     let mut active: HashSet<NodeId> = HashSet::new();
     let mut retry_at: HashMap<NodeId, Instant> = HashMap::new();
+    let mut failures: HashMap<NodeId, u32> = HashMap::new();
     let mut bad: HashSet<NodeId> = HashSet::new();
     let mut last_progress = (Instant::now(), resumed);
     let mut tick = tokio::time::interval(TICK);
@@ -172,9 +178,17 @@ pub(crate) async fn download(
                 if let Ok((peer, end)) = done {
                     active.remove(&peer);
                     match end {
-                        SourceEnd::Retry(reason) => {
-                            tracing::trace!(%peer, %reason, "update source paused");
+                        SourceEnd::Idle(reason) => {
+                            tracing::trace!(%peer, %reason, "update source idle");
+                            failures.remove(&peer);
                             retry_at.insert(peer, Instant::now() + RETRY);
+                        }
+                        SourceEnd::Failed(reason) => {
+                            let n = failures.entry(peer).or_insert(0);
+                            *n = n.saturating_add(1);
+                            let pause = RETRY.saturating_mul(1 << (*n - 1).min(8)).min(RETRY_MAX);
+                            tracing::debug!(%peer, %reason, ?pause, "update source failed");
+                            retry_at.insert(peer, Instant::now() + pause);
                         }
                         SourceEnd::Bad(reason) => {
                             tracing::warn!(%peer, %reason, "update source sent bad data");
@@ -222,7 +236,7 @@ async fn blocking<T: Send + 'static>(
 async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: NodeId) -> SourceEnd {
     let mut stream = match shared.node.open_stream(peer, PROTOCOL).await {
         Ok(s) => s,
-        Err(e) => return SourceEnd::Retry(e.to_string()),
+        Err(e) => return SourceEnd::Failed(e.to_string()),
     };
     let hash = bytes::Bytes::copy_from_slice(&release.content_hash);
     let chunks = release.chunk_hashes.len();
@@ -239,16 +253,16 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
             chunk_size: release.chunk_size,
         });
         if let Err(e) = stream::write_msg(&mut stream, ask).await {
-            return SourceEnd::Retry(e.to_string());
+            return SourceEnd::Failed(e.to_string());
         }
         let mut source_has = match read(&mut stream, peer).await {
             Ok(U::Have(h)) if h.content_hash == hash => Bitmap::from_wire(&h.bitmap, chunks),
             Ok(U::Status(s)) if s.code == NOT_FOUND => Bitmap::new(chunks),
             Ok(U::Status(s)) => {
-                return SourceEnd::Retry(format!("status {}: {}", s.code, s.message));
+                return SourceEnd::Failed(format!("status {}: {}", s.code, s.message));
             }
             Ok(_) => return SourceEnd::Bad("answered a have request with something else".into()),
-            Err(e) => return SourceEnd::Retry(e),
+            Err(e) => return SourceEnd::Failed(e),
         };
         let mut fetched = 0usize;
         loop {
@@ -263,7 +277,7 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
                 });
                 claims.indices.push_back(i);
                 if let Err(e) = stream::write_msg(&mut stream, ask).await {
-                    return SourceEnd::Retry(e.to_string());
+                    return SourceEnd::Failed(e.to_string());
                 }
             }
             let Some(&index) = claims.indices.front() else {
@@ -271,7 +285,7 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
             };
             let answer = match read(&mut stream, peer).await {
                 Ok(a) => a,
-                Err(e) => return SourceEnd::Retry(e),
+                Err(e) => return SourceEnd::Failed(e),
             };
             claims.indices.pop_front();
             match answer {
@@ -291,9 +305,9 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
                         }
                         Ok(Err(e)) => {
                             sched.release(index);
-                            return SourceEnd::Retry(e.to_string());
+                            return SourceEnd::Failed(e.to_string());
                         }
-                        Err(_) => return SourceEnd::Retry("stopped".into()),
+                        Err(_) => return SourceEnd::Idle("stopped"),
                     }
                 }
                 U::Status(s) if s.code == NOT_FOUND => {
@@ -303,7 +317,7 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
                 }
                 U::Status(s) => {
                     sched.release(index);
-                    return SourceEnd::Retry(format!("status {}: {}", s.code, s.message));
+                    return SourceEnd::Failed(format!("status {}: {}", s.code, s.message));
                 }
                 _ => {
                     sched.release(index);
@@ -312,14 +326,14 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
             }
         }
         if sched.complete() {
-            return SourceEnd::Retry("download complete".into());
+            return SourceEnd::Idle("download complete");
         }
         // Nothing to ask for now: others hold the claims, or this source has nothing new.
         // Sources that are downloading too gain chunks, so ask again shortly; a source
         // without anything for a while is let go (and retried later).
         idle_rounds = if fetched == 0 { idle_rounds + 1 } else { 0 };
         if idle_rounds > 40 {
-            return SourceEnd::Retry("nothing new to fetch".into());
+            return SourceEnd::Idle("nothing new to fetch");
         }
         tokio::time::sleep(REFRESH).await;
     }

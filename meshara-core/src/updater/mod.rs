@@ -61,8 +61,14 @@ pub const CONTENT_TYPE: &str = "application/vnd.meshara.update+protobuf";
 /// Releases tracked for packages the node does not subscribe to (it still verifies, keeps
 /// and serves their metadata, so nodes can learn releases from any peer).
 const MAX_TRACKED: usize = 64;
-/// Roots kept to hand to peers that are behind.
-const MAX_ROOTS_KEPT: usize = 16;
+/// First wait before an automatic download that failed is tried again; it doubles per
+/// failure up to [`AUTO_RETRY_MAX`].
+const AUTO_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between automatic download attempts.
+const AUTO_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Metadata requests one check makes at most while catching up on roots (each answer
+/// carries up to [`wire::MAX_METADATA_ROOTS`](crate::wire::MAX_METADATA_ROOTS) of them).
+const MAX_ROOT_ROUNDS: usize = 64;
 /// File in the data directory holding the trust state.
 const STATE_FILE: &str = "state.json";
 
@@ -148,6 +154,30 @@ pub enum UpdaterError {
     Stopped,
 }
 
+impl UpdaterError {
+    /// Whether trying again later may succeed (no source yet, a stall, a network or peer
+    /// failure, a full cache) as opposed to a refusal or an install failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            // Content that fails its hash as a whole was dropped; a new download may succeed.
+            UpdaterError::Verify(e) => matches!(
+                e,
+                UpdateError::ContentMismatch(_) | UpdateError::ContentTooLarge { .. }
+            ),
+            UpdaterError::Io(..)
+            | UpdaterError::Stream(_)
+            | UpdaterError::Protocol { .. }
+            | UpdaterError::Status { .. }
+            | UpdaterError::NoSource
+            | UpdaterError::Stalled { .. }
+            | UpdaterError::CacheFull { .. } => true,
+            UpdaterError::NotVerified { .. } | UpdaterError::Install(_) | UpdaterError::Stopped => {
+                false
+            }
+        }
+    }
+}
+
 impl From<StoreError> for UpdaterError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -217,6 +247,17 @@ pub enum UpdateEvent {
     Installed {
         /// The release.
         release: Release,
+    },
+    /// An automatic download failed for a reason that may pass (no source, a stall, a
+    /// network error); it is tried again after `retry_in` while the release is still the
+    /// newest and has not expired. What arrived is kept.
+    DownloadFailed {
+        /// The release.
+        release: Release,
+        /// What went wrong.
+        error: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
     },
     /// Installing failed; the release is not recorded and not retried automatically.
     InstallFailed {
@@ -537,9 +578,19 @@ impl Updater {
         package: &str,
         channel: &str,
     ) -> Result<Option<Release>, UpdaterError> {
-        let metadata = fetch_metadata(&self.shared, peer, package, channel).await?;
-        for root in metadata.roots {
-            self.shared.accept_root(root, Some(peer))?;
+        let mut metadata = fetch_metadata(&self.shared, peer, package, channel).await?;
+        // A node many rotations behind gets the roots in batches: ask again while a full
+        // batch moved the trusted root forward.
+        for _ in 0..MAX_ROOT_ROUNDS {
+            let full = metadata.roots.len() >= crate::wire::MAX_METADATA_ROOTS;
+            let before = self.shared.lock().trust.root().sequence;
+            for root in std::mem::take(&mut metadata.roots) {
+                self.shared.accept_root(root, Some(peer))?;
+            }
+            if !full || self.shared.lock().trust.root().sequence == before {
+                break;
+            }
+            metadata = fetch_metadata(&self.shared, peer, package, channel).await?;
         }
         if let Some(release) = metadata.release {
             self.shared.accept_release(release, Some(peer), &[peer])?;
@@ -723,10 +774,10 @@ impl Shared {
             match st.trust.rotate_root(&signed, now) {
                 Ok(root) => {
                     let sequence = root.sequence;
+                    // Every root is kept: replaying the chain from the shipped root is how
+                    // the trust state is restored, and peers that are behind need it. Only
+                    // the root keys' threshold can add one, once per rotation.
                     st.roots.push(SignedRoot { sequence, signed });
-                    if st.roots.len() > MAX_ROOTS_KEPT {
-                        st.roots.remove(0);
-                    }
                     sequence
                 }
                 Err(UpdateError::Rollback { .. }) => return Ok(()),
@@ -817,18 +868,49 @@ impl Shared {
         if self.lock().failed.contains(&release.content_hash) {
             return Ok(());
         }
-        let (this, hints) = (self.clone(), hints.to_vec());
-        tokio::spawn(async move {
-            let result = if this.config.policy == AutoUpdate::Install && this.installer.is_some() {
-                this.apply(&release, &hints).await
-            } else {
-                fetch::download(&this, &release, &hints).await.map(|_| ())
-            };
-            if let Err(e) = result {
-                tracing::warn!(package = %release.package, sequence = release.sequence, error = %e, "automatic update failed");
-            }
-        });
+        tokio::spawn(self.clone().auto_update(release, hints.to_vec()));
         Ok(())
+    }
+
+    /// Downloads (and, per the policy, installs) a release on its own, trying again with
+    /// backoff after failures that may pass, for as long as the release is the newest of
+    /// its package and channel and has not expired.
+    async fn auto_update(self: Arc<Self>, release: Release, hints: Vec<NodeId>) {
+        let mut wait = AUTO_RETRY_MIN;
+        loop {
+            let result = if self.config.policy == AutoUpdate::Install && self.installer.is_some() {
+                self.apply(&release, &hints).await
+            } else {
+                fetch::download(&self, &release, &hints).await.map(|_| ())
+            };
+            let error = match result {
+                Ok(()) => return,
+                Err(e) if !e.is_transient() => {
+                    tracing::warn!(package = %release.package, sequence = release.sequence, error = %e, "automatic update failed");
+                    return;
+                }
+                Err(e) => e,
+            };
+            let still_newest = self
+                .lock()
+                .latest
+                .get(&(release.package.clone(), release.channel.clone()))
+                .is_some_and(|k| k.release == release);
+            if !still_newest || release.expires_at <= crate::net::unix_secs() {
+                return;
+            }
+            tracing::info!(package = %release.package, sequence = release.sequence, error = %error, retry_in = ?wait, "automatic download failed; trying again");
+            self.emit(UpdateEvent::DownloadFailed {
+                release: release.clone(),
+                error: error.to_string(),
+                retry_in: wait,
+            });
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            wait = (wait * 2).min(AUTO_RETRY_MAX);
+        }
     }
 
     async fn apply(
@@ -849,9 +931,16 @@ impl Shared {
             .verify_release(&known.signed, crate::net::unix_secs())?;
         let path = fetch::download(self, &release, hints).await?;
         let (r, p) = (release.clone(), path.clone());
-        tokio::task::spawn_blocking(move || store::verify_file(&p, &r))
+        let verified = tokio::task::spawn_blocking(move || store::verify_file(&p, &r))
             .await
-            .map_err(|_| UpdaterError::Stopped)??;
+            .map_err(|_| UpdaterError::Stopped)?;
+        if let Err(e) = verified {
+            // The cached copy changed on disk since it was verified: drop it so the next
+            // attempt downloads it again, and so it is not served to peers.
+            tracing::error!(package = %release.package, error = %e, "cached update content no longer verifies; evicting it");
+            self.store.evict(&release.content_hash);
+            return Err(e.into());
+        }
         match installer.install(&release, &path).await {
             Ok(()) => {
                 {

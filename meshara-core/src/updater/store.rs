@@ -398,6 +398,12 @@ impl Store {
             .map(|p| p.have().clone())
     }
 
+    /// Forgets complete content and removes its file (it no longer verifies).
+    pub(crate) fn evict(&self, hash: &[u8; 32]) {
+        self.lock().complete.remove(hash);
+        let _ = fs::remove_file(self.complete_file(hash));
+    }
+
     /// Chunk `index` of `hash` in `chunk_size` chunks, if held.
     pub(crate) fn read_chunk(
         &self,
