@@ -240,8 +240,18 @@ async fn fetch_from(shared: &Shared, sched: &Sched, release: &Release, peer: Nod
     };
     let hash = bytes::Bytes::copy_from_slice(&release.content_hash);
     let chunks = release.chunk_hashes.len();
-    // Spread sources over the content: start where this peer's id points.
-    let start = usize::from(u16::from_le_bytes([peer.as_bytes()[0], peer.as_bytes()[1]])) % chunks;
+    // Spread the work: each (downloader, source) pair starts at its own place, so sources
+    // serve different chunks to one downloader, and different downloaders take different
+    // chunks from the same source (an authority) and then have something to trade.
+    let start = {
+        let mut h = blake3::Hasher::new();
+        h.update(shared.node.node_id().as_bytes());
+        h.update(peer.as_bytes());
+        let d = h.finalize();
+        let b = d.as_bytes();
+        (u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) % chunks as u64)
+            as usize
+    };
     let mut claims = Claims {
         sched,
         indices: VecDeque::new(),
