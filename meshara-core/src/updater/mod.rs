@@ -450,6 +450,7 @@ impl UpdaterBuilder {
         let listener = self.node.listen_streams(PROTOCOL);
         tokio::spawn(stream::serve(shared.clone(), listener));
         tokio::spawn(run(shared.clone(), self.node.events()));
+        shared.resume_automatic();
         Ok(Updater { shared })
     }
 }
@@ -870,6 +871,37 @@ impl Shared {
         }
         tokio::spawn(self.clone().auto_update(release, hints.to_vec()));
         Ok(())
+    }
+
+    /// After a restart, picks up automatic downloads and installs that had not finished:
+    /// the newest known release of each subscribed pair that is newer than the installed one,
+    /// in this node's rollout and not failed before.
+    fn resume_automatic(self: &Arc<Self>) {
+        if self.config.policy == AutoUpdate::Notify {
+            return;
+        }
+        let me = self.node.node_id();
+        let pending: Vec<Release> = {
+            let st = self.lock();
+            self.config
+                .subscriptions
+                .iter()
+                .filter_map(|key| st.latest.get(key))
+                .map(|k| &k.release)
+                .filter(|r| {
+                    r.sequence > st.trust.installed(&r.package, &r.channel).unwrap_or(0)
+                        && r.in_rollout(&me)
+                        && !st.failed.contains(&r.content_hash)
+                        && (self.config.policy == AutoUpdate::Install
+                            || self.store.complete(&r.content_hash).is_none())
+                })
+                .cloned()
+                .collect()
+        };
+        for release in pending {
+            tracing::info!(package = %release.package, sequence = release.sequence, "resuming an automatic update");
+            tokio::spawn(self.clone().auto_update(release, Vec::new()));
+        }
     }
 
     /// Downloads (and, per the policy, installs) a release on its own, trying again with
