@@ -20,8 +20,10 @@ use prost::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod roots;
+
 use crate::auth::{Principal, Role};
-use crate::db::{NewRelease, ReleaseRow};
+use crate::db::{NewRelease, ReleaseRow, SignatureRow};
 use crate::keys::{DetachedSignature, Draft};
 use crate::{AppState, now};
 
@@ -126,8 +128,50 @@ pub const ROUTES: &[RouteDoc] = &[
         PUBLISH,
         "Revoke a published release and draft its rollback"
     ),
+    route!(
+        "GET",
+        "/api/v1/roots",
+        ANY,
+        "The current root and drafted rotations with their signature progress"
+    ),
+    route!(
+        "POST",
+        "/api/v1/roots",
+        ADMIN,
+        "Draft the next root (a key rotation)"
+    ),
+    route!(
+        "GET",
+        "/api/v1/roots/{sequence}/draft",
+        SIGN,
+        "Export a root draft for offline signing"
+    ),
+    route!(
+        "POST",
+        "/api/v1/roots/{sequence}/sign",
+        SIGN,
+        "Sign a root draft with a server-held key"
+    ),
+    route!(
+        "POST",
+        "/api/v1/roots/{sequence}/signatures",
+        SIGN,
+        "Attach a root signature made offline"
+    ),
+    route!(
+        "POST",
+        "/api/v1/roots/{sequence}/publish",
+        ADMIN,
+        "Rotate once the current and the new root thresholds have signed"
+    ),
     route!("GET", "/api/v1/queries", ANY, "Update checks nodes made"),
     route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
+    route!(
+        "GET",
+        "/api/v1/tokens",
+        ADMIN,
+        "API tokens (never their secrets)"
+    ),
     route!(
         "POST",
         "/api/v1/tokens",
@@ -214,9 +258,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/releases/{id}/rollout", post(rollout))
         .route("/api/v1/releases/{id}/rollback", post(rollback))
         .route("/api/v1/releases/{id}/revoke", post(revoke))
+        .route("/api/v1/roots", get(roots::list).post(roots::create))
+        .route("/api/v1/roots/{sequence}/draft", get(roots::export))
+        .route("/api/v1/roots/{sequence}/sign", post(roots::sign))
+        .route("/api/v1/roots/{sequence}/signatures", post(roots::attach))
+        .route("/api/v1/roots/{sequence}/publish", post(roots::publish))
         .route("/api/v1/queries", get(queries))
         .route("/api/v1/audit", get(audit))
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens", get(tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -681,15 +730,7 @@ async fn attach(
             r.status
         )));
     }
-    let key: NodeId = d
-        .public_key
-        .parse()
-        .map_err(|_| ApiError::invalid("public_key is not a key"))?;
-    let sig = BASE64
-        .decode(d.signature.as_bytes())
-        .ok()
-        .filter(|s| s.len() == 64)
-        .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, base64"))?;
+    let (key, sig) = parse_detached(&d)?;
     let root = s.updater.root();
     if !root
         .key(&key)
@@ -713,29 +754,46 @@ async fn attach(
     Ok(Json(view(&s, &r).await?))
 }
 
+/// A signature made offline: its key and its 64 bytes.
+fn parse_detached(d: &DetachedSignature) -> ApiResult<(NodeId, Vec<u8>)> {
+    let key: NodeId = d
+        .public_key
+        .parse()
+        .map_err(|_| ApiError::invalid("public_key is not a key"))?;
+    let sig = BASE64
+        .decode(d.signature.as_bytes())
+        .ok()
+        .filter(|s| s.len() == 64)
+        .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, base64"))?;
+    Ok((key, sig))
+}
+
+/// Signed metadata from a body and stored signatures.
+fn to_signed(body: Vec<u8>, sigs: &[SignatureRow]) -> proto::SignedMetadata {
+    let signatures = sigs
+        .iter()
+        .filter_map(|g| {
+            Some(proto::MetadataSignature {
+                public_key: g
+                    .public_key
+                    .parse::<NodeId>()
+                    .ok()?
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+                signature: BASE64.decode(g.signature.as_bytes()).ok()?.into(),
+            })
+        })
+        .collect();
+    proto::SignedMetadata {
+        body: body.into(),
+        signatures,
+    }
+}
+
 /// The signed metadata of a release as stored.
 async fn signed(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMetadata> {
-    let signatures =
-        s.db.signatures(r.id)
-            .await?
-            .iter()
-            .filter_map(|g| {
-                Some(proto::MetadataSignature {
-                    public_key: g
-                        .public_key
-                        .parse::<NodeId>()
-                        .ok()?
-                        .as_bytes()
-                        .to_vec()
-                        .into(),
-                    signature: BASE64.decode(g.signature.as_bytes()).ok()?.into(),
-                })
-            })
-            .collect();
-    Ok(proto::SignedMetadata {
-        body: body_bytes(r)?.into(),
-        signatures,
-    })
+    Ok(to_signed(body_bytes(r)?, &s.db.signatures(r.id).await?))
 }
 
 /// Checks a release's signatures against the current root as a node would (threshold,
@@ -991,6 +1049,10 @@ async fn create_token(
         StatusCode::CREATED,
         Json(json!({"id": id, "name": t.name, "role": role.as_str(), "token": token})),
     ))
+}
+
+async fn tokens(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.db.tokens().await?)))
 }
 
 async fn revoke_token(

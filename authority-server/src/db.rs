@@ -38,8 +38,14 @@ pub enum Backend {
     Postgres,
 }
 
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_roots.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_roots.sql")),
+];
 
 /// The database.
 #[derive(Debug, Clone)]
@@ -57,6 +63,21 @@ pub struct TokenRow {
     pub name: String,
     /// Its role.
     pub role: String,
+}
+
+/// A token as listed to admins: everything but its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    /// Token id (not secret).
+    pub id: String,
+    /// Who holds it.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Whether it was revoked.
+    pub revoked: bool,
 }
 
 /// A stored package.
@@ -118,6 +139,42 @@ pub struct SignatureRow {
     pub signature: String,
     /// Who added it.
     pub signer: String,
+}
+
+/// A root drafted on the server: a rotation collecting signatures, or one published.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootRow {
+    /// Its sequence.
+    pub sequence: i64,
+    /// Encoded root, base64: what is signed.
+    pub body: String,
+    /// `draft` or `published`.
+    pub status: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Who drafted it.
+    pub created_by: String,
+    /// When it was published.
+    pub published_at: Option<i64>,
+}
+
+fn signature_row(r: &AnyRow) -> Result<SignatureRow, sqlx::Error> {
+    Ok(SignatureRow {
+        public_key: r.try_get("public_key")?,
+        signature: r.try_get("signature")?,
+        signer: r.try_get("signer")?,
+    })
+}
+
+fn root_row(r: &AnyRow) -> Result<RootRow, sqlx::Error> {
+    Ok(RootRow {
+        sequence: r.try_get("sequence")?,
+        body: r.try_get("body")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+        published_at: r.try_get("published_at")?,
+    })
 }
 
 /// An audit entry.
@@ -334,6 +391,27 @@ impl Db {
         .transpose()
     }
 
+    /// Every token, live ones first, newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, created_at, revoked FROM tokens ORDER BY revoked, created_at DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    role: r.try_get("role")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked: r.try_get::<i64, _>("revoked")? != 0,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
     /// How many live tokens exist.
     pub async fn token_count(&self) -> Result<i64, DbError> {
         Ok(
@@ -548,15 +626,107 @@ impl Db {
         .bind(release_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SignatureRow {
-                    public_key: r.try_get("public_key")?,
-                    signature: r.try_get("signature")?,
-                    signer: r.try_get("signer")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(signature_row).collect::<Result<_, _>>()?)
+    }
+
+    // --- roots ---
+
+    /// Drafts root `sequence`, replacing an unpublished draft of the same sequence and its
+    /// signatures.
+    pub async fn draft_root(&self, sequence: i64, body: &str, actor: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM root_signatures WHERE sequence IN \
+             (SELECT sequence FROM roots WHERE sequence = $1 AND status = 'draft')",
+        )
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM roots WHERE sequence = $1 AND status = 'draft'")
+            .bind(sequence)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO roots (sequence, body, status, created_at, created_by) VALUES ($1, $2, 'draft', $3, $4)",
+        )
+        .bind(sequence)
+        .bind(body)
+        .bind(crate::now())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Root `sequence`, if drafted here.
+    pub async fn root(&self, sequence: i64) -> Result<Option<RootRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT sequence, body, status, created_at, created_by, published_at FROM roots WHERE sequence = $1",
+        )
+        .bind(sequence)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(root_row).transpose()?)
+    }
+
+    /// Roots drafted here, newest first.
+    pub async fn roots(&self) -> Result<Vec<RootRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT sequence, body, status, created_at, created_by, published_at FROM roots ORDER BY sequence DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(root_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Adds or replaces `public_key`'s signature on root `sequence`.
+    pub async fn add_root_signature(
+        &self,
+        sequence: i64,
+        public_key: &str,
+        signature: &str,
+        signer: &str,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM root_signatures WHERE sequence = $1 AND public_key = $2")
+            .bind(sequence)
+            .bind(public_key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO root_signatures (sequence, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(sequence)
+        .bind(public_key)
+        .bind(signature)
+        .bind(signer)
+        .bind(crate::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Root `sequence`'s signatures.
+    pub async fn root_signatures(&self, sequence: i64) -> Result<Vec<SignatureRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT public_key, signature, signer FROM root_signatures WHERE sequence = $1 ORDER BY added_at, public_key",
+        )
+        .bind(sequence)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(signature_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Marks root `sequence` published.
+    pub async fn set_root_published(&self, sequence: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE roots SET status = 'published', published_at = $1 WHERE sequence = $2")
+            .bind(crate::now())
+            .bind(sequence)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     // --- audit ---

@@ -252,21 +252,170 @@ impl Draft {
     /// Checks that the readable fields match the body (so a signer sees what they sign),
     /// and signs the body.
     pub fn sign(&self, key: &Identity) -> Result<DetachedSignature, KeyError> {
-        let body = BASE64
-            .decode(self.body.as_bytes())
-            .map_err(|_| KeyError::Invalid("draft body is not base64".into()))?;
-        let expected = Draft::new(self.release_id, &body)?;
-        if expected != *self {
-            return Err(KeyError::Invalid(
-                "the draft's fields do not match its body; refusing to sign".into(),
-            ));
-        }
-        let sig = update::signature(&body, key);
-        Ok(DetachedSignature {
-            public_key: key.node_id().to_string(),
-            signature: BASE64.encode(&sig.signature),
+        sign_checked(self, &self.body, key, |body| {
+            Draft::new(self.release_id, body)
         })
     }
+}
+
+/// Signs a draft's base64 `body` after checking that the draft, rebuilt from the body,
+/// equals `draft`: a signer reads the fields and signs exactly what they say.
+fn sign_checked<T: PartialEq>(
+    draft: &T,
+    body: &str,
+    key: &Identity,
+    rebuild: impl FnOnce(&[u8]) -> Result<T, KeyError>,
+) -> Result<DetachedSignature, KeyError> {
+    let body = BASE64
+        .decode(body.as_bytes())
+        .map_err(|_| KeyError::Invalid("draft body is not base64".into()))?;
+    if rebuild(&body)? != *draft {
+        return Err(KeyError::Invalid(
+            "the draft's fields do not match its body; refusing to sign".into(),
+        ));
+    }
+    let sig = update::signature(&body, key);
+    Ok(DetachedSignature {
+        public_key: key.node_id().to_string(),
+        signature: BASE64.encode(&sig.signature),
+    })
+}
+
+/// One key of a root as drafts and the API show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// A name for people.
+    pub name: String,
+    /// The public key (NodeId text).
+    pub key: String,
+    /// `root` and/or `release`.
+    pub roles: Vec<String>,
+}
+
+impl KeyEntry {
+    fn of(k: &AuthorityKey) -> KeyEntry {
+        KeyEntry {
+            name: k.name.clone(),
+            key: k.key.to_string(),
+            roles: k.roles.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The key this entry describes.
+    pub fn to_key(&self) -> Result<AuthorityKey, KeyError> {
+        let key = self
+            .key
+            .parse()
+            .map_err(|_| KeyError::Invalid(format!("{:?} is not a public key", self.key)))?;
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| match r.as_str() {
+                "root" => Ok(Role::Root),
+                "release" => Ok(Role::Release),
+                other => Err(KeyError::Invalid(format!(
+                    "unknown role {other:?} (root or release)"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AuthorityKey {
+            key,
+            name: self.name.clone(),
+            roles,
+        })
+    }
+}
+
+/// A new root (a key rotation) exported for signing elsewhere. Both the current root's
+/// threshold of root keys and the new root's must sign it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootDraft {
+    /// The new root's sequence (the current one's plus one).
+    pub sequence: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// The keys it lists.
+    pub keys: Vec<KeyEntry>,
+    /// Signatures a later rotation needs.
+    pub root_threshold: u32,
+    /// Signatures a release needs.
+    pub release_threshold: u32,
+    /// Keys revoked for good (NodeId text).
+    pub revoked: Vec<String>,
+    /// The encoded root, base64: this is what is signed.
+    pub body: String,
+}
+
+impl RootDraft {
+    /// Describes the root encoded in `body`.
+    pub fn new(body: &[u8]) -> Result<RootDraft, KeyError> {
+        let r = Root::decode(body)?;
+        Ok(RootDraft {
+            sequence: r.sequence,
+            expires_at: r.expires_at,
+            keys: r.keys.iter().map(KeyEntry::of).collect(),
+            root_threshold: r.root_threshold,
+            release_threshold: r.release_threshold,
+            revoked: r.revoked.iter().map(ToString::to_string).collect(),
+            body: BASE64.encode(body),
+        })
+    }
+
+    /// Checks that the readable fields match the body, and signs the body.
+    pub fn sign(&self, key: &Identity) -> Result<DetachedSignature, KeyError> {
+        sign_checked(self, &self.body, key, RootDraft::new)
+    }
+}
+
+/// A draft of either kind, as `meshara-authority sign` reads it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AnyDraft {
+    /// A root rotation.
+    Root(RootDraft),
+    /// A release.
+    Release(Draft),
+}
+
+/// The root after `current`: `keys` with the thresholds, valid for `valid_days`, revoking
+/// `revoke` on top of what `current` revokes (so a node shipped with the new root still
+/// refuses every key revoked before).
+pub fn next_root(
+    current: &Root,
+    keys: Vec<AuthorityKey>,
+    root_threshold: u32,
+    release_threshold: u32,
+    valid_days: u64,
+    revoke: Vec<NodeId>,
+) -> Result<Root, KeyError> {
+    let mut revoked = current.revoked.clone();
+    for k in revoke {
+        if !revoked.contains(&k) {
+            revoked.push(k);
+        }
+    }
+    let root = Root {
+        sequence: current.sequence + 1,
+        expires_at: crate::now() as u64 + valid_days * 86_400,
+        keys,
+        root_threshold,
+        release_threshold,
+        revoked,
+    };
+    root.validate()?;
+    Ok(root)
+}
+
+/// Writes signed root metadata atomically (a crash leaves the old file or the new one).
+pub fn replace_root(path: &Path, signed: &proto::SignedMetadata) -> Result<(), KeyError> {
+    let tmp = path.with_extension("pb.tmp");
+    write_root(&tmp, signed)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| KeyError::Io(format!("replacing {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use meshara_authority::config::Config;
-use meshara_authority::keys::{self, Draft};
+use meshara_authority::keys::{self, AnyDraft};
 use meshara_authority::{Authority, auth, db};
 
 #[derive(Parser)]
@@ -62,9 +62,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Signs an exported draft with a key kept offline; prints the signature to attach.
+    /// Signs an exported draft (a release or a root rotation) with a key kept offline;
+    /// prints the signature to attach.
     Sign {
-        /// The draft (JSON from GET /api/v1/releases/{id}/draft).
+        /// The draft: JSON from GET /api/v1/releases/{id}/draft or
+        /// /api/v1/roots/{sequence}/draft.
         #[arg(long)]
         draft: PathBuf,
         /// The keystore holding the signing key.
@@ -151,22 +153,43 @@ async fn main() -> anyhow::Result<()> {
         Command::Sign { draft, key } => {
             let text = std::fs::read_to_string(&draft)
                 .with_context(|| format!("reading {}", draft.display()))?;
-            let draft: Draft =
-                serde_json::from_str(&text).context("the draft is not valid JSON")?;
+            let draft: AnyDraft = serde_json::from_str(&text)
+                .context("the draft is neither a release draft nor a root draft")?;
             let identity = meshara_core::Keystore::new(&key)
                 .load(&passphrase()?)?
                 .identity;
-            eprintln!(
-                "signing {}/{} {} (sequence {}, {} bytes, content {}) with {}",
-                draft.package,
-                draft.channel,
-                draft.semver,
-                draft.sequence,
-                draft.size,
-                draft.content_hash,
-                identity.node_id()
-            );
-            let sig = draft.sign(&identity)?;
+            let sig = match draft {
+                AnyDraft::Release(d) => {
+                    eprintln!(
+                        "signing release {}/{} {} (sequence {}, {} bytes, content {}) with {}",
+                        d.package,
+                        d.channel,
+                        d.semver,
+                        d.sequence,
+                        d.size,
+                        d.content_hash,
+                        identity.node_id()
+                    );
+                    d.sign(&identity)?
+                }
+                AnyDraft::Root(d) => {
+                    eprintln!(
+                        "signing root {} (root threshold {}, release threshold {}, expires {}) with {}",
+                        d.sequence,
+                        d.root_threshold,
+                        d.release_threshold,
+                        d.expires_at,
+                        identity.node_id()
+                    );
+                    for k in &d.keys {
+                        eprintln!("  key {} {} ({})", k.name, k.key, k.roles.join(", "));
+                    }
+                    for k in &d.revoked {
+                        eprintln!("  revokes {k}");
+                    }
+                    d.sign(&identity)?
+                }
+            };
             println!("{}", serde_json::to_string_pretty(&sig)?);
         }
     }

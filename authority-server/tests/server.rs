@@ -384,7 +384,10 @@ async fn roles(backend: Backend) {
         tokens.push((role, h.token(role).await));
     }
     for r in ROUTES {
-        let path = r.path.replace("{id}", "999999");
+        let path = r
+            .path
+            .replace("{id}", "999999")
+            .replace("{sequence}", "999999");
         for token in [None, Some("mat_notatoken"), Some("Bearer"), Some("")] {
             let (status, v) = h.call(r.method, &path, token, Some(json!({}))).await;
             assert_eq!(
@@ -449,6 +452,26 @@ async fn roles(backend: Backend) {
         h.call("GET", "/api/v1/me", Some(&temp), None).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // Admins list tokens, revoked ones marked, never with a secret or its hash.
+    let (status, list) = h.call("GET", "/api/v1/tokens", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list.as_array().unwrap();
+    let listed = list
+        .iter()
+        .find(|t| t["id"] == created["id"])
+        .expect("the token is listed");
+    assert_eq!(
+        (listed["name"].as_str(), listed["revoked"].as_bool()),
+        (Some("temp"), Some(true))
+    );
+    assert!(
+        list.iter()
+            .all(|t| t.get("hash").is_none() && t.get("token").is_none())
+    );
+    assert!(
+        list.iter()
+            .any(|t| t["role"] == "admin" && t["revoked"] == false)
+    );
     // The OpenAPI document lists every route with its roles.
     let (_, doc) = h.call("GET", "/api/v1/openapi.json", None, None).await;
     for r in ROUTES {
@@ -502,4 +525,244 @@ async fn every_route_enforces_tokens_and_roles_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_enforces_tokens_and_roles_on_postgres() {
     roles(Backend::Postgres).await;
+}
+
+/// Root rotation through the API: drafted by an admin, signed by a server-held key and a key
+/// kept offline, refused until the current *and* the new threshold have signed, published to
+/// the node and to `root.pb`, followed by a node shipped with the old root, and kept across a
+/// restart. The key it revokes can no longer sign releases.
+async fn root_rotation(backend: Backend) {
+    let Some(mut h) = Harness::start(backend).await else {
+        return;
+    };
+    let signer = h.token("signer").await;
+    let (_, current) = h.call("GET", "/api/v1/roots", Some(&signer), None).await;
+    assert_eq!(current["current"]["sequence"], 1);
+    let key_of = |name: &str| {
+        current["current"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (k1, k2, k3) = (key_of("k1"), key_of("k2"), key_of("k3"));
+    // k3 (offline) is replaced by a new offline key and revoked.
+    let fresh = Identity::generate();
+    let both = json!(["root", "release"]);
+    let spec = json!({
+        "keys": [
+            {"name": "k1", "key": k1, "roles": both},
+            {"name": "k2", "key": k2, "roles": both},
+            {"name": "k4", "key": fresh.node_id().to_string(), "roles": both},
+        ],
+        "root_threshold": 2, "release_threshold": 2, "valid_days": 365, "revoke": [k3],
+    });
+    let (status, _) = h
+        .call("POST", "/api/v1/roots", Some(&signer), Some(spec.clone()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "drafting a root is for admins"
+    );
+    let mut bad = spec.clone();
+    bad["root_threshold"] = json!(4);
+    let (status, v) = h
+        .call("POST", "/api/v1/roots", Some(&h.admin), Some(bad))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = h
+        .call("POST", "/api/v1/roots", Some(&h.admin), Some(spec))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["sequence"].as_i64(), v["status"].as_str()),
+        (Some(2), Some("draft"))
+    );
+    assert_eq!(v["revoked"], json!([k3]));
+
+    let publish = || h.call("POST", "/api/v1/roots/2/publish", Some(&h.admin), None);
+    let (status, v) = publish().await;
+    assert_eq!(status, StatusCode::CONFLICT, "nobody signed yet: {v}");
+
+    // k1 on the server: one of two for the current root, one of two for the new one.
+    let (status, v) = h
+        .call(
+            "POST",
+            "/api/v1/roots/2/sign",
+            Some(&signer),
+            Some(json!({"key": "k1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["quorum"]["current"]["have"], 1);
+    assert_eq!(v["quorum"]["new"]["have"], 1);
+
+    // k4 offline: export, check, sign, attach. A lying draft is not signed; a key of
+    // neither root cannot attach.
+    let (status, exported) = h
+        .call("GET", "/api/v1/roots/2/draft", Some(&signer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let draft: meshara_authority::keys::RootDraft =
+        serde_json::from_value(exported.clone()).unwrap();
+    assert!(matches!(
+        serde_json::from_value::<meshara_authority::keys::AnyDraft>(exported).unwrap(),
+        meshara_authority::keys::AnyDraft::Root(_)
+    ));
+    let mut lying = draft.clone();
+    lying.root_threshold = 1;
+    assert!(lying.sign(&fresh).is_err());
+    let stranger = draft.sign(&Identity::generate()).unwrap();
+    let (status, _) = h
+        .call(
+            "POST",
+            "/api/v1/roots/2/signatures",
+            Some(&signer),
+            Some(json!(stranger)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let sig = draft.sign(&fresh).unwrap();
+    let (status, v) = h
+        .call(
+            "POST",
+            "/api/v1/roots/2/signatures",
+            Some(&signer),
+            Some(json!(sig)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["quorum"]["current"]["have"], 1);
+    assert_eq!(v["quorum"]["new"]["have"], 2);
+    // The new keys alone do not rotate: the current root's threshold is not met.
+    let (status, v) = publish().await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+
+    let (status, _) = h
+        .call(
+            "POST",
+            "/api/v1/roots/2/sign",
+            Some(&signer),
+            Some(json!({"key": "k2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = publish().await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "published");
+    assert_eq!(h.authority().root().sequence, 2);
+    let on_disk = meshara_authority::keys::read_root(&h.data().join("root.pb")).unwrap();
+    assert_eq!(
+        meshara_core::update::Root::decode(&on_disk.body)
+            .unwrap()
+            .sequence,
+        2
+    );
+    let (status, _) = publish().await;
+    assert_eq!(status, StatusCode::CONFLICT, "published once");
+
+    // A node shipped with root 1 follows the rotation on its next check.
+    let rotated = meshara_core::update::Root::decode(&on_disk.body).unwrap();
+    assert_eq!(rotated.revoked.len(), 1);
+    let node = Node::builder()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .bootstrap(h.authority().node().quic_addr().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let shipped = {
+        // The root the harness set up (root.pb before the rotation) is in the node's chain.
+        let (_, roots) = h.call("GET", "/api/v1/roots", Some(&signer), None).await;
+        assert_eq!(roots["current"]["sequence"], 2);
+        assert_eq!(roots["roots"][0]["status"], "published");
+        h.first_root.clone()
+    };
+    let nd = tempfile::tempdir().unwrap();
+    let updater = Updater::builder(node.clone(), nd.path(), shipped)
+        .authority(h.authority().node().node_id())
+        .start()
+        .unwrap();
+    assert_eq!(updater.check("app", "stable").await.unwrap(), None);
+    assert_eq!(updater.root().sequence, 2);
+
+    // The revoked offline key cannot sign releases any more.
+    let publisher = h.token("publisher").await;
+    let body = content(50_000, 3);
+    let (_, pkg) = h.upload(&publisher, "app.bin", body).await;
+    let (status, d) = h
+        .call("POST", "/api/v1/releases", Some(&publisher), Some(json!({
+            "package": "app", "channel": "stable", "semver": "1.0.0", "content_hash": pkg["hash"],
+        })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    let (_, exported) = h
+        .call(
+            "GET",
+            &format!("/api/v1/releases/{id}/draft"),
+            Some(&signer),
+            None,
+        )
+        .await;
+    let release_draft: Draft = serde_json::from_value(exported).unwrap();
+    let revoked_sig = release_draft.sign(&h.offline).unwrap();
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/signatures"),
+            Some(&signer),
+            Some(json!(revoked_sig)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = h
+        .call(
+            "POST",
+            &format!("/api/v1/releases/{id}/signatures"),
+            Some(&signer),
+            Some(json!(release_draft.sign(&fresh).unwrap())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Across a restart the server runs on the rotated root.
+    h.stop().await;
+    let a = meshara_authority::Authority::start(h.config.clone(), common::PASSPHRASE)
+        .await
+        .unwrap();
+    assert_eq!(a.root().sequence, 2);
+    h.addr = a.http_addr();
+    h.authority = Some(a);
+    let (_, audit) = h.call("GET", "/api/v1/audit", Some(&h.admin), None).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "root.draft",
+        "root.sign",
+        "root.attach_signature",
+        "root.publish",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_rotate_through_the_api_on_sqlite() {
+    root_rotation(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_rotate_through_the_api_on_postgres() {
+    root_rotation(Backend::Postgres).await;
 }

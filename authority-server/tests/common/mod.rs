@@ -63,6 +63,8 @@ pub struct Harness {
     pub admin: String,
     pub offline: Identity,
     pub config: Config,
+    /// The root set up at init (what nodes shipped before any rotation).
+    pub first_root: meshara_core::proto::SignedMetadata,
 }
 
 impl Harness {
@@ -74,7 +76,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        meshara_authority::keys::init(&data, 3, 2, PASSPHRASE, 365).unwrap();
+        let first_root = meshara_authority::keys::init(&data, 3, 2, PASSPHRASE, 365).unwrap();
         let offline_path = dir.path().join("k3.key");
         std::fs::rename(data.join("keys/k3.key"), &offline_path).unwrap();
         let offline = meshara_core::Keystore::new(&offline_path)
@@ -96,6 +98,7 @@ impl Harness {
             admin,
             offline,
             config,
+            first_root,
         })
     }
 
