@@ -598,16 +598,40 @@ impl Db {
         signature: &str,
         signer: &str,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM signatures WHERE release_id = $1 AND public_key = $2")
-            .bind(release_id)
-            .bind(public_key)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO signatures (release_id, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)",
+        self.upsert_signature(
+            "signatures",
+            "release_id",
+            release_id,
+            public_key,
+            signature,
+            signer,
         )
-        .bind(release_id)
+        .await
+    }
+
+    /// Adds or replaces `public_key`'s signature in `table`, on the row whose `owner` column
+    /// is `id` (both names are constants of this module, never input).
+    async fn upsert_signature(
+        &self,
+        table: &'static str,
+        owner: &'static str,
+        id: i64,
+        public_key: &str,
+        signature: &str,
+        signer: &str,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE {owner} = $1 AND public_key = $2"
+        ))
+        .bind(id)
+        .bind(public_key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} ({owner}, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)"
+        ))
+        .bind(id)
         .bind(public_key)
         .bind(signature)
         .bind(signer)
@@ -688,24 +712,15 @@ impl Db {
         signature: &str,
         signer: &str,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM root_signatures WHERE sequence = $1 AND public_key = $2")
-            .bind(sequence)
-            .bind(public_key)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO root_signatures (sequence, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)",
+        self.upsert_signature(
+            "root_signatures",
+            "sequence",
+            sequence,
+            public_key,
+            signature,
+            signer,
         )
-        .bind(sequence)
-        .bind(public_key)
-        .bind(signature)
-        .bind(signer)
-        .bind(crate::now())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     /// Root `sequence`'s signatures.
