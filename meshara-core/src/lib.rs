@@ -15,6 +15,7 @@
 //! | [`wire`] | framing, the versioned envelope, size limits, [`wire::decode_envelope`] |
 //! | [`crypto`] | sealed first-contact messages, the session handshake and transport |
 //! | [`message`] | BLAKE3 message ids, private payloads, signed broadcasts |
+//! | [`routing`] | the Kademlia DHT and HyParView/Plumtree broadcast state machines (and, with `test-utils`, the simulator) |
 //! | [`proto`] | the generated protobuf structs |
 //!
 //! The byte-level specification is `docs/protocol.md`; the test vectors in
@@ -60,6 +61,7 @@ pub mod net;
 pub mod proto;
 pub mod rate;
 pub mod record;
+pub mod routing;
 pub mod update;
 #[cfg(feature = "net")]
 pub mod updater;
