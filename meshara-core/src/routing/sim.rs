@@ -6,7 +6,8 @@
 //! with Ed25519 and really verified (each distinct message once, then remembered, since the
 //! result cannot differ between nodes).
 //!
-//! **Network model.** Every message takes a latency drawn uniformly from the scenario's range.
+//! **Network model.** Each pair of nodes has a fixed latency, drawn uniformly from the
+//! scenario's range, and every message adds a small random jitter.
 //! Meshara runs over QUIC, whose streams retransmit, so `loss` is modelled as what it costs a
 //! reliable stream: a lost datagram delays the message by a retransmission timeout (three
 //! latencies) rather than dropping it. A message to a failed node, or across a partition, is
@@ -130,6 +131,9 @@ mod defaults {
     pub(super) fn max_ms() -> u64 {
         80
     }
+    pub(super) fn jitter_ms() -> u64 {
+        5
+    }
     pub(super) fn count() -> u32 {
         20
     }
@@ -156,7 +160,8 @@ mod defaults {
     }
 }
 
-/// Latency model: uniform between `min_ms` and `max_ms`.
+/// Latency model: each pair of nodes has a fixed one-way latency, spread uniformly between
+/// `min_ms` and `max_ms`, and each message adds a random jitter of up to `jitter_ms`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -167,6 +172,9 @@ pub struct LatencySpec {
     /// Slowest one-way delay.
     #[serde(default = "defaults::max_ms")]
     pub max_ms: u64,
+    /// Extra random delay per message (reorders messages on a link).
+    #[serde(default = "defaults::jitter_ms")]
+    pub jitter_ms: u64,
 }
 
 impl Default for LatencySpec {
@@ -174,6 +182,7 @@ impl Default for LatencySpec {
         Self {
             min_ms: defaults::min_ms(),
             max_ms: defaults::max_ms(),
+            jitter_ms: defaults::jitter_ms(),
         }
     }
 }
@@ -317,6 +326,14 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The same scenario with `nodes` nodes (bootstrap nodes capped to fit).
+    pub fn with_nodes(mut self, nodes: u32) -> Result<Self, SimError> {
+        self.nodes = nodes;
+        self.bootstrap = self.bootstrap.min(nodes);
+        self.validate()?;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<(), SimError> {
         let bad = |m: &str| Err(SimError::Invalid(m.to_owned()));
         if self.nodes < 2 || self.nodes > 2_000_000 {
@@ -387,6 +404,9 @@ pub struct Report {
     pub delivery_ratio_min: f64,
     /// Broadcasts that reached every target.
     pub complete_broadcasts: u32,
+    /// Broadcasts left out because their author failed before the message could have crossed
+    /// one link (within `latency.max_ms` of sending).
+    pub lost_with_author: u32,
     /// Relative message redundancy over all broadcasts: full copies received per delivery, minus 1.
     pub rmr: f64,
     /// The same, after the warm-up broadcasts.
@@ -470,7 +490,7 @@ impl Report {
         });
         format!(
             "scenario {} (seed {}): {} nodes, {} live at the end\n\
-             broadcast: {} sent, delivery {:.5} (worst {:.5}, {} complete), RMR {:.3} (steady {:.3}), \
+             broadcast: {} sent ({} left out: author failed at once), delivery {:.5} (worst {:.5}, {} complete), RMR {:.3} (steady {:.3}), \
              last hop mean {:.1} max {}, delivery p50 {:.0} ms p99 {:.0} ms\n\
              dht: {} lookups, success {:.4}, hops mean {:.2} p99 {} max {}, {:.1} requests each\n\
              cost: {:.1} KiB sent per node ({:.1} KiB broadcast payload), memory {mem} per node\n\
@@ -481,6 +501,7 @@ impl Report {
             self.nodes,
             self.live_at_end,
             self.broadcasts,
+            self.lost_with_author,
             self.delivery_ratio,
             self.delivery_ratio_min,
             self.complete_broadcasts,
@@ -636,6 +657,7 @@ struct SimNode {
     alive: bool,
     hostile: bool,
     joined_at: Duration,
+    failed_at: Duration,
     wake: Option<Instant>,
     lookups: HashMap<u64, Running>,
     side: bool,
@@ -680,6 +702,13 @@ fn rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn varint_len(v: u64) -> u64 {
@@ -758,10 +787,15 @@ impl<'a> Sim<'a> {
         self.at(at, ev);
     }
 
-    fn latency(&mut self) -> Duration {
+    /// The link's latency: fixed per pair of nodes (drawn from the scenario's range by a hash
+    /// of the pair), plus up to `jitter_ms`, plus a retransmission timeout per lost datagram.
+    fn latency(&mut self, a: u32, b: u32) -> Duration {
         let l = &self.scenario.latency;
-        let ms = l.min_ms + self.random(l.max_ms - l.min_ms + 1);
-        let mut d = Duration::from_millis(ms);
+        let (lo, hi) = (u64::from(a.min(b)), u64::from(a.max(b)));
+        let pair = splitmix64(self.scenario.seed ^ (lo << 32 | hi));
+        let ms = l.min_ms + pair % (l.max_ms - l.min_ms + 1);
+        let jitter = l.jitter_ms;
+        let mut d = Duration::from_millis(ms + self.random(jitter + 1));
         // Each lost datagram costs a retransmission timeout on the reliable stream.
         while self.chance(self.scenario.loss) {
             d += Duration::from_millis(3 * ms.max(1));
@@ -791,6 +825,7 @@ impl<'a> Sim<'a> {
             alive: false,
             hostile,
             joined_at: Duration::MAX,
+            failed_at: Duration::MAX,
             wake: None,
             lookups: HashMap::new(),
             side: false,
@@ -847,7 +882,7 @@ impl<'a> Sim<'a> {
             }
             return;
         }
-        let delay = self.latency();
+        let delay = self.latency(from, to);
         self.after(delay, Ev::Deliver { to, from, wire });
     }
 
@@ -972,6 +1007,7 @@ impl<'a> Sim<'a> {
             return;
         }
         n.alive = false;
+        n.failed_at = self.now;
         n.lookups.clear();
         let neighbours: Vec<u32> = n.topic.active().to_vec();
         let d = Duration::from_millis(self.scenario.failure_detection_ms);
@@ -1399,7 +1435,16 @@ impl<'a> Sim<'a> {
         let mut deliveries_steady = 0u64;
         let mut last_hops = Vec::new();
         let mut times: Vec<u64> = Vec::new();
+        let first_hop = Duration::from_millis(self.scenario.latency.max_ms);
+        let mut lost_with_author = 0u32;
         for (b, track) in self.tracks.iter().enumerate() {
+            // An author that fails before its message can have crossed one link may never
+            // have got it out; such broadcasts are reported apart.
+            let author = &self.nodes[track.delivered[0].0 as usize];
+            if author.failed_at.saturating_sub(track.sent_at) < first_hop {
+                lost_with_author += 1;
+                continue;
+            }
             let got: HashSet<u32> = track.delivered.iter().map(|d| d.0).collect();
             let cutoff = track.sent_at.saturating_sub(Duration::from_secs(1));
             let targets: Vec<u32> = self
@@ -1480,6 +1525,7 @@ impl<'a> Sim<'a> {
             },
             delivery_ratio_min: worst,
             complete_broadcasts: complete,
+            lost_with_author,
             rmr: rmr(receptions, deliveries),
             rmr_steady: rmr(receptions_steady, deliveries_steady),
             last_delivery_hop_mean: if last_hops.is_empty() {

@@ -87,6 +87,24 @@ enum Command {
         /// The JSON file.
         file: PathBuf,
     },
+    /// Run a routing simulation scenario (TOML, see meshara-core/simulations/) and report
+    /// delivery, redundancy, DHT lookups and costs. Exits non-zero if its targets are missed.
+    Sim {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Override the scenario's node count.
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+        /// Also write an SVG plot of deliveries over time to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Run a node (TOML config, MESHARA_* environment overrides) until Ctrl-C.
     Run {
         /// Configuration file (see `meshara run --help`; every key is optional).
@@ -478,6 +496,42 @@ fn main() -> Result<()> {
             print_result(&cli, &result, |r| {
                 out(r.as_str().unwrap_or_default().trim_end())
             });
+        }
+        Command::Sim {
+            scenario,
+            nodes,
+            seed,
+            json_out,
+            svg,
+        } => {
+            let text = std::fs::read_to_string(scenario)
+                .with_context(|| format!("reading {}", scenario.display()))?;
+            let mut parsed = meshara_core::routing::sim::Scenario::from_toml(&text)
+                .with_context(|| format!("in {}", scenario.display()))?;
+            if let Some(n) = nodes {
+                parsed = parsed.with_nodes(*n).context("--nodes")?;
+            }
+            if let Some(seed) = seed {
+                parsed.seed = *seed;
+            }
+            let report = meshara_core::routing::sim::run(&parsed);
+            if cli.json {
+                out(serde_json::to_string_pretty(&report)?);
+            } else {
+                out(report.to_text());
+            }
+            if let Some(path) = json_out {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = svg {
+                std::fs::write(path, report.svg())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let missed = report.check(&parsed.expect);
+            if !missed.is_empty() {
+                anyhow::bail!("targets missed: {}", missed.join("; "));
+            }
         }
         Command::Devnet {
             nodes,
