@@ -56,6 +56,9 @@ export MESHARA_REQUIRE_BROWSER=1
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked
 
+step "routing simulations at 10,000 nodes (meshara-core/simulations/*-10k.toml)"
+cargo test -p meshara-core --locked --test simulations -- --ignored --nocapture
+
 step "rustdoc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

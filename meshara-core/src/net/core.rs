@@ -62,6 +62,37 @@ const TICK: Duration = Duration::from_millis(100);
 /// Largest batch of frames one writer call sends.
 const WRITE_BATCH: usize = 256 * 1024;
 
+use crate::routing::kad::{self, KadConfig, Lookup, LookupStep, RoutingTable};
+
+/// How long a whole DHT lookup may take before the node gives up on it.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The DHT diversity group of a record: its first IP address's /24 or /48 (see
+/// [`peer_group`]).
+fn record_group(record: &NodeRecord) -> u64 {
+    peer_group(
+        &record.node_id(),
+        record
+            .addresses()
+            .iter()
+            .find_map(|a| a.host.parse::<IpAddr>().ok()),
+    )
+}
+
+/// The DHT diversity group of `node` seen at `ip`: the /24 or /48 of a routable address. Nodes
+/// without an IP address (onion, I2P) and nodes on loopback (a devnet or tests on one machine,
+/// where every node shares 127.0.0.1) each form their own group.
+fn peer_group(node: &NodeId, ip: Option<IpAddr>) -> u64 {
+    match ip {
+        Some(ip) if !ip.is_loopback() => kad::ip_group(ip),
+        _ => {
+            let mut g = [0u8; 8];
+            g.copy_from_slice(&node.as_bytes()[..8]);
+            u64::from_le_bytes(g)
+        }
+    }
+}
+
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -224,6 +255,12 @@ pub(crate) struct State {
     pub(crate) dialing: HashSet<NodeId>,
     /// On-demand dials that failed: when the next attempt may start, and the current delay.
     dial_backoff: HashMap<NodeId, (Instant, Duration)>,
+    /// The DHT's routing table (keys: NodeIds whose signed records we verified).
+    pub(crate) kad: RoutingTable<NodeId>,
+    /// Our FindNode requests awaiting an answer: request id → (asked peer, answer slot).
+    finds: HashMap<u64, (NodeId, oneshot::Sender<Vec<NodeRecord>>)>,
+    /// Peers being looked up in the DHT.
+    looking_up: HashSet<NodeId>,
     pub(crate) stopped: bool,
     last_exchange: Instant,
 }
@@ -279,7 +316,7 @@ pub(crate) struct Inner {
 }
 
 impl State {
-    pub(crate) fn new(config: &NodeConfig) -> Self {
+    pub(crate) fn new(config: &NodeConfig, local: &NodeId) -> Self {
         let t = &config.timeouts;
         Self {
             peers: HashMap::new(),
@@ -308,6 +345,9 @@ impl State {
             banned: HashSet::new(),
             dialing: HashSet::new(),
             dial_backoff: HashMap::new(),
+            kad: RoutingTable::new(*local.as_bytes(), KadConfig::default()),
+            finds: HashMap::new(),
+            looking_up: HashSet::new(),
             stopped: false,
             last_exchange: Instant::now(),
         }
@@ -814,6 +854,34 @@ impl Inner {
                     let inner = self.clone();
                     self.tasks
                         .spawn(async move { inner.dial_wanted(addr).await });
+                } else if !st.wanted.iter().any(|w| w.node == Some(peer))
+                    && st.looking_up.insert(peer)
+                {
+                    // Nobody we know has told us where it is: ask the DHT.
+                    drop(st);
+                    let inner = self.clone();
+                    self.tasks.spawn(async move {
+                        let found = inner.clone().lookup_record(peer).await;
+                        {
+                            let mut st = inner.lock();
+                            st.looking_up.remove(&peer);
+                            if !found {
+                                let t = &inner.config.timeouts;
+                                let delay = st
+                                    .dial_backoff
+                                    .get(&peer)
+                                    .map_or(t.reconnect_min, |(_, d)| {
+                                        (*d * 2).min(t.reconnect_max)
+                                    });
+                                st.dial_backoff
+                                    .insert(peer, (Instant::now() + delay, delay));
+                            }
+                        }
+                        if found {
+                            inner.emit(Event::PeerDiscovered { peer, via: "dht" });
+                            inner.ensure_connected(peer);
+                        }
+                    });
                 }
                 return;
             };
@@ -1626,6 +1694,29 @@ impl Inner {
                         self.send_on(&peer, conn_id, &pong);
                     }
                     Some(R::Pong(_)) => {}
+                    Some(R::FindNode(find)) => {
+                        let records = {
+                            let st = self.lock();
+                            let mut target = [0u8; 32];
+                            target.copy_from_slice(&find.target);
+                            st.kad
+                                .closest(&target, wire::MAX_FOUND_RECORDS + 1)
+                                .into_iter()
+                                .filter(|(_, id)| *id != peer)
+                                .filter_map(|(_, id)| st.records.get(&id))
+                                .take(wire::MAX_FOUND_RECORDS)
+                                .map(|r| r.signed().clone())
+                                .collect()
+                        };
+                        let found = envelope(Body::Routing(proto::RoutingMessage {
+                            body: Some(R::FoundNodes(proto::FoundNodes {
+                                request_id: find.request_id,
+                                records,
+                            })),
+                        }));
+                        self.send_on(&peer, conn_id, &found);
+                    }
+                    Some(R::FoundNodes(found)) => self.handle_found_nodes(&peer, found),
                     _ => self.count_drop(DropReason::Unsupported, Some(&peer), "routing message"),
                 }
                 Ok(())
@@ -1677,6 +1768,12 @@ impl Inner {
         let first = {
             let mut st = self.lock();
             let _ = st.records.insert(record.clone());
+            // A peer proven by TLS: grouped by the address it connected from.
+            let group = match conn.remote_addr() {
+                Some(a) => peer_group(&peer, Some(a.ip())),
+                None => record_group(&record),
+            };
+            st.kad.insert(*peer.as_bytes(), peer, group, now);
             let Some(p) = st.peers.get_mut(&peer) else {
                 return;
             };
@@ -1752,6 +1849,159 @@ impl Inner {
         }))
     }
 
+    /// An answer to one of our FindNode requests: verified records go into the record book and
+    /// the routing table, and to the lookup that asked.
+    fn handle_found_nodes(&self, from: &NodeId, found: proto::FoundNodes) {
+        let now = unix_secs();
+        let me = self.identity.node_id();
+        let mut verified = Vec::new();
+        for signed in &found.records {
+            match NodeRecord::verify(signed, now) {
+                Ok(record) if record.node_id() != me => verified.push(record),
+                Ok(_) => {}
+                Err(e) => self.count_drop(DropReason::Crypto, Some(from), &e.to_string()),
+            }
+        }
+        let mut st = self.lock();
+        // Only the peer we asked may answer a request.
+        match st.finds.get(&found.request_id) {
+            Some((asked, _)) if asked == from => {}
+            _ => {
+                drop(st);
+                self.count_drop(
+                    DropReason::Unsupported,
+                    Some(from),
+                    "unsolicited FoundNodes",
+                );
+                return;
+            }
+        }
+        let t = Instant::now();
+        for record in &verified {
+            let id = record.node_id();
+            if st.banned.contains(&id) {
+                continue;
+            }
+            st.kad.insert(*id.as_bytes(), id, record_group(record), t);
+            let _ = st.records.insert(record.clone());
+        }
+        if let Some((_, reply)) = st.finds.remove(&found.request_id) {
+            let _ = reply.send(verified);
+        }
+    }
+
+    /// Asks `peer` for the records closest to `target`, connecting to it first if needed.
+    async fn find_node(self: Arc<Self>, peer: NodeId, target: NodeId) -> Option<Vec<NodeRecord>> {
+        let timeout = self.config.timeouts.connect;
+        if !self.lock().is_ready(&peer) {
+            let addr = {
+                let st = self.lock();
+                st.peer_record(&peer).and_then(|r| {
+                    r.addresses()
+                        .iter()
+                        .find(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
+                        .cloned()
+                })
+            }?;
+            let addr = PeerAddr {
+                node: Some(peer),
+                address: addr,
+            };
+            tokio::time::timeout(timeout, self.connect(&addr))
+                .await
+                .ok()?
+                .ok()?;
+        }
+        let request_id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        let (tx, rx) = oneshot::channel();
+        let writer = {
+            let mut st = self.lock();
+            let writer = st.ready_writer(&peer)?;
+            st.finds.insert(request_id, (peer, tx));
+            writer
+        };
+        let env = envelope(proto::envelope::Body::Routing(proto::RoutingMessage {
+            body: Some(proto::routing_message::Body::FindNode(proto::FindNode {
+                request_id,
+                target: Bytes::copy_from_slice(target.as_bytes()),
+            })),
+        }));
+        let sent = self
+            .frame(&env)
+            .is_some_and(|frame| writer.try_send(frame).is_ok());
+        let answer = if sent {
+            tokio::time::timeout(KadConfig::default().request_timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.lock().finds.remove(&request_id);
+        answer
+    }
+
+    /// Finds `target`'s signed record through the DHT: an iterative Kademlia lookup over
+    /// FindNode requests. Returns whether the record is now in the record book.
+    pub(crate) async fn lookup_record(self: Arc<Self>, target: NodeId) -> bool {
+        let mut lookup = {
+            let st = self.lock();
+            Lookup::new(&st.kad, *target.as_bytes()).stop_when_found()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<(NodeId, Option<Vec<NodeRecord>>)>();
+        let give_up = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+        loop {
+            match lookup.poll(Instant::now()) {
+                LookupStep::Query(peer) => {
+                    let inner = self.clone();
+                    let tx = tx.clone();
+                    self.tasks.spawn(async move {
+                        let answer = inner.find_node(peer, target).await;
+                        let _ = tx.send((peer, answer));
+                    });
+                }
+                LookupStep::Wait(deadline) => {
+                    let until = tokio::time::Instant::from_std(deadline).min(give_up);
+                    tokio::select! {
+                        answer = rx.recv() => match answer {
+                            Some((peer, Some(records))) => lookup.on_response(
+                                peer.as_bytes(),
+                                records.iter().map(|r| (*r.node_id().as_bytes(), r.node_id())),
+                            ),
+                            Some((peer, None)) => {
+                                lookup.on_failure(peer.as_bytes());
+                                self.lock().kad.failed(peer.as_bytes());
+                            }
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(until) => {
+                            let expired = lookup.expire(Instant::now());
+                            let mut st = self.lock();
+                            for key in expired {
+                                st.kad.failed(&key);
+                            }
+                        }
+                        _ = self.shutdown.cancelled() => break,
+                    }
+                    if tokio::time::Instant::now() >= give_up {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        let result = lookup.result();
+        tracing::debug!(
+            %target,
+            found = result.found,
+            hops = ?result.hops,
+            queries = result.queries,
+            failures = result.failures,
+            "DHT lookup"
+        );
+        self.lock().records.get(&target).is_some()
+    }
+
     fn handle_peer_exchange(self: &Arc<Self>, from: &NodeId, px: proto::PeerExchange) {
         let now = unix_secs();
         let me = self.identity.node_id();
@@ -1766,6 +2016,8 @@ impl Inner {
                             continue;
                         }
                         let new = st.records.get(&id).is_none();
+                        st.kad
+                            .insert(*id.as_bytes(), id, record_group(&record), Instant::now());
                         let _ = st.records.insert(record);
                         if new && !st.peers.contains_key(&id) {
                             discovered.push(id);

@@ -47,11 +47,11 @@ pub enum Event {
         /// Why the last connection ended.
         reason: String,
     },
-    /// A node was discovered (mDNS or peer exchange) and will be dialed.
+    /// A node was discovered (mDNS, peer exchange or a DHT lookup) and will be dialed.
     PeerDiscovered {
         /// The node.
         peer: NodeId,
-        /// How: `"mdns"` or `"peer-exchange"`.
+        /// How: `"mdns"`, `"peer-exchange"` or `"dht"` (found by a DHT lookup).
         via: &'static str,
     },
     /// The recipient acknowledged a private message end to end.

@@ -211,7 +211,7 @@ impl NodeBuilder {
         let (events, _) = broadcast::channel(config.limits.event_buffer);
         let (topology, _) = watch::channel(0);
         let stream_tls = transport::stream_server_config(&identity)?;
-        let mut state = State::new(&config);
+        let mut state = State::new(&config, &identity.node_id());
         let now = Instant::now();
         for addr in &config.bootstrap {
             state.wanted.push(Wanted {
@@ -662,6 +662,12 @@ impl Node {
     /// Lifts a ban.
     pub fn unban_peer(&self, peer: NodeId) {
         self.inner.lock().banned.remove(&peer);
+    }
+
+    /// The signed record this node holds for `peer`, if any (learned from a connection, peer
+    /// exchange or a DHT lookup).
+    pub fn record_of(&self, peer: &NodeId) -> Option<NodeRecord> {
+        self.inner.lock().records.get(peer).cloned()
     }
 
     /// Connected peers with their statistics.

@@ -345,7 +345,7 @@ impl<P: Copy + Eq + Hash + Debug> RoutingTable<P> {
             all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
             all.truncate(n);
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.truncate(n);
         all.into_iter().map(|(_, e)| (e.key, e.peer)).collect()
     }

@@ -1404,7 +1404,7 @@ impl<'a> Sim<'a> {
             }
             self.now = next.at;
             self.events += 1;
-            if self.events.is_multiple_of(1 << 20) {
+            if self.events % (1 << 20) == 0 {
                 peak_rss = peak_rss.max(rss_bytes());
             }
             self.handle(next.ev);
