@@ -1911,6 +1911,14 @@ impl Inner {
                 .await
                 .ok()?
                 .ok()?;
+            // The connection is usable once the peer's record has arrived on it.
+            let ready = tokio::time::timeout(timeout, async {
+                while !self.lock().is_ready(&peer) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            ready.ok()?;
         }
         let request_id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
         let (tx, rx) = oneshot::channel();
