@@ -2,7 +2,7 @@
 //!
 //! One thread, one seeded RNG, virtual time: the same [`Scenario`] and seed always give the
 //! same [`Report`], so a failing seed is a test case. Each simulated node runs the real
-//! [`kad::RoutingTable`]/[`kad::Lookup`] and [`gossip::Topic`]; broadcasts are really signed
+//! [`kad::RoutingTable`]/[`kad::Lookup`] and [`gossip::Topic`](super::gossip::Topic); broadcasts are really signed
 //! with Ed25519 and really verified (each distinct message once, then remembered, since the
 //! result cannot differ between nodes).
 //!
