@@ -87,8 +87,8 @@ fn envelope_strategy() -> impl Strategy<Value = proto::Envelope> {
             .prop_map(|(topic, ids, round)| Body::Gossip(proto::GossipMessage {
                 topic,
                 body: Some(proto::gossip_message::Body::Ihave(proto::IHave {
+                    rounds: ids.iter().map(|_| round).collect(),
                     message_ids: ids,
-                    round
                 })),
             })),
         Just(Body::StatusRequest(proto::StatusRequest {})),

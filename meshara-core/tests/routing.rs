@@ -11,13 +11,17 @@ use meshara_core::{Event, Identity, Node, NodeBuilder, NodeConfig};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn builder() -> NodeBuilder {
+    builder_with(NodeConfig {
+        // Nodes do not dial what peer exchange tells them: each one only knows its
+        // neighbours in the chain and their neighbours' records.
+        target_peers: 0,
+        ..NodeConfig::default()
+    })
+}
+
+fn builder_with(config: NodeConfig) -> NodeBuilder {
     NodeBuilder::new()
-        .config(NodeConfig {
-            // Nodes do not dial what peer exchange tells them: each one only knows its
-            // neighbours in the chain and their neighbours' records.
-            target_peers: 0,
-            ..NodeConfig::default()
-        })
+        .config(config)
         .identity(Identity::generate())
         .listen_quic("127.0.0.1:0".parse().unwrap())
         .mdns(false)
@@ -142,4 +146,181 @@ async fn looking_up_a_node_that_does_not_exist_fails_cleanly() {
     for n in &nodes {
         n.stop().await;
     }
+}
+
+/// Waits until `node` has delivered broadcasts with all of `ids` (each once), or panics.
+async fn collect_broadcasts(
+    mut events: meshara_core::EventStream,
+    ids: Vec<meshara_core::MessageId>,
+) -> Vec<meshara_core::MessageId> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while got.len() < ids.len() {
+            match events.next().await {
+                Some(Event::Broadcast(b)) => got.push(b.broadcast.id),
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_from_one_bootstrap_all_receive_every_broadcast() {
+    let config = NodeConfig {
+        target_peers: 4,
+        limits: meshara_core::net::Limits {
+            // Every node dials the bootstrap from 127.0.0.1.
+            max_connections_per_ip: 64,
+            ..meshara_core::net::Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let seed = builder_with(config.clone()).start().await.unwrap();
+    let mut nodes = vec![seed];
+    for _ in 1..20 {
+        let node = builder_with(config.clone())
+            .bootstrap(nodes[0].quic_addr().unwrap())
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    tokio::time::timeout(WAIT, async {
+        while nodes.iter().any(|n| n.peers().is_empty()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every node connects");
+
+    // Two authors on two topics; every other node must deliver each broadcast exactly once.
+    let listeners: Vec<_> = nodes.iter().map(Node::events).collect();
+    let mut sent = Vec::new();
+    for (author, topic) in [(7usize, "news"), (13, "weather")] {
+        for i in 0..3 {
+            let id = nodes[author]
+                .broadcast(topic, "text/plain", format!("{topic} {i}"))
+                .unwrap();
+            sent.push((author, id));
+        }
+    }
+    let mut waits = Vec::new();
+    for (n, events) in listeners.into_iter().enumerate() {
+        let expected: Vec<_> = sent
+            .iter()
+            .filter(|(author, _)| *author != n)
+            .map(|(_, id)| *id)
+            .collect();
+        waits.push(tokio::spawn(async move {
+            (
+                n,
+                expected.clone(),
+                collect_broadcasts(events, expected).await,
+            )
+        }));
+    }
+    let mut results = Vec::new();
+    for w in waits {
+        results.push(w.await.unwrap());
+    }
+    if results.iter().any(|(_, e, g)| e.len() != g.len()) {
+        for (i, n) in nodes.iter().enumerate() {
+            eprintln!(
+                "node {i} got {} peers {} topics {:?}",
+                results[i].2.len(),
+                n.peers().len(),
+                n.topics()
+                    .iter()
+                    .map(|t| (t.topic.clone(), t.active.len(), t.eager, t.passive, t.stats))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    for (n, mut expected, mut got) in results {
+        expected.sort_unstable_by_key(|id| id.0);
+        got.sort_unstable_by_key(|id| id.0);
+        assert_eq!(got, expected, "node {n} got each broadcast exactly once");
+    }
+    // Both topics now have an overlay on every node, with neighbours to carry the next ones.
+    for n in &nodes {
+        let topics = n.topics();
+        assert_eq!(
+            topics.iter().map(|t| t.topic.as_str()).collect::<Vec<_>>(),
+            ["news", "weather"]
+        );
+    }
+    tokio::time::timeout(WAIT, async {
+        while nodes
+            .iter()
+            .any(|n| n.topics().iter().any(|t| t.active.is_empty()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every topic's overlay gives every node a neighbour");
+    // A later broadcast follows the built trees.
+    let listeners: Vec<_> = nodes.iter().map(Node::events).collect();
+    let id = nodes[0].broadcast("news", "text/plain", "later").unwrap();
+    for events in listeners.into_iter().skip(1) {
+        assert_eq!(collect_broadcasts(events, vec![id]).await, vec![id]);
+    }
+    futures_util::future::join_all(nodes.iter().map(Node::stop)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_capped_per_node() {
+    let capped = |max_topics| NodeConfig {
+        limits: meshara_core::net::Limits {
+            max_topics,
+            ..meshara_core::net::Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let a = builder_with(capped(2)).start().await.unwrap();
+    let b = builder_with(capped(1))
+        .bootstrap(a.quic_addr().unwrap())
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while a.peers().is_empty() || b.peers().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let b_events = b.events();
+    let first = a.broadcast("first", "text/plain", "1").unwrap();
+    assert_eq!(collect_broadcasts(b_events, vec![first]).await, vec![first]);
+    // A carries a second topic; B, at its cap, refuses it and counts the refusal.
+    a.broadcast("second", "text/plain", "2").unwrap();
+    tokio::time::timeout(WAIT, async {
+        while b.drops(meshara_core::net::DropReason::MaxTopics) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("B refuses the second topic");
+    assert_eq!(
+        b.topics()
+            .iter()
+            .map(|t| t.topic.as_str())
+            .collect::<Vec<_>>(),
+        ["first"]
+    );
+    // A third topic is refused at the source with a clear error.
+    let err = a.broadcast("third", "text/plain", "3").unwrap_err();
+    assert!(
+        matches!(err, meshara_core::SendError::TopicLimit(2)),
+        "{err}"
+    );
+    // The capped topic still works.
+    let b_events = b.events();
+    let again = a.broadcast("first", "text/plain", "again").unwrap();
+    assert_eq!(collect_broadcasts(b_events, vec![again]).await, vec![again]);
+    futures_util::future::join_all([a.stop(), b.stop()]).await;
 }

@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_records: usize,
     /// Concurrent byte streams per connection.
     pub max_streams_per_connection: u32,
+    /// Broadcast topics this node carries (each has its own overlay and caches); broadcasts and
+    /// gossip for further topics are refused.
+    pub max_topics: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             event_buffer: 4096,
             max_records: 4096,
             max_streams_per_connection: 128,
+            max_topics: 64,
         }
     }
 }
@@ -221,6 +225,7 @@ impl NodeConfig {
                 "limits.max_streams_per_connection",
                 u64::from(l.max_streams_per_connection),
             ),
+            ("limits.max_topics", l.max_topics as u64),
             ("timeouts.max_attempts", u64::from(t.max_attempts)),
         ];
         for (key, value) in positive {

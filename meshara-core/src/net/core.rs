@@ -22,9 +22,8 @@ use tracing::Instrument;
 
 use super::config::{NodeConfig, PeerAddr};
 use super::error::{DeliveryError, QueryError, SendError, TransportError};
-use super::events::{
-    Event, IncomingQuery, PeerStream, ReceivedBroadcast, ReceivedMessage, Responder,
-};
+use super::events::{Event, IncomingQuery, PeerStream, ReceivedMessage, Responder};
+use super::gossip::Gossip;
 use super::metrics::{BytesLabels, DropReason, Metrics, TransportLabels};
 use super::transport::{self, Connection, RecvHalf, SendHalf, StreamConnection, TransportKind};
 use crate::crypto::padding::Padding;
@@ -69,7 +68,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The DHT diversity group of a record: its first IP address's /24 or /48 (see
 /// [`peer_group`]).
-fn record_group(record: &NodeRecord) -> u64 {
+pub(crate) fn record_group(record: &NodeRecord) -> u64 {
     peer_group(
         &record.node_id(),
         record
@@ -151,7 +150,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Queues `bytes` if the connection's byte budget allows; never waits.
-    fn try_send(&self, bytes: Bytes) -> Result<(), DropReason> {
+    pub(crate) fn try_send(&self, bytes: Bytes) -> Result<(), DropReason> {
         let permit = self
             .budget
             .clone()
@@ -249,7 +248,8 @@ pub(crate) struct State {
     queries: HashMap<[u8; 16], PendingQuery>,
     pub(crate) inbound_queries: usize,
     seen_messages: SeenSet<MessageId>,
-    seen_broadcasts: SeenSet<MessageId>,
+    /// Broadcast topics (HyParView + Plumtree per topic).
+    pub(crate) gossip: Gossip,
     pub(crate) wanted: Vec<Wanted>,
     pub(crate) banned: HashSet<NodeId>,
     pub(crate) dialing: HashSet<NodeId>,
@@ -340,7 +340,7 @@ impl State {
             queries: HashMap::new(),
             inbound_queries: 0,
             seen_messages: SeenSet::new(SEEN_CAPACITY),
-            seen_broadcasts: SeenSet::new(SEEN_CAPACITY),
+            gossip: Gossip::new(),
             wanted: Vec::new(),
             banned: HashSet::new(),
             dialing: HashSet::new(),
@@ -353,7 +353,7 @@ impl State {
         }
     }
 
-    fn ready_writer(&self, peer: &NodeId) -> Option<Writer> {
+    pub(crate) fn ready_writer(&self, peer: &NodeId) -> Option<Writer> {
         self.peers
             .get(peer)?
             .conns
@@ -369,7 +369,7 @@ impl State {
             .is_some_and(|p| p.conns.iter().any(|c| c.ready))
     }
 
-    fn peer_record(&self, peer: &NodeId) -> Option<NodeRecord> {
+    pub(crate) fn peer_record(&self, peer: &NodeId) -> Option<NodeRecord> {
         self.peers
             .get(peer)
             .and_then(|p| p.record.clone())
@@ -424,7 +424,7 @@ impl Inner {
         }
     }
 
-    fn frame(&self, envelope: &proto::Envelope) -> Option<Bytes> {
+    pub(crate) fn frame(&self, envelope: &proto::Envelope) -> Option<Bytes> {
         let mut buf = BytesMut::new();
         match wire::encode_envelope_frame(envelope, self.config.limits.max_frame_len, &mut buf) {
             Ok(()) => Some(buf.freeze()),
@@ -435,7 +435,7 @@ impl Inner {
         }
     }
 
-    fn own_record(&self) -> NodeRecord {
+    pub(crate) fn own_record(&self) -> NodeRecord {
         self.record
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -779,43 +779,6 @@ impl Inner {
             Sent::AwaitingSession | Sent::QueueFull => Err(SendError::Transport(
                 TransportError::Closed("peer's send queue is full".into()),
             )),
-        }
-    }
-
-    pub(crate) fn broadcast(
-        &self,
-        topic: &str,
-        content_type: &str,
-        content: Bytes,
-    ) -> Result<MessageId, SendError> {
-        let seq = self.broadcast_seq.fetch_add(1, Ordering::Relaxed);
-        let (id, signed) =
-            message::sign_broadcast(&self.identity, topic, content_type, content, seq, unix_ms())
-                .map_err(|e| SendError::Invalid(e.to_string()))?;
-        let mut st = self.lock();
-        if st.stopped {
-            return Err(SendError::Stopped);
-        }
-        st.seen_broadcasts.insert(id);
-        let env = envelope(proto::envelope::Body::Broadcast(signed));
-        if let Some(frame) = self.frame(&env) {
-            self.flood(&st, &frame, None);
-        }
-        self.metrics.message("out", "broadcast");
-        Ok(id)
-    }
-
-    /// Sends a broadcast frame to every ready peer except `except`.
-    fn flood(&self, st: &State, frame: &Bytes, except: Option<&NodeId>) {
-        for (peer, p) in &st.peers {
-            if Some(peer) == except {
-                continue;
-            }
-            if let Some(c) = p.conns.iter().rev().find(|c| c.ready) {
-                if let Err(reason) = c.writer.try_send(frame.clone()) {
-                    self.count_drop(reason, Some(peer), "broadcast forward");
-                }
-            }
         }
     }
 
@@ -1249,6 +1212,7 @@ impl Inner {
 
     fn deregister(self: &Arc<Self>, peer: NodeId, id: u64, reason: &str) {
         let mut disconnected = false;
+        let mut gone = false;
         let mut kind = None;
         {
             let mut st = self.lock();
@@ -1265,6 +1229,7 @@ impl Inner {
                     }
                     if empty {
                         st.peers.remove(&peer);
+                        gone = true;
                         disconnected = announced;
                     }
                 }
@@ -1284,6 +1249,9 @@ impl Inner {
                 })
                 .dec();
             self.topology.send_modify(|v| *v += 1);
+        }
+        if gone {
+            self.gossip_peer_gone(peer);
         }
         if disconnected {
             tracing::info!(%peer, reason, "peer disconnected");
@@ -1657,30 +1625,11 @@ impl Inner {
                 Ok(())
             }
             Body::Broadcast(signed) => {
-                self.metrics.message("in", "broadcast");
-                let verified = match message::verify_broadcast(&signed) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.count_drop(DropReason::Crypto, Some(&peer), &e.to_string());
-                        return Ok(());
-                    }
-                };
-                let mut st = self.lock();
-                if verified.author == self.identity.node_id()
-                    || !st.seen_broadcasts.insert(verified.id)
-                {
-                    self.metrics.drop(DropReason::Duplicate);
-                    return Ok(());
-                }
-                let env = envelope(Body::Broadcast(signed));
-                if let Some(frame) = self.frame(&env) {
-                    self.flood(&st, &frame, Some(&peer));
-                }
-                drop(st);
-                self.emit(Event::Broadcast(ReceivedBroadcast {
-                    broadcast: verified,
-                    via: peer,
-                }));
+                self.handle_plain_broadcast(peer, signed);
+                Ok(())
+            }
+            Body::Gossip(gossip) => {
+                self.handle_gossip(peer, gossip);
                 Ok(())
             }
             Body::Routing(routing) => {
@@ -1805,6 +1754,7 @@ impl Inner {
                 }
             }
             self.flush_peer(&mut st, &peer, now);
+            self.gossip_peer_ready(&mut st, peer, now);
             first
         };
         self.topology.send_modify(|v| *v += 1);
@@ -2370,11 +2320,14 @@ impl Inner {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let gossip_due = self.lock().gossip.next_timeout();
+            let far = Instant::now() + TICK * 10;
+            let gossip = tokio::time::sleep_until(gossip_due.unwrap_or(far).into());
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.tick(Instant::now()),
+                () = gossip, if gossip_due.is_some() => self.gossip_timers(Instant::now()),
                 () = self.shutdown.cancelled() => return,
             }
-            self.tick(Instant::now());
         }
     }
 

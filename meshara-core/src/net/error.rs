@@ -185,6 +185,9 @@ pub enum SendError {
     /// The node is stopping or stopped.
     #[error("the node is stopped")]
     Stopped,
+    /// A broadcast on a new topic while the node already carries `max_topics` topics.
+    #[error("topic limit reached: this node already carries {0} topics")]
+    TopicLimit(usize),
 }
 
 /// Why a private message was not confirmed.

@@ -57,6 +57,8 @@ pub enum DropReason {
     Stream,
     /// A message kind this node does not handle.
     Unsupported,
+    /// Gossip for a new topic while the node carries `max_topics` topics.
+    MaxTopics,
 }
 
 impl DropReason {
@@ -80,6 +82,7 @@ impl DropReason {
             DropReason::InboundQueries => "inbound_queries",
             DropReason::Stream => "stream",
             DropReason::Unsupported => "unsupported",
+            DropReason::MaxTopics => "max_topics",
         }
     }
 }

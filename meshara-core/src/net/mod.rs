@@ -9,6 +9,7 @@
 //! | `node` | [`NodeBuilder`] and [`Node`], the developer API |
 //! | [`config`] | [`NodeConfig`], [`Limits`], [`Timeouts`], [`PeerAddr`] |
 //! | `events` | [`Event`], [`EventStream`], [`IncomingQuery`], [`PeerStream`] |
+//! | `gossip` | one broadcast overlay per topic: drives [`crate::routing::gossip::Topic`] over the node's connections |
 //! | `discovery` | mDNS announcement and discovery |
 //! | `metrics` | Prometheus metrics, [`DropReason`] |
 //!
@@ -21,6 +22,7 @@ mod core;
 mod discovery;
 mod error;
 mod events;
+mod gossip;
 mod metrics;
 mod node;
 mod tls;
@@ -41,5 +43,6 @@ pub use events::{
 pub use metrics::DropReason;
 pub use node::{
     BootstrapStatus, Diagnostics, NetworkStats, Node, NodeBuilder, PeerInfo, PendingDelivery,
+    TopicInfo,
 };
 pub use transport::{Connection, TransportKind};

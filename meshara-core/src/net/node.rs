@@ -340,6 +340,22 @@ impl PendingDelivery {
     }
 }
 
+/// One broadcast topic this node carries, as reported by [`Node::topics`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic.
+    pub topic: String,
+    /// Its active view: the neighbours broadcasts travel to.
+    pub active: Vec<NodeId>,
+    /// Neighbours that receive broadcasts in full (the rest get announcements).
+    pub eager: usize,
+    /// Standby peers the active view is repaired from.
+    pub passive: usize,
+    /// Deliveries, duplicates, grafts, prunes and penalties so far.
+    pub stats: crate::routing::gossip::TopicStats,
+}
+
 /// One connected peer, as reported by [`Node::peers`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -668,6 +684,25 @@ impl Node {
     /// exchange or a DHT lookup).
     pub fn record_of(&self, peer: &NodeId) -> Option<NodeRecord> {
         self.inner.lock().records.get(peer).cloned()
+    }
+
+    /// The broadcast topics this node carries, with their overlay neighbours and counters.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let st = self.inner.lock();
+        let mut out: Vec<TopicInfo> = st
+            .gossip
+            .topics
+            .iter()
+            .map(|(name, t)| TopicInfo {
+                topic: name.clone(),
+                active: t.active().to_vec(),
+                eager: t.eager().count(),
+                passive: t.passive().len(),
+                stats: t.stats(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
     }
 
     /// Connected peers with their statistics.

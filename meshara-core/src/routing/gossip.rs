@@ -432,6 +432,17 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Topic<P> {
         });
     }
 
+    /// Offers peers the driver knows to be reachable (for example its open connections) as
+    /// passive-view candidates; the repair timer promotes them while the active view has room.
+    pub fn learn(&mut self, peers: impl IntoIterator<Item = P>, now: Instant) {
+        for peer in peers {
+            if !self.is_banned(&peer, now) {
+                self.add_passive(peer);
+            }
+        }
+        self.arm_repair(now);
+    }
+
     /// Broadcasts a new message that this node authored (already signed by the driver).
     pub fn broadcast(&mut self, id: MsgId, payload: Bytes, now: Instant, out: &mut Vec<Output<P>>) {
         if !self.mark_seen(id) {

@@ -323,7 +323,7 @@ fn gossip(g: &proto::GossipMessage) -> Result<(), WireError> {
             "gossip.forward_join.record",
             required("gossip.forward_join.record", &j.record)?,
         ),
-        G::Neighbor(_) | G::Disconnect(_) | G::Prune(_) => Ok(()),
+        G::Neighbor(_) | G::Disconnect(_) | G::Prune(_) | G::Announce(_) => Ok(()),
         G::Shuffle(s) => {
             exact("gossip.shuffle.origin", &s.origin, 32)?;
             records("gossip.shuffle.records", &s.records, MAX_SHUFFLE_RECORDS)
@@ -333,8 +333,24 @@ fn gossip(g: &proto::GossipMessage) -> Result<(), WireError> {
             &s.records,
             MAX_SHUFFLE_RECORDS,
         ),
-        G::Ihave(i) => ids("gossip.ihave.message_ids", &i.message_ids),
+        G::Ihave(i) => {
+            ids("gossip.ihave.message_ids", &i.message_ids)?;
+            if i.rounds.len() != i.message_ids.len() {
+                return Err(invalid(
+                    "gossip.ihave.rounds",
+                    format!("{} rounds for {} ids", i.rounds.len(), i.message_ids.len()),
+                ));
+            }
+            Ok(())
+        }
+        G::Graft(gr) if gr.message_id.is_empty() => Ok(()),
         G::Graft(gr) => exact("gossip.graft.message_id", &gr.message_id, 32),
+        G::Data(d) => between(
+            "gossip.data.broadcast",
+            d.broadcast.len(),
+            1,
+            MAX_BROADCAST_BODY + 128,
+        ),
     }
 }
 
