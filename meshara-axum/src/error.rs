@@ -58,6 +58,7 @@ fn send_status(e: &SendError) -> (StatusCode, &'static str) {
         SendError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
         SendError::Transport(_) => (StatusCode::BAD_GATEWAY, "transport"),
         SendError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "node_stopped"),
+        SendError::TopicLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "topic_limit"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "send_failed"),
     }
 }

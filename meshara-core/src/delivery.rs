@@ -61,6 +61,9 @@ struct Entry {
     first_sent: Option<Instant>,
     /// When the next (re)send is due.
     next_send: Instant,
+    /// Deposited with store-and-forward holders: the message now waits for its recipient until
+    /// this time, however many direct sends it took.
+    deposited_until: Option<Instant>,
 }
 
 /// Acknowledgement of a message the outbox was tracking.
@@ -132,6 +135,7 @@ impl Outbox {
                 queued_at: now,
                 first_sent: None,
                 next_send: now,
+                deposited_until: None,
             },
         );
         Ok(())
@@ -182,14 +186,18 @@ impl Outbox {
         let mut failed = Vec::new();
         for (id, entry) in &mut self.entries {
             // The deadline holds even between resends.
-            if now.saturating_duration_since(entry.queued_at) >= self.policy.deadline {
+            let expired = match entry.deposited_until {
+                Some(until) => now >= until,
+                None => now.saturating_duration_since(entry.queued_at) >= self.policy.deadline,
+            };
+            if expired {
                 failed.push(*id);
                 continue;
             }
             if entry.next_send > now {
                 continue;
             }
-            if entry.attempts >= self.policy.max_attempts {
+            if entry.attempts >= self.policy.max_attempts && entry.deposited_until.is_none() {
                 failed.push(*id);
             } else if reachable(&entry.peer) {
                 actions.push(OutboxAction::Send {
@@ -218,6 +226,37 @@ impl Outbox {
             .filter(|(_, e)| &e.peer == peer && e.attempts == 0)
             .map(|(id, e)| (*id, e.payload.clone()))
             .collect()
+    }
+
+    /// Recipients of messages that are not yet deposited (see [`Outbox::mark_deposited`]).
+    pub fn undeposited_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .entries
+            .values()
+            .filter(|e| e.deposited_until.is_none())
+            .map(|e| e.peer)
+            .collect();
+        peers.sort_unstable_by_key(|p| *p.as_bytes());
+        peers.dedup();
+        peers
+    }
+
+    /// Messages to `peer` not yet deposited with store-and-forward holders.
+    pub fn undeposited_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| &e.peer == peer && e.deposited_until.is_none())
+            .map(|(id, e)| (*id, e.payload.clone()))
+            .collect()
+    }
+
+    /// Records that `id` was deposited with nodes that hold it for its recipient: it no longer
+    /// fails for lack of attempts, and waits for its acknowledgement until `until`. Direct resends
+    /// continue whenever the recipient is reachable (receivers deduplicate).
+    pub fn mark_deposited(&mut self, id: &MessageId, until: Instant) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.deposited_until = Some(until);
+        }
     }
 
     /// Stops tracking everything, returning what was pending (node shutdown).
@@ -318,6 +357,42 @@ mod tests {
         assert!(matches!(
             actions.as_slice(),
             [OutboxAction::Fail { attempts: 0, .. }]
+        ));
+    }
+
+    #[test]
+    fn deposited_messages_wait_past_the_deadline_and_attempts() {
+        let peer = Identity::generate().node_id();
+        let id = MessageId([5; 32]);
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 10);
+        outbox.insert(id, peer, Bytes::new(), t0).unwrap();
+        assert_eq!(outbox.undeposited_peers(), vec![peer]);
+        assert_eq!(outbox.undeposited_for(&peer).len(), 1);
+        for _ in 0..3 {
+            outbox.mark_sent(&id, t0);
+        }
+        outbox.mark_deposited(&id, t0 + Duration::from_secs(3600));
+        assert!(outbox.undeposited_peers().is_empty());
+        // Out of attempts and past the normal deadline, it still waits for its recipient, and
+        // is resent directly when the recipient is reachable.
+        let later = t0 + Duration::from_secs(600);
+        assert!(outbox.poll(later, |_| false).is_empty());
+        assert!(matches!(
+            outbox.poll(later, |_| true).as_slice(),
+            [OutboxAction::Send { .. }]
+        ));
+        // The acknowledgement then confirms it.
+        assert!(outbox.handle_ack(&id, &peer, later).is_some());
+        // Past the holding time, it fails.
+        let id2 = MessageId([6; 32]);
+        outbox.insert(id2, peer, Bytes::new(), t0).unwrap();
+        outbox.mark_deposited(&id2, t0 + Duration::from_secs(3600));
+        assert!(matches!(
+            outbox
+                .poll(t0 + Duration::from_secs(3600), |_| false)
+                .as_slice(),
+            [OutboxAction::Fail { .. }]
         ));
     }
 }

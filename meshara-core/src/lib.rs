@@ -15,6 +15,7 @@
 //! | [`wire`] | framing, the versioned envelope, size limits, [`wire::decode_envelope`] |
 //! | [`crypto`] | sealed first-contact messages, the session handshake and transport |
 //! | [`message`] | BLAKE3 message ids, private payloads, signed broadcasts |
+//! | [`mailbox`] | store-and-forward: sealed messages held for offline recipients |
 //! | [`routing`] | the Kademlia DHT and HyParView/Plumtree broadcast state machines (and, with `test-utils`, the simulator) |
 //! | [`proto`] | the generated protobuf structs |
 //!
@@ -55,6 +56,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod identity;
 pub mod keystore;
+pub mod mailbox;
 pub mod message;
 #[cfg(feature = "net")]
 pub mod net;

@@ -324,3 +324,186 @@ async fn topics_are_capped_per_node() {
     assert_eq!(collect_broadcasts(b_events, vec![again]).await, vec![again]);
     futures_util::future::join_all([a.stop(), b.stop()]).await;
 }
+
+/// A mesh where every node bootstraps from the first and dials what peer exchange tells it.
+fn mesh_config() -> NodeConfig {
+    NodeConfig {
+        limits: meshara_core::net::Limits {
+            max_connections_per_ip: 64,
+            ..meshara_core::net::Limits::default()
+        },
+        ..NodeConfig::default()
+    }
+}
+
+fn mesh_builder(identity: Identity) -> NodeBuilder {
+    builder_with(mesh_config())
+        .identity(identity)
+        .timeouts(Timeouts {
+            connect: Duration::from_secs(2),
+            ack: Duration::from_millis(300),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            peer_exchange: Duration::from_millis(300),
+            delivery: Duration::from_secs(20),
+            ..Timeouts::default()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_an_offline_node_is_delivered_when_it_returns() {
+    let seed = mesh_builder(Identity::generate()).start().await.unwrap();
+    let boot = seed.quic_addr().unwrap();
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let n = mesh_builder(Identity::generate())
+            .bootstrap(boot.clone())
+            .start()
+            .await
+            .unwrap();
+        others.push(n);
+    }
+    let sender = others.remove(0);
+    let recipient_identity = Identity::generate();
+    let recipient = mesh_builder(recipient_identity.clone())
+        .bootstrap(boot.clone())
+        .start()
+        .await
+        .unwrap();
+    let r = recipient.node_id();
+    tokio::time::timeout(WAIT, async {
+        while sender.record_of(&r).is_none() || sender.peers().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the sender learns the recipient");
+    recipient.stop().await;
+    drop(recipient);
+
+    // The recipient is gone: the message is deposited with the nodes closest to it.
+    let mut sender_events = sender.events();
+    let pending = sender
+        .send_private(r, "text/plain", Bytes::from_static(b"while you were out"))
+        .await
+        .unwrap();
+    let id = pending.id();
+    let holders = tokio::time::timeout(WAIT, async {
+        loop {
+            match sender_events.next().await {
+                Some(Event::MessageStored {
+                    id: stored,
+                    peer,
+                    holders,
+                    ..
+                }) if stored == id && peer == r => return holders,
+                Some(Event::DeliveryFailed { .. }) => panic!("failed instead of being stored"),
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("the message is deposited");
+    assert!(holders >= 1);
+    // Well past the normal delivery deadline (20 s) the message must still be pending; wait
+    // a little beyond the point where an undeposited one would have failed its attempts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // It comes back on a new port, with the same identity, knowing only the bootstrap node.
+    let back = mesh_builder(recipient_identity)
+        .bootstrap(boot)
+        .start()
+        .await
+        .unwrap();
+    let mut back_events = back.events();
+    let delivered = tokio::time::timeout(WAIT, pending.confirmed())
+        .await
+        .expect("the acknowledgement arrives once the recipient is back")
+        .expect("delivered");
+    assert_eq!(delivered.peer, r);
+    // Exactly once, although several holders had a copy.
+    let mut copies = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(e) = back_events.next().await {
+            if let Event::Message(m) = e {
+                assert_eq!(m.id, id);
+                assert_eq!(&m.content[..], b"while you were out");
+                assert_eq!(m.from, sender.node_id());
+                copies += 1;
+            }
+        }
+    })
+    .await;
+    assert_eq!(copies, 1, "delivered {copies} times");
+    futures_util::future::join_all(
+        [&seed, &sender, &back]
+            .into_iter()
+            .chain(others.iter())
+            .map(|n| n.stop()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_cannot_be_dialled_reach_each_other_through_a_relay() {
+    let seed = mesh_builder(Identity::generate()).start().await.unwrap();
+    let boot = seed.quic_addr().unwrap();
+    // Neither has a listener (as behind NATs): their records carry no address, they only dial
+    // out, so they can never connect to each other.
+    let hidden = || {
+        mesh_builder(Identity::generate())
+            .no_quic_listener()
+            .bootstrap(boot.clone())
+            .start()
+    };
+    let sender = hidden().await.unwrap();
+    let recipient = hidden().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while seed.peers().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut recipient_events = recipient.events();
+    let pending = sender
+        .send_private(
+            recipient.node_id(),
+            "text/plain",
+            Bytes::from_static(b"via a relay"),
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match recipient_events.next().await {
+                Some(Event::Message(m)) => return m,
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("the recipient receives the message through the relay");
+    assert_eq!(&got.content[..], b"via a relay");
+    assert_eq!(got.from, sender.node_id());
+    // The acknowledgement comes back the same way.
+    let delivered = tokio::time::timeout(WAIT, pending.confirmed())
+        .await
+        .expect("acknowledged in time")
+        .expect("delivered");
+    assert_eq!(delivered.peer, recipient.node_id());
+    assert!(
+        sender
+            .peers()
+            .iter()
+            .all(|p| p.node_id != recipient.node_id()),
+        "no direct connection was possible"
+    );
+    assert!(
+        seed.metrics_text().contains("kind=\"relay\""),
+        "the seed relayed"
+    );
+    futures_util::future::join_all([seed.stop(), sender.stop(), recipient.stop()]).await;
+}

@@ -56,6 +56,12 @@ pub struct Limits {
     /// Broadcast topics this node carries (each has its own overlay and caches); broadcasts and
     /// gossip for further topics are refused.
     pub max_topics: usize,
+    /// Messages this node holds for offline recipients (store-and-forward), in total.
+    pub mailbox_messages: usize,
+    /// Messages held for one offline recipient.
+    pub mailbox_per_recipient: usize,
+    /// Bytes of messages held for offline recipients.
+    pub mailbox_bytes: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +84,9 @@ impl Default for Limits {
             max_records: 4096,
             max_streams_per_connection: 128,
             max_topics: 64,
+            mailbox_messages: 4096,
+            mailbox_per_recipient: 64,
+            mailbox_bytes: 32 << 20,
         }
     }
 }
@@ -115,6 +124,10 @@ pub struct Timeouts {
     /// How often connected peers exchange node records.
     #[serde(with = "humantime_secs")]
     pub peer_exchange: Duration,
+    /// Store-and-forward: how long a node holds a message for an offline recipient, and how
+    /// long a sender waits for the acknowledgement of a message it deposited.
+    #[serde(with = "humantime_secs")]
+    pub mailbox: Duration,
 }
 
 impl Default for Timeouts {
@@ -130,6 +143,7 @@ impl Default for Timeouts {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(60),
             peer_exchange: Duration::from_secs(30),
+            mailbox: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -226,6 +240,12 @@ impl NodeConfig {
                 u64::from(l.max_streams_per_connection),
             ),
             ("limits.max_topics", l.max_topics as u64),
+            ("limits.mailbox_messages", l.mailbox_messages as u64),
+            (
+                "limits.mailbox_per_recipient",
+                l.mailbox_per_recipient as u64,
+            ),
+            ("limits.mailbox_bytes", l.mailbox_bytes as u64),
             ("timeouts.max_attempts", u64::from(t.max_attempts)),
         ];
         for (key, value) in positive {
@@ -264,6 +284,7 @@ impl NodeConfig {
             ("timeouts.query", t.query),
             ("timeouts.reconnect_min", t.reconnect_min),
             ("timeouts.peer_exchange", t.peer_exchange),
+            ("timeouts.mailbox", t.mailbox),
         ] {
             if value.is_zero() {
                 return Err(format!("{key} must be greater than 0"));

@@ -30,6 +30,7 @@ use crate::crypto::padding::Padding;
 use crate::crypto::session::{self, HandshakeGuard, Initiator, Role, Session};
 use crate::delivery::{Outbox, OutboxAction, RetryPolicy};
 use crate::identity::{Identity, NodeId};
+use crate::mailbox::{Mailbox, MailboxLimits};
 use crate::message::{self, MessageId};
 use crate::proto;
 use crate::rate::TokenBucket;
@@ -65,6 +66,18 @@ use crate::routing::kad::{self, KadConfig, Lookup, LookupStep, RoutingTable};
 
 /// How long a whole DHT lookup may take before the node gives up on it.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Store-and-forward: how many of the nodes closest to an unreachable recipient hold its
+/// messages.
+pub(crate) const MAILBOX_REPLICAS: usize = 3;
+/// After a deposit found no holder, wait this long before trying again.
+pub(crate) const DEPOSIT_RETRY: Duration = Duration::from_secs(5);
+/// How often a node looks itself up in the DHT, which connects it to the nodes closest to its
+/// NodeId: the ones holding its messages while it was away.
+const SELF_LOOKUP_EVERY: Duration = Duration::from_secs(60);
+/// How often a mailbox holder tries to reach the recipients it holds messages for.
+const MAILBOX_POLL: Duration = Duration::from_secs(5);
+/// Acknowledgements waiting for a connection to their message's sender, per sender.
+const PENDING_ACKS_PER_PEER: usize = 1024;
 
 /// The DHT diversity group of a record: its first IP address's /24 or /48 (see
 /// [`peer_group`]).
@@ -254,13 +267,23 @@ pub(crate) struct State {
     pub(crate) banned: HashSet<NodeId>,
     pub(crate) dialing: HashSet<NodeId>,
     /// On-demand dials that failed: when the next attempt may start, and the current delay.
-    dial_backoff: HashMap<NodeId, (Instant, Duration)>,
+    pub(crate) dial_backoff: HashMap<NodeId, (Instant, Duration)>,
     /// The DHT's routing table (keys: NodeIds whose signed records we verified).
     pub(crate) kad: RoutingTable<NodeId>,
     /// Our FindNode requests awaiting an answer: request id → (asked peer, answer slot).
     finds: HashMap<u64, (NodeId, oneshot::Sender<Vec<NodeRecord>>)>,
     /// Peers being looked up in the DHT.
-    looking_up: HashSet<NodeId>,
+    pub(crate) looking_up: HashSet<NodeId>,
+    /// Sealed messages held for offline recipients (store-and-forward).
+    pub(crate) mailbox: Mailbox,
+    /// Recipients whose undeliverable messages are being deposited, and when a failed deposit
+    /// may be tried again.
+    pub(crate) depositing: HashSet<NodeId>,
+    pub(crate) deposit_backoff: HashMap<NodeId, Instant>,
+    /// Acknowledgements that found no connection (or session) to their sender yet.
+    pub(crate) pending_acks: HashMap<NodeId, Vec<MessageId>>,
+    next_self_lookup: Instant,
+    next_mailbox_poll: Instant,
     pub(crate) stopped: bool,
     last_exchange: Instant,
 }
@@ -348,6 +371,17 @@ impl State {
             kad: RoutingTable::new(*local.as_bytes(), KadConfig::default()),
             finds: HashMap::new(),
             looking_up: HashSet::new(),
+            mailbox: Mailbox::new(MailboxLimits {
+                max_messages: config.limits.mailbox_messages,
+                max_per_recipient: config.limits.mailbox_per_recipient,
+                max_bytes: config.limits.mailbox_bytes,
+                ttl: config.timeouts.mailbox,
+            }),
+            depositing: HashSet::new(),
+            deposit_backoff: HashMap::new(),
+            pending_acks: HashMap::new(),
+            next_self_lookup: Instant::now(),
+            next_mailbox_poll: Instant::now(),
             stopped: false,
             last_exchange: Instant::now(),
         }
@@ -390,7 +424,7 @@ enum Sent {
     QueueFull,
 }
 
-fn envelope(body: proto::envelope::Body) -> proto::Envelope {
+pub(crate) fn envelope(body: proto::envelope::Body) -> proto::Envelope {
     proto::Envelope {
         version: PROTOCOL_VERSION,
         body: Some(body),
@@ -553,6 +587,30 @@ impl Inner {
 
     /// Sends everything waiting for `peer` (unsent messages and queries).
     fn flush_peer(&self, st: &mut State, peer: &NodeId, now: Instant) {
+        if let Some(ids) = st.pending_acks.remove(peer) {
+            for chunk in ids.chunks(wire::MAX_IDS) {
+                let payload = proto::PrivatePayload {
+                    body: Some(proto::private_payload::Body::Ack(proto::Ack {
+                        message_ids: chunk
+                            .iter()
+                            .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                            .collect(),
+                    })),
+                };
+                let Ok(bytes) = message::encode_payload(&payload) else {
+                    continue;
+                };
+                if self.send_payload(st, peer, &bytes, now) == Sent::Queued {
+                    self.metrics.message("out", "ack");
+                } else {
+                    // Still no session: keep the rest for the next flush.
+                    st.pending_acks
+                        .entry(*peer)
+                        .or_default()
+                        .extend(chunk.iter().copied());
+                }
+            }
+        }
         for (id, payload) in st.outbox.unsent_for(peer) {
             match self.send_payload(st, peer, &payload, now) {
                 Sent::Queued => st.outbox.mark_sent(&id, now),
@@ -1557,9 +1615,10 @@ impl Inner {
         }
     }
 
-    fn send_acks(&self, acks: &mut HashMap<NodeId, Vec<MessageId>>) {
+    fn send_acks(self: &Arc<Self>, acks: &mut HashMap<NodeId, Vec<MessageId>>) {
         let mut st = self.lock();
         let now = Instant::now();
+        let mut unreachable = Vec::new();
         for (peer, ids) in acks.drain() {
             for chunk in ids.chunks(wire::MAX_IDS) {
                 let payload = proto::PrivatePayload {
@@ -1573,9 +1632,20 @@ impl Inner {
                 if let Ok(bytes) = message::encode_payload(&payload) {
                     if self.send_payload(&mut st, &peer, &bytes, now) == Sent::Queued {
                         self.metrics.message("out", "ack");
+                        continue;
                     }
                 }
+                // No connection or session to the sender yet (a message that came through a
+                // mailbox, or a session being rekeyed): keep the acks until there is one.
+                let pending = st.pending_acks.entry(peer).or_default();
+                let room = PENDING_ACKS_PER_PEER.saturating_sub(pending.len());
+                pending.extend(chunk.iter().take(room).copied());
+                unreachable.push(peer);
             }
+        }
+        drop(st);
+        for peer in unreachable {
+            self.ensure_connected(peer);
         }
     }
 
@@ -1755,6 +1825,7 @@ impl Inner {
             }
             self.flush_peer(&mut st, &peer, now);
             self.gossip_peer_ready(&mut st, peer, now);
+            self.hand_over_mail(&mut st, &peer, now);
             first
         };
         self.topology.send_modify(|v| *v += 1);
@@ -1840,35 +1911,46 @@ impl Inner {
         }
     }
 
+    /// Connects to `peer` from its record unless a ready connection exists, and waits until the
+    /// connection is usable (the peer's record has arrived on it). Bounded by the connect timeout.
+    pub(crate) async fn ready_connection(self: Arc<Self>, peer: NodeId) -> bool {
+        let timeout = self.config.timeouts.connect;
+        if self.lock().is_ready(&peer) {
+            return true;
+        }
+        let addr = {
+            let st = self.lock();
+            st.peer_record(&peer).and_then(|r| {
+                r.addresses()
+                    .iter()
+                    .find(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
+                    .cloned()
+            })
+        };
+        let Some(addr) = addr else { return false };
+        let addr = PeerAddr {
+            node: Some(peer),
+            address: addr,
+        };
+        if !matches!(
+            tokio::time::timeout(timeout, self.connect(&addr)).await,
+            Ok(Ok(_))
+        ) {
+            return false;
+        }
+        tokio::time::timeout(timeout, async {
+            while !self.lock().is_ready(&peer) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Asks `peer` for the records closest to `target`, connecting to it first if needed.
     async fn find_node(self: Arc<Self>, peer: NodeId, target: NodeId) -> Option<Vec<NodeRecord>> {
-        let timeout = self.config.timeouts.connect;
-        if !self.lock().is_ready(&peer) {
-            let addr = {
-                let st = self.lock();
-                st.peer_record(&peer).and_then(|r| {
-                    r.addresses()
-                        .iter()
-                        .find(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
-                        .cloned()
-                })
-            }?;
-            let addr = PeerAddr {
-                node: Some(peer),
-                address: addr,
-            };
-            tokio::time::timeout(timeout, self.connect(&addr))
-                .await
-                .ok()?
-                .ok()?;
-            // The connection is usable once the peer's record has arrived on it.
-            let ready = tokio::time::timeout(timeout, async {
-                while !self.lock().is_ready(&peer) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await;
-            ready.ok()?;
+        if !self.clone().ready_connection(peer).await {
+            return None;
         }
         let request_id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
         let (tx, rx) = oneshot::channel();
@@ -2006,12 +2088,7 @@ impl Inner {
         use proto::private_envelope::Body as P;
         let from_conn = conn.peer();
         if private.recipient.as_ref() != self.identity.node_id().as_bytes() {
-            // Relaying arrives with the routing layer; until then, refuse transit traffic.
-            self.count_drop(
-                DropReason::Unsupported,
-                Some(&from_conn),
-                "not addressed to us",
-            );
+            self.handle_transit(&from_conn, private, now);
             return;
         }
         let Some(body) = private.body else { return };
@@ -2113,6 +2190,9 @@ impl Inner {
                 match crate::crypto::seal::open(&self.identity, &sealed, unix_secs()) {
                     Ok(opened) => {
                         let sender = opened.sender.node_id();
+                        // A message that came through a mailbox: its acknowledgement needs a
+                        // way back to the sender.
+                        let _ = self.lock().records.insert(opened.sender.clone());
                         match message::decode_payload(&opened.payload) {
                             Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
                             Err(e) => self.count_drop(
@@ -2337,6 +2417,8 @@ impl Inner {
         let mut dial_wanted = Vec::new();
         let mut failed = Vec::new();
         let mut close = Vec::new();
+        let deposits;
+        let mut self_lookup = false;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -2373,6 +2455,26 @@ impl Inner {
                 }
             }
             self.metrics.outbox.set(st.outbox.len() as i64);
+            // Store-and-forward: deposit what waits for recipients we failed to reach, and try
+            // to reach the recipients of what we hold.
+            deposits = self.due_deposits(st, now);
+            if now >= st.next_mailbox_poll {
+                st.next_mailbox_poll = now + MAILBOX_POLL;
+                st.mailbox.expire(now);
+                let held: Vec<NodeId> = st
+                    .mailbox
+                    .recipients()
+                    .filter(|r| !ready.contains(r))
+                    .copied()
+                    .collect();
+                dial_peers.extend(held);
+            }
+            // Looking ourselves up connects us to our closest nodes, which hold what was sent to
+            // us while we were away.
+            if !ready.is_empty() && now >= st.next_self_lookup {
+                st.next_self_lookup = now + SELF_LOOKUP_EVERY;
+                self_lookup = true;
+            }
             // Unsent queries wait for a connection too.
             for q in st.queries.values() {
                 if !q.sent && !ready.contains(&q.peer) {
@@ -2506,6 +2608,16 @@ impl Inner {
             let inner = self.clone();
             self.tasks
                 .spawn(async move { inner.dial_wanted(addr).await });
+        }
+        for peer in deposits {
+            self.tasks.spawn(self.clone().run_deposit(peer));
+        }
+        if self_lookup {
+            let me = self.identity.node_id();
+            let inner = self.clone();
+            self.tasks.spawn(async move {
+                inner.lookup_record(me).await;
+            });
         }
     }
 

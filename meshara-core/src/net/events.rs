@@ -65,6 +65,17 @@ pub enum Event {
         /// Sends it took.
         attempts: u32,
     },
+    /// A private message whose recipient could not be reached was deposited with the nodes
+    /// closest to it, which hold it until it comes back (store-and-forward); its
+    /// [`DeliveryConfirmed`](Event::DeliveryConfirmed) follows when the recipient reads it.
+    MessageStored {
+        /// The message.
+        id: MessageId,
+        /// Its recipient.
+        peer: NodeId,
+        /// How many nodes hold it.
+        holders: usize,
+    },
     /// A private message was not acknowledged after every retry.
     DeliveryFailed {
         /// The message.
@@ -101,6 +112,7 @@ impl Event {
             Event::PeerDisconnected { .. } => "peer_disconnected",
             Event::PeerDiscovered { .. } => "peer_discovered",
             Event::DeliveryConfirmed { .. } => "delivered",
+            Event::MessageStored { .. } => "message_stored",
             Event::DeliveryFailed { .. } => "delivery_failed",
             Event::Error { .. } => "error",
             Event::Lagged { .. } => "lagged",
@@ -152,6 +164,9 @@ impl Event {
                 "id": id.to_string(), "peer": peer.to_string(),
                 "latency_ms": latency.as_secs_f64() * 1e3, "attempts": attempts,
             }),
+            Event::MessageStored { id, peer, holders } => {
+                json!({"id": id.to_string(), "peer": peer.to_string(), "holders": holders})
+            }
             Event::DeliveryFailed { id, peer, attempts } => {
                 json!({"id": id.to_string(), "peer": peer.to_string(), "attempts": attempts})
             }

@@ -59,6 +59,9 @@ pub enum DropReason {
     Unsupported,
     /// Gossip for a new topic while the node carries `max_topics` topics.
     MaxTopics,
+    /// A message for an offline recipient that this node's mailbox cannot hold, or transit
+    /// traffic it does not relay.
+    Mailbox,
 }
 
 impl DropReason {
@@ -83,6 +86,7 @@ impl DropReason {
             DropReason::Stream => "stream",
             DropReason::Unsupported => "unsupported",
             DropReason::MaxTopics => "max_topics",
+            DropReason::Mailbox => "mailbox",
         }
     }
 }

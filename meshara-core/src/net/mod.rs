@@ -10,6 +10,7 @@
 //! | [`config`] | [`NodeConfig`], [`Limits`], [`Timeouts`], [`PeerAddr`] |
 //! | `events` | [`Event`], [`EventStream`], [`IncomingQuery`], [`PeerStream`] |
 //! | `gossip` | one broadcast overlay per topic: drives [`crate::routing::gossip::Topic`] over the node's connections |
+//! | `relay` | store-and-forward deposits, mailbox hand-over and one-hop relaying of sealed messages |
 //! | `discovery` | mDNS announcement and discovery |
 //! | `metrics` | Prometheus metrics, [`DropReason`] |
 //!
@@ -25,6 +26,7 @@ mod events;
 mod gossip;
 mod metrics;
 mod node;
+mod relay;
 mod tls;
 pub mod transport;
 

@@ -259,6 +259,10 @@ pub(crate) fn print_event(event: &Event, json_output: bool) {
             peer.fingerprint(),
             latency.as_secs_f64() * 1e3
         ),
+        Event::MessageStored { id, peer, holders } => format!(
+            "{} is offline: {id:?} is held by {holders} nodes until it returns",
+            peer.fingerprint()
+        ),
         Event::DeliveryFailed { id, peer, attempts } => format!(
             "NOT delivered {id:?} to {} after {attempts} attempts",
             peer.fingerprint()
