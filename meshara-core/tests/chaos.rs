@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use meshara_core::net::{Limits, PeerAddr, Timeouts};
 use meshara_core::record::{Address, Transport};
-use meshara_core::{Event, Identity, MessageId, Node, NodeBuilder, NodeConfig, NodeId};
+use meshara_core::{
+    Event, Identity, MessageId, Node, NodeBuilder, NodeConfig, NodeId, PendingDelivery,
+};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -153,6 +155,23 @@ async fn relay(
     }
 }
 
+/// Every node sends one private message to the next node and one to the node opposite.
+async fn send_round(nodes: &[Node], round: usize) -> Vec<(NodeId, PendingDelivery)> {
+    let mut out = Vec::new();
+    for (i, from) in nodes.iter().enumerate() {
+        for step in [1, 3] {
+            let to = nodes[(i + step) % NODES].node_id();
+            let text = format!("round {round} from {i}");
+            let pending = from
+                .send_private(to, "text/plain", Bytes::from(text))
+                .await
+                .unwrap();
+            out.push((to, pending));
+        }
+    }
+    out
+}
+
 /// Everything a node delivered, for counting afterwards.
 #[derive(Default)]
 struct Seen {
@@ -248,39 +267,15 @@ async fn acknowledged_messages_arrive_once_and_broadcasts_heal_across_a_lossy_pa
 
     // Private traffic before, during and after a partition; broadcasts on both sides of it.
     let mut pending = Vec::new();
-    let send_round = |nodes: &[Node], round: usize| {
-        let mut out = Vec::new();
-        for (i, from) in nodes.iter().enumerate() {
-            for step in [1, 3] {
-                let to = nodes[(i + step) % NODES].node_id();
-                out.push((from.clone(), to, format!("round {round} from {i}")));
-            }
-        }
-        out
-    };
     let mut broadcasts = Vec::new();
-    for (from, to, text) in send_round(&nodes, 0) {
-        pending.push((
-            to,
-            from.send_private(to, "text/plain", Bytes::from(text))
-                .await
-                .unwrap(),
-        ));
-    }
+    pending.extend(send_round(&nodes, 0).await);
     broadcasts.push((
         1,
         nodes[1].broadcast("chaos", "text/plain", "before").unwrap(),
     ));
 
     net.partitioned.store(true, Ordering::Relaxed);
-    for (from, to, text) in send_round(&nodes, 1) {
-        pending.push((
-            to,
-            from.send_private(to, "text/plain", Bytes::from(text))
-                .await
-                .unwrap(),
-        ));
-    }
+    pending.extend(send_round(&nodes, 1).await);
     broadcasts.push((
         0,
         nodes[0]
@@ -296,14 +291,7 @@ async fn acknowledged_messages_arrive_once_and_broadcasts_heal_across_a_lossy_pa
     tokio::time::sleep(Duration::from_secs(4)).await;
     net.partitioned.store(false, Ordering::Relaxed);
 
-    for (from, to, text) in send_round(&nodes, 2) {
-        pending.push((
-            to,
-            from.send_private(to, "text/plain", Bytes::from(text))
-                .await
-                .unwrap(),
-        ));
-    }
+    pending.extend(send_round(&nodes, 2).await);
     broadcasts.push((
         2,
         nodes[2].broadcast("chaos", "text/plain", "after").unwrap(),

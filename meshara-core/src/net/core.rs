@@ -424,6 +424,19 @@ enum Sent {
     QueueFull,
 }
 
+/// An encoded end-to-end acknowledgement of `ids` (at most `wire::MAX_IDS`).
+pub(crate) fn ack_payload(ids: &[MessageId]) -> Option<Vec<u8>> {
+    let payload = proto::PrivatePayload {
+        body: Some(proto::private_payload::Body::Ack(proto::Ack {
+            message_ids: ids
+                .iter()
+                .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
+        })),
+    };
+    message::encode_payload(&payload).ok()
+}
+
 pub(crate) fn envelope(body: proto::envelope::Body) -> proto::Envelope {
     proto::Envelope {
         version: PROTOCOL_VERSION,
@@ -589,15 +602,7 @@ impl Inner {
     fn flush_peer(&self, st: &mut State, peer: &NodeId, now: Instant) {
         if let Some(ids) = st.pending_acks.remove(peer) {
             for chunk in ids.chunks(wire::MAX_IDS) {
-                let payload = proto::PrivatePayload {
-                    body: Some(proto::private_payload::Body::Ack(proto::Ack {
-                        message_ids: chunk
-                            .iter()
-                            .map(|id| Bytes::copy_from_slice(id.as_bytes()))
-                            .collect(),
-                    })),
-                };
-                let Ok(bytes) = message::encode_payload(&payload) else {
+                let Some(bytes) = ack_payload(chunk) else {
                     continue;
                 };
                 if self.send_payload(st, peer, &bytes, now) == Sent::Queued {
@@ -1621,15 +1626,7 @@ impl Inner {
         let mut unreachable = Vec::new();
         for (peer, ids) in acks.drain() {
             for chunk in ids.chunks(wire::MAX_IDS) {
-                let payload = proto::PrivatePayload {
-                    body: Some(proto::private_payload::Body::Ack(proto::Ack {
-                        message_ids: chunk
-                            .iter()
-                            .map(|id| Bytes::copy_from_slice(id.as_bytes()))
-                            .collect(),
-                    })),
-                };
-                if let Ok(bytes) = message::encode_payload(&payload) {
+                if let Some(bytes) = ack_payload(chunk) {
                     if self.send_payload(&mut st, &peer, &bytes, now) == Sent::Queued {
                         self.metrics.message("out", "ack");
                         continue;

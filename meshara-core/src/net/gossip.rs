@@ -97,12 +97,7 @@ impl Inner {
             rand_core::OsRng.next_u64(),
             now,
         );
-        let ready: Vec<NodeId> = st
-            .peers
-            .iter()
-            .filter(|(_, p)| p.conns.iter().any(|c| c.ready))
-            .map(|(id, _)| *id)
-            .collect();
+        let ready = ready_peers(st);
         topic.learn(ready.iter().copied(), now);
         st.gossip.topics.insert(name.to_owned(), topic);
         tracing::debug!(topic = name, "carrying topic");
@@ -666,14 +661,18 @@ fn msg_id(bytes: &[u8]) -> Option<MsgId> {
     bytes.try_into().ok()
 }
 
-/// A uniformly chosen peer with a ready connection.
-fn random_ready_peer(st: &State) -> Option<NodeId> {
-    let ready: Vec<NodeId> = st
-        .peers
+/// Peers with a ready connection.
+fn ready_peers(st: &State) -> Vec<NodeId> {
+    st.peers
         .iter()
         .filter(|(_, p)| p.conns.iter().any(|c| c.ready))
         .map(|(id, _)| *id)
-        .collect();
+        .collect()
+}
+
+/// A uniformly chosen peer with a ready connection.
+fn random_ready_peer(st: &State) -> Option<NodeId> {
+    let ready = ready_peers(st);
     if ready.is_empty() {
         return None;
     }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::core::{Inner, State, envelope};
+use super::core::{Inner, State, ack_payload, envelope};
 use super::events::Event;
 use super::metrics::DropReason;
 use crate::identity::NodeId;
@@ -159,15 +159,7 @@ impl Inner {
                 .map(|(id, payload)| (Some(id), payload))
                 .collect();
             for chunk in acks.chunks(crate::wire::MAX_IDS) {
-                let payload = proto::PrivatePayload {
-                    body: Some(proto::private_payload::Body::Ack(proto::Ack {
-                        message_ids: chunk
-                            .iter()
-                            .map(|id| Bytes::copy_from_slice(id.as_bytes()))
-                            .collect(),
-                    })),
-                };
-                if let Ok(bytes) = crate::message::encode_payload(&payload) {
+                if let Some(bytes) = ack_payload(chunk) {
                     items.push((None, bytes.into()));
                 }
             }
