@@ -11,8 +11,9 @@
 //!
 //! The recipient acknowledges end to end as usual; the sender's outbox keeps a deposited message
 //! until then (up to `timeouts.mailbox`), so [`Event::DeliveryConfirmed`] arrives when the message
-//! is finally delivered. Holders see the recipient, the size bucket and the depositing peer;
-//! the sender's identity and the content are sealed.
+//! is finally delivered. Holders see the recipient, the size bucket and the depositing peer; the
+//! content and the sender's record are sealed, but the depositing peer is the sender itself, so a
+//! holder does learn who writes to whom (hiding that is onion routing's job).
 
 use std::sync::Arc;
 use std::time::Instant;
