@@ -41,6 +41,16 @@ pub mod labels {
     pub const UPDATE_ROLLOUT: &str = "meshara v1 update rollout";
     /// Keystore passphrase verifier from the Argon2id output.
     pub const KEYSTORE_VERIFIER: &str = "meshara v1 keystore passphrase verifier";
+    /// Onion routing: keystream decrypting a hop's header.
+    pub const ONION_HEADER_KEY: &str = "meshara v1 onion header key";
+    /// Onion routing: key of a hop's header MAC.
+    pub const ONION_MAC_KEY: &str = "meshara v1 onion mac key";
+    /// Onion routing: key of a hop's payload layer.
+    pub const ONION_PAYLOAD_KEY: &str = "meshara v1 onion payload key";
+    /// Onion routing: blinding factor re-randomising the ephemeral key after a hop.
+    pub const ONION_BLIND: &str = "meshara v1 onion blinding factor";
+    /// Onion routing: a hop's replay tag for a packet.
+    pub const ONION_REPLAY_TAG: &str = "meshara v1 onion replay tag";
 
     /// Signature context for node records.
     pub const SIG_NODE_RECORD: &[u8] = b"meshara/v1/node-record";

@@ -3,6 +3,7 @@
 //! and randomness, nothing touches a socket or a clock.
 
 pub mod kdf;
+pub mod onion;
 pub mod padding;
 pub(crate) mod replay;
 pub mod seal;
