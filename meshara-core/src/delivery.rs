@@ -29,6 +29,21 @@ pub struct RetryPolicy {
     pub deadline: Duration,
 }
 
+/// How a private message travels to its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Privacy {
+    /// Over a direct, end-to-end encrypted session with the recipient (through the nodes
+    /// closest to it when it cannot be reached). Fastest; the network sees who talks to whom.
+    #[default]
+    Direct,
+    /// Sealed to the recipient and onion-routed through at least three relays in fixed-size
+    /// packets, so that no relay learns both the sender and the recipient (docs/protocol.md
+    /// §15.14). Never sent directly or deposited with mailbox holders, and limited to what
+    /// fits in one packet.
+    Onion,
+}
+
 /// What the outbox asks the node to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxAction {
@@ -40,6 +55,10 @@ pub enum OutboxAction {
         peer: NodeId,
         /// The encoded private payload.
         payload: Bytes,
+        /// How it travels.
+        privacy: Privacy,
+        /// Sends so far (0 for the first).
+        attempt: u32,
     },
     /// Stop trying: report the message as failed. It has been removed.
     Fail {
@@ -56,6 +75,7 @@ pub enum OutboxAction {
 struct Entry {
     peer: NodeId,
     payload: Bytes,
+    privacy: Privacy,
     attempts: u32,
     queued_at: Instant,
     first_sent: Option<Instant>,
@@ -123,6 +143,18 @@ impl Outbox {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), OutboxFull> {
+        self.insert_with(id, peer, payload, Privacy::Direct, now)
+    }
+
+    /// Starts tracking a message that travels as `privacy` says, due for sending immediately.
+    pub fn insert_with(
+        &mut self,
+        id: MessageId,
+        peer: NodeId,
+        payload: Bytes,
+        privacy: Privacy,
+        now: Instant,
+    ) -> Result<(), OutboxFull> {
         if self.entries.len() >= self.capacity {
             return Err(OutboxFull(self.entries.len()));
         }
@@ -131,6 +163,7 @@ impl Outbox {
             Entry {
                 peer,
                 payload,
+                privacy,
                 attempts: 0,
                 queued_at: now,
                 first_sent: None,
@@ -176,7 +209,8 @@ impl Outbox {
     }
 
     /// Everything due at `now`: sends for messages whose recipient `reachable` says can be
-    /// sent to, failures for messages out of attempts or past their deadline.
+    /// sent to (onion-routed messages need no connection to their recipient and are always
+    /// due), failures for messages out of attempts or past their deadline.
     pub fn poll(
         &mut self,
         now: Instant,
@@ -199,11 +233,13 @@ impl Outbox {
             }
             if entry.attempts >= self.policy.max_attempts && entry.deposited_until.is_none() {
                 failed.push(*id);
-            } else if reachable(&entry.peer) {
+            } else if entry.privacy == Privacy::Onion || reachable(&entry.peer) {
                 actions.push(OutboxAction::Send {
                     id: *id,
                     peer: entry.peer,
                     payload: entry.payload.clone(),
+                    privacy: entry.privacy,
+                    attempt: entry.attempts,
                 });
             }
         }
@@ -219,21 +255,23 @@ impl Outbox {
         actions
     }
 
-    /// Messages to `peer` never sent yet (for flushing when a session becomes ready).
+    /// Direct messages to `peer` never sent yet (for flushing when a session becomes ready).
     pub fn unsent_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes)> {
         self.entries
             .iter()
-            .filter(|(_, e)| &e.peer == peer && e.attempts == 0)
+            .filter(|(_, e)| &e.peer == peer && e.attempts == 0 && e.privacy == Privacy::Direct)
             .map(|(id, e)| (*id, e.payload.clone()))
             .collect()
     }
 
-    /// Recipients of messages that are not yet deposited (see [`Outbox::mark_deposited`]).
+    /// Recipients of direct messages that are not yet deposited (see
+    /// [`Outbox::mark_deposited`]). Onion-routed messages are never deposited: the holders
+    /// would learn who sent them.
     pub fn undeposited_peers(&self) -> Vec<NodeId> {
         let mut peers: Vec<NodeId> = self
             .entries
             .values()
-            .filter(|e| e.deposited_until.is_none())
+            .filter(|e| e.deposited_until.is_none() && e.privacy == Privacy::Direct)
             .map(|e| e.peer)
             .collect();
         peers.sort_unstable_by_key(|p| *p.as_bytes());
@@ -241,11 +279,13 @@ impl Outbox {
         peers
     }
 
-    /// Messages to `peer` not yet deposited with store-and-forward holders.
+    /// Direct messages to `peer` not yet deposited with store-and-forward holders.
     pub fn undeposited_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes)> {
         self.entries
             .iter()
-            .filter(|(_, e)| &e.peer == peer && e.deposited_until.is_none())
+            .filter(|(_, e)| {
+                &e.peer == peer && e.deposited_until.is_none() && e.privacy == Privacy::Direct
+            })
             .map(|(id, e)| (*id, e.payload.clone()))
             .collect()
     }
@@ -393,6 +433,37 @@ mod tests {
                 .poll(t0 + Duration::from_secs(3600), |_| false)
                 .as_slice(),
             [OutboxAction::Fail { .. }]
+        ));
+    }
+
+    #[test]
+    fn onion_messages_need_no_connection_and_never_go_direct() {
+        let peer = Identity::generate().node_id();
+        let id = MessageId([7; 32]);
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 10);
+        outbox
+            .insert_with(id, peer, Bytes::new(), Privacy::Onion, t0)
+            .unwrap();
+        // Never flushed on a direct session, never deposited with holders.
+        assert!(outbox.unsent_for(&peer).is_empty());
+        assert!(outbox.undeposited_peers().is_empty());
+        assert!(outbox.undeposited_for(&peer).is_empty());
+        // Due although the recipient is not reachable directly; resends count attempts.
+        let actions = outbox.poll(t0, |_| false);
+        assert!(matches!(
+            actions.as_slice(),
+            [OutboxAction::Send {
+                privacy: Privacy::Onion,
+                attempt: 0,
+                ..
+            }]
+        ));
+        outbox.mark_sent(&id, t0);
+        let actions = outbox.poll(t0 + Duration::from_secs(1), |_| false);
+        assert!(matches!(
+            actions.as_slice(),
+            [OutboxAction::Send { attempt: 1, .. }]
         ));
     }
 }

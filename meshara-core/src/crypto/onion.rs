@@ -253,7 +253,11 @@ fn xor(into: &mut [u8], with: &[u8]) {
     }
 }
 
-fn instruction(kind: u8, expires_at: u64, next: Option<(&NodeId, &[u8; MAC_LEN])>) -> [u8; HOP_LEN] {
+fn instruction(
+    kind: u8,
+    expires_at: u64,
+    next: Option<(&NodeId, &[u8; MAC_LEN])>,
+) -> [u8; HOP_LEN] {
     let mut out = [0u8; HOP_LEN];
     out[0] = kind;
     out[1..9].copy_from_slice(&expires_at.to_le_bytes());
@@ -408,7 +412,9 @@ pub fn process(secret: &StaticSecret, packet: &[u8], now: u64) -> Result<Process
         }
         KIND_DELIVER | KIND_DISCARD => {
             if opened[9..41 + MAC_LEN].iter().any(|b| *b != 0) {
-                return Err(OnionError::BadInstruction("exit instruction names a next hop"));
+                return Err(OnionError::BadInstruction(
+                    "exit instruction names a next hop",
+                ));
             }
             if !bool::from(payload[..MARKER_LEN].ct_eq(&[0u8; MARKER_LEN])) {
                 return Err(OnionError::BadPayload);
@@ -506,7 +512,9 @@ mod tests {
 
     fn nodes(n: usize) -> Vec<Identity> {
         let mut rng = ChaCha20Rng::seed_from_u64(n as u64);
-        (0..n).map(|_| Identity::generate_with_rng(&mut rng)).collect()
+        (0..n)
+            .map(|_| Identity::generate_with_rng(&mut rng))
+            .collect()
     }
 
     fn route(ids: &[Identity]) -> Vec<Hop> {
@@ -554,8 +562,8 @@ mod tests {
                 let (_, action) = travel(&ids, packet);
                 assert_eq!(action, Action::Deliver(content.to_vec()), "{n} hops");
             }
-            let packet = build(&route(&ids), b"cover", Exit::Discard, NOW + 60, &mut rng)
-                .expect("builds");
+            let packet =
+                build(&route(&ids), b"cover", Exit::Discard, NOW + 60, &mut rng).expect("builds");
             assert_eq!(travel(&ids, packet).1, Action::Discard);
         }
     }
@@ -576,14 +584,23 @@ mod tests {
             for (j, other) in ids.iter().enumerate() {
                 let id = other.node_id();
                 let neighbour = j == i + 2; // the successor in `ids` numbering
-                assert!(!contains(input, id.as_bytes()), "relay {i} input names node {j}");
+                assert!(
+                    !contains(input, id.as_bytes()),
+                    "relay {i} input names node {j}"
+                );
                 if !neighbour {
-                    assert!(!contains(output, id.as_bytes()), "relay {i} output names node {j}");
+                    assert!(
+                        !contains(output, id.as_bytes()),
+                        "relay {i} output names node {j}"
+                    );
                 }
             }
             assert!(!contains(input, sender.node_id().as_bytes()));
             for w in input.windows(16).step_by(16) {
-                assert!(!contains(output, w), "relay {i}: input and output share bytes");
+                assert!(
+                    !contains(output, w),
+                    "relay {i}: input and output share bytes"
+                );
             }
         }
     }
@@ -598,7 +615,10 @@ mod tests {
             let mut bad = packet.clone();
             bad[pos] ^= 1;
             let err = process(ids[0].x25519_secret(), &bad, NOW).unwrap_err();
-            assert!(matches!(err, OnionError::BadMac | OnionError::LowOrderKey), "{pos}: {err}");
+            assert!(
+                matches!(err, OnionError::BadMac | OnionError::LowOrderKey),
+                "{pos}: {err}"
+            );
         }
         // Payload bits: relays cannot tell, the recipient drops the whole payload.
         for pos in [PAYLOAD.start, PAYLOAD.start + 40, PACKET_LEN - 1] {
@@ -627,7 +647,10 @@ mod tests {
     fn hostile_packets_are_refused() {
         let ids = nodes(1);
         let secret = ids[0].x25519_secret();
-        assert_eq!(process(secret, &[], NOW).unwrap_err(), OnionError::Length(0));
+        assert_eq!(
+            process(secret, &[], NOW).unwrap_err(),
+            OnionError::Length(0)
+        );
         assert_eq!(
             process(secret, &vec![0u8; PACKET_LEN + 1], NOW).unwrap_err(),
             OnionError::Length(PACKET_LEN + 1)
@@ -652,8 +675,14 @@ mod tests {
             OnionError::RouteLength(0)
         );
         assert_eq!(
-            build(&route(&ids), &[0; PAYLOAD_CAPACITY + 1], Exit::Deliver, NOW, &mut rng)
-                .unwrap_err(),
+            build(
+                &route(&ids),
+                &[0; PAYLOAD_CAPACITY + 1],
+                Exit::Deliver,
+                NOW,
+                &mut rng
+            )
+            .unwrap_err(),
             OnionError::TooLarge {
                 len: PAYLOAD_CAPACITY + 1,
                 max: PAYLOAD_CAPACITY
@@ -667,11 +696,17 @@ mod tests {
         let ids = nodes(1);
         let secret = ids[0].x25519_secret();
         let old = build(&route(&ids), b"", Exit::Deliver, NOW - 61, &mut rng).unwrap();
-        assert!(matches!(process(secret, &old, NOW), Err(OnionError::Expired { .. })));
+        assert!(matches!(
+            process(secret, &old, NOW),
+            Err(OnionError::Expired { .. })
+        ));
         let skewed = build(&route(&ids), b"", Exit::Deliver, NOW - 59, &mut rng).unwrap();
         assert!(process(secret, &skewed, NOW).is_ok());
         let far = build(&route(&ids), b"", Exit::Deliver, NOW + 700, &mut rng).unwrap();
-        assert!(matches!(process(secret, &far, NOW), Err(OnionError::Expired { .. })));
+        assert!(matches!(
+            process(secret, &far, NOW),
+            Err(OnionError::Expired { .. })
+        ));
     }
 
     #[test]
@@ -698,7 +733,9 @@ mod tests {
             Err(OnionError::ReplayCacheFull(2))
         );
         // Once the packets can no longer be accepted, their tags go.
-        cache.insert([9; 16], NOW + 60, NOW + 60 + CLOCK_SKEW_SECS + 1).unwrap();
+        cache
+            .insert([9; 16], NOW + 60, NOW + 60 + CLOCK_SKEW_SECS + 1)
+            .unwrap();
         assert_eq!(cache.len(), 1);
     }
 }

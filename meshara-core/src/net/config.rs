@@ -164,6 +164,45 @@ mod humantime_secs {
     }
 }
 
+/// Onion routing: relaying for others, circuits and cover traffic (docs/protocol.md §15.14).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Onion {
+    /// Relay onion packets for others (advertised as the `relay` capability in the node record;
+    /// senders only pick relays that advertise it).
+    pub relay: bool,
+    /// Relays on each circuit, between the sender and the recipient: 3 or 4.
+    pub hops: usize,
+    /// Build a new circuit to a destination after this long.
+    #[serde(with = "humantime_secs")]
+    pub circuit_lifetime: Duration,
+    /// Build a new circuit to a destination after this many packets.
+    pub circuit_packets: u32,
+    /// Mean interval between cover packets: onion packets that loop through a random circuit
+    /// back to this node, indistinguishable from messages to the relays. 0 disables them.
+    #[serde(with = "humantime_secs")]
+    pub cover_interval: Duration,
+    /// Onion packets remembered against replays (until they expire, at most 11 minutes). When
+    /// full, further packets are refused rather than forgetting a tag early.
+    pub replay_cache: usize,
+    /// Packets being forwarded at once while a connection to their next hop is set up.
+    pub max_forwards: usize,
+}
+
+impl Default for Onion {
+    fn default() -> Self {
+        Self {
+            relay: true,
+            hops: 3,
+            circuit_lifetime: Duration::from_secs(600),
+            circuit_packets: 256,
+            cover_interval: Duration::ZERO,
+            replay_cache: 131_072,
+            max_forwards: 256,
+        }
+    }
+}
+
 /// Everything a node needs besides its identity.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +228,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Timers.
     pub timeouts: Timeouts,
+    /// Onion routing.
+    pub onion: Onion,
 }
 
 impl Default for NodeConfig {
@@ -204,6 +245,7 @@ impl Default for NodeConfig {
             agent: concat!("meshara/", env!("CARGO_PKG_VERSION")).to_owned(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            onion: Onion::default(),
         }
     }
 }
@@ -247,15 +289,29 @@ impl NodeConfig {
             ),
             ("limits.mailbox_bytes", l.mailbox_bytes as u64),
             ("timeouts.max_attempts", u64::from(t.max_attempts)),
+            (
+                "onion.circuit_packets",
+                u64::from(self.onion.circuit_packets),
+            ),
+            ("onion.replay_cache", self.onion.replay_cache as u64),
+            ("onion.max_forwards", self.onion.max_forwards as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
         }
-        if l.max_frame_len < 4096 || l.max_frame_len > crate::wire::MAX_FRAME_LEN_LIMIT {
+        if !(3..=crate::crypto::onion::MAX_HOPS - 1).contains(&self.onion.hops) {
             return Err(format!(
-                "limits.max_frame_len must be between 4096 and {} (got {})",
+                "onion.hops must be between 3 and {} (got {})",
+                crate::crypto::onion::MAX_HOPS - 1,
+                self.onion.hops
+            ));
+        }
+        // An onion packet (8 KiB) and its envelope must fit in a frame.
+        if l.max_frame_len < 16384 || l.max_frame_len > crate::wire::MAX_FRAME_LEN_LIMIT {
+            return Err(format!(
+                "limits.max_frame_len must be between 16384 and {} (got {})",
                 crate::wire::MAX_FRAME_LEN_LIMIT,
                 l.max_frame_len
             ));

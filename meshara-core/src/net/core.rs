@@ -28,7 +28,7 @@ use super::metrics::{BytesLabels, DropReason, Metrics, TransportLabels};
 use super::transport::{self, Connection, RecvHalf, SendHalf, StreamConnection, TransportKind};
 use crate::crypto::padding::Padding;
 use crate::crypto::session::{self, HandshakeGuard, Initiator, Role, Session};
-use crate::delivery::{Outbox, OutboxAction, RetryPolicy};
+use crate::delivery::{Outbox, OutboxAction, Privacy, RetryPolicy};
 use crate::identity::{Identity, NodeId};
 use crate::mailbox::{Mailbox, MailboxLimits};
 use crate::message::{self, MessageId};
@@ -284,6 +284,12 @@ pub(crate) struct State {
     pub(crate) pending_acks: HashMap<NodeId, Vec<MessageId>>,
     next_self_lookup: Instant,
     next_mailbox_poll: Instant,
+    /// Tags of the onion packets processed, against replays.
+    pub(crate) onion_replay: crate::crypto::onion::ReplayCache,
+    /// Onion circuits by destination.
+    pub(crate) circuits: HashMap<NodeId, super::onion::Circuit>,
+    /// When the next cover packet is due (none when cover traffic is off).
+    next_cover: Option<Instant>,
     pub(crate) stopped: bool,
     last_exchange: Instant,
 }
@@ -335,6 +341,8 @@ pub(crate) struct Inner {
     pub(crate) inbound_seen: AtomicBool,
     pub(crate) keystore: Option<std::path::PathBuf>,
     pub(crate) mdns: Mutex<Option<mdns_sd::ServiceDaemon>>,
+    /// Onion packets allowed to wait for a connection to their next hop.
+    pub(crate) onion_forwards: Arc<tokio::sync::Semaphore>,
     pub(crate) weak: Weak<Inner>,
 }
 
@@ -382,6 +390,9 @@ impl State {
             pending_acks: HashMap::new(),
             next_self_lookup: Instant::now(),
             next_mailbox_poll: Instant::now(),
+            onion_replay: crate::crypto::onion::ReplayCache::new(config.onion.replay_cache),
+            circuits: HashMap::new(),
+            next_cover: None,
             stopped: false,
             last_exchange: Instant::now(),
         }
@@ -660,6 +671,7 @@ impl Inner {
         peer: NodeId,
         content_type: &str,
         content: Bytes,
+        privacy: Privacy,
     ) -> Result<
         (
             MessageId,
@@ -674,6 +686,7 @@ impl Inner {
                 max,
             });
         }
+        let content_len = content.len();
         let (id, msg) = message::new_private_message(
             &self.identity.node_id(),
             &peer,
@@ -686,6 +699,9 @@ impl Inner {
             body: Some(proto::private_payload::Body::Message(msg)),
         })
         .map_err(|e| SendError::Invalid(e.to_string()))?;
+        if privacy == Privacy::Onion {
+            return self.send_private_onion(id, peer, content_len, payload);
+        }
         // Backpressure: wait for room on the peer's connection before queueing more.
         let writer = {
             let st = self.lock();
@@ -737,6 +753,49 @@ impl Inner {
         if need_dial {
             self.ensure_connected(peer);
         }
+        Ok((id, rx))
+    }
+
+    /// Queues an onion-routed message and sends its first copy.
+    fn send_private_onion(
+        self: &Arc<Self>,
+        id: MessageId,
+        peer: NodeId,
+        content_len: usize,
+        payload: Vec<u8>,
+    ) -> Result<
+        (
+            MessageId,
+            oneshot::Receiver<Result<Delivered, DeliveryError>>,
+        ),
+        SendError,
+    > {
+        let room = self.onion_payload_max();
+        if payload.len() > room {
+            return Err(SendError::TooLarge {
+                len: content_len,
+                max: room.saturating_sub(payload.len() - content_len),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let payload = Bytes::from(payload);
+        {
+            let mut st = self.lock();
+            self.check_peer(&st, &peer)?;
+            self.check_relays(&st, &peer)
+                .map_err(|e| SendError::TooFewRelays {
+                    have: e.have,
+                    need: e.need,
+                })?;
+            st.outbox
+                .insert_with(id, peer, payload.clone(), Privacy::Onion, Instant::now())
+                .map_err(|full| SendError::OutboxFull(full.0))?;
+            st.outbox.mark_sent(&id, Instant::now());
+            st.waiters.insert(id, tx);
+            self.metrics.outbox.set(st.outbox.len() as i64);
+        }
+        self.metrics.message("out", "private");
+        super::onion::spawn_sends(self, vec![(id, peer, payload, false)]);
         Ok((id, rx))
     }
 
@@ -1742,6 +1801,10 @@ impl Inner {
                 self.handle_peer_exchange(&peer, px);
                 Ok(())
             }
+            Body::Onion(o) => {
+                self.handle_onion(peer, &o.packet);
+                Ok(())
+            }
             Body::StatusRequest(_) => {
                 self.metrics.message("in", "control");
                 let status = self.status_message();
@@ -2205,7 +2268,7 @@ impl Inner {
         }
     }
 
-    fn dispatch_payload(
+    pub(crate) fn dispatch_payload(
         self: &Arc<Self>,
         sender: NodeId,
         payload: proto::PrivatePayload,
@@ -2416,6 +2479,8 @@ impl Inner {
         let mut close = Vec::new();
         let deposits;
         let mut self_lookup = false;
+        let mut onion_sends = Vec::new();
+        let mut cover = false;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -2434,7 +2499,20 @@ impl Inner {
             });
             for action in actions {
                 match action {
-                    OutboxAction::Send { id, peer, payload } => {
+                    OutboxAction::Send {
+                        id,
+                        peer,
+                        payload,
+                        privacy: Privacy::Onion,
+                        attempt,
+                    } => {
+                        // A resend means the last circuit may have lost it: build a new one.
+                        onion_sends.push((id, peer, payload, attempt > 0));
+                        st.outbox.mark_sent(&id, now);
+                    }
+                    OutboxAction::Send {
+                        id, peer, payload, ..
+                    } => {
                         if self.send_payload(st, &peer, &payload, now) == Sent::Queued {
                             st.outbox.mark_sent(&id, now);
                         }
@@ -2465,6 +2543,15 @@ impl Inner {
                     .copied()
                     .collect();
                 dial_peers.extend(held);
+            }
+            // Cover traffic: onion packets looping back to us at random intervals.
+            match st.next_cover {
+                None => st.next_cover = self.next_cover(now),
+                Some(at) if now >= at => {
+                    st.next_cover = self.next_cover(now);
+                    cover = true;
+                }
+                Some(_) => {}
             }
             // Looking ourselves up connects us to our closest nodes, which hold what was sent to
             // us while we were away.
@@ -2572,6 +2659,9 @@ impl Inner {
                     self.start_handshake(st, &peer, &w, now);
                 }
             }
+            let lifetime = self.config.onion.circuit_lifetime;
+            st.circuits
+                .retain(|_, c| now.saturating_duration_since(c.built()) < lifetime);
             let stale = t.reconnect_max;
             st.dial_backoff
                 .retain(|_, (next, _)| now.saturating_duration_since(*next) < stale);
@@ -2608,6 +2698,10 @@ impl Inner {
         }
         for peer in deposits {
             self.tasks.spawn(self.clone().run_deposit(peer));
+        }
+        super::onion::spawn_sends(self, onion_sends);
+        if cover {
+            self.tasks.spawn(self.clone().send_cover());
         }
         if self_lookup {
             let me = self.identity.node_id();

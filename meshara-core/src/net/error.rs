@@ -188,6 +188,14 @@ pub enum SendError {
     /// A broadcast on a new topic while the node already carries `max_topics` topics.
     #[error("topic limit reached: this node already carries {0} topics")]
     TopicLimit(usize),
+    /// An onion-routed message, but the node knows too few relays to build a circuit.
+    #[error("onion routing needs {need} relays; this node knows {have}")]
+    TooFewRelays {
+        /// Relays known (verified records advertising the relay capability).
+        have: usize,
+        /// `onion.hops`.
+        need: usize,
+    },
 }
 
 /// Why a private message was not confirmed.

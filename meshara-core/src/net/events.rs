@@ -76,6 +76,14 @@ pub enum Event {
         /// How many nodes hold it.
         holders: usize,
     },
+    /// This node relayed an onion packet: all a relay learns is the neighbour it came from and
+    /// the one it goes to (docs/protocol.md §15.14).
+    OnionRelayed {
+        /// The previous hop.
+        from: NodeId,
+        /// The next hop.
+        to: NodeId,
+    },
     /// A private message was not acknowledged after every retry.
     DeliveryFailed {
         /// The message.
@@ -102,7 +110,7 @@ pub enum Event {
 impl Event {
     /// Short snake_case name of the event kind: `message`, `broadcast`, `query`,
     /// `peer_connected`, `peer_disconnected`, `peer_discovered`, `delivered`,
-    /// `delivery_failed`, `error`, `lagged`.
+    /// `message_stored`, `onion_relayed`, `delivery_failed`, `error`, `lagged`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Message(_) => "message",
@@ -113,6 +121,7 @@ impl Event {
             Event::PeerDiscovered { .. } => "peer_discovered",
             Event::DeliveryConfirmed { .. } => "delivered",
             Event::MessageStored { .. } => "message_stored",
+            Event::OnionRelayed { .. } => "onion_relayed",
             Event::DeliveryFailed { .. } => "delivery_failed",
             Event::Error { .. } => "error",
             Event::Lagged { .. } => "lagged",
@@ -164,6 +173,9 @@ impl Event {
                 "id": id.to_string(), "peer": peer.to_string(),
                 "latency_ms": latency.as_secs_f64() * 1e3, "attempts": attempts,
             }),
+            Event::OnionRelayed { from, to } => {
+                json!({"from": from.to_string(), "to": to.to_string()})
+            }
             Event::MessageStored { id, peer, holders } => {
                 json!({"id": id.to_string(), "peer": peer.to_string(), "holders": holders})
             }

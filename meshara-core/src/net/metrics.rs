@@ -62,6 +62,9 @@ pub enum DropReason {
     /// A message for an offline recipient that this node's mailbox cannot hold, or transit
     /// traffic it does not relay.
     Mailbox,
+    /// An onion packet that failed to authenticate, expired, was replayed, or could not be
+    /// forwarded.
+    Onion,
 }
 
 impl DropReason {
@@ -87,6 +90,7 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::MaxTopics => "max_topics",
             DropReason::Mailbox => "mailbox",
+            DropReason::Onion => "onion",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`config`] | [`NodeConfig`], [`Limits`], [`Timeouts`], [`PeerAddr`] |
 //! | `events` | [`Event`], [`EventStream`], [`IncomingQuery`], [`PeerStream`] |
 //! | `gossip` | one broadcast overlay per topic: drives [`crate::routing::gossip::Topic`] over the node's connections |
+//! | `onion` | onion circuits, cover traffic, relaying and delivering onion packets |
 //! | `relay` | store-and-forward deposits, mailbox hand-over and one-hop relaying of sealed messages |
 //! | `discovery` | mDNS announcement and discovery |
 //! | `metrics` | Prometheus metrics, [`DropReason`] |
@@ -26,6 +27,7 @@ mod events;
 mod gossip;
 mod metrics;
 mod node;
+mod onion;
 mod relay;
 mod tls;
 pub mod transport;
@@ -33,7 +35,7 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Limits, NodeConfig, PeerAddr, Timeouts};
+pub use config::{Limits, NodeConfig, Onion, PeerAddr, Timeouts};
 pub use core::Delivered;
 pub(crate) use core::unix_secs;
 pub use discovery::MDNS_SERVICE;

@@ -21,10 +21,11 @@ use super::error::{DeliveryError, QueryError, SendError, StartError, StreamError
 use super::events::{EventStream, PeerStream, StreamListener};
 use super::transport::{self, ByteStream, Connection, StreamConnection, TransportKind};
 use crate::crypto::padding::Padding;
+use crate::delivery::Privacy;
 use crate::identity::{Fingerprint, Identity, NodeId};
 use crate::keystore::{KdfParams, Keystore};
 use crate::message::MessageId;
-use crate::record::{Address, NodeRecord, NodeRecordBuilder, Transport};
+use crate::record::{Address, Capability, NodeRecord, NodeRecordBuilder, Transport};
 
 /// Configures and starts a [`Node`].
 ///
@@ -248,6 +249,7 @@ impl NodeBuilder {
             inbound_seen: AtomicBool::new(false),
             keystore,
             mdns: Mutex::new(None),
+            onion_forwards: Arc::new(tokio::sync::Semaphore::new(config.onion.max_forwards)),
             weak: weak.clone(),
             config,
         });
@@ -284,6 +286,9 @@ fn sign_record(
     tcp: Option<SocketAddr>,
 ) -> Result<NodeRecord, StartError> {
     let mut builder = NodeRecordBuilder::new(identity, unix_ms()).agent(config.agent.clone());
+    if config.onion.relay {
+        builder = builder.capability(Capability::Relay);
+    }
     let mut addresses: Vec<Address> = config.advertise.clone();
     if addresses.is_empty() {
         for (transport, addr) in [(Transport::Quic, quic), (Transport::Tcp, tcp)] {
@@ -515,9 +520,27 @@ impl Node {
         content_type: &str,
         content: impl Into<Bytes>,
     ) -> Result<PendingDelivery, SendError> {
+        self.send_private_with(peer, content_type, content, Privacy::Direct)
+            .await
+    }
+
+    /// Sends an end-to-end encrypted message to `peer` the way `privacy` says:
+    /// [`Privacy::Direct`] is [`Node::send_private`]; [`Privacy::Onion`] routes it through
+    /// `onion.hops` relays (at least 3) in fixed-size packets, so no relay learns both ends.
+    /// Onion-routed content is limited to what fits in one packet (about 7 KiB; a larger one
+    /// gives [`SendError::TooLarge`] with the exact limit), and needs `onion.hops` known relays
+    /// ([`SendError::TooFewRelays`]). Its acknowledgement comes back over a circuit of the
+    /// recipient's.
+    pub async fn send_private_with(
+        &self,
+        peer: NodeId,
+        content_type: &str,
+        content: impl Into<Bytes>,
+        privacy: Privacy,
+    ) -> Result<PendingDelivery, SendError> {
         let (id, rx) = self
             .inner
-            .send_private(peer, content_type, content.into())
+            .send_private(peer, content_type, content.into(), privacy)
             .await?;
         Ok(PendingDelivery { id, rx })
     }

@@ -211,6 +211,7 @@ pub fn validate(envelope: &proto::Envelope) -> Result<(), WireError> {
                 .try_for_each(|id| exact("status.peers", id, 32))
         }
         Body::PeerExchange(x) => records("peer_exchange.records", &x.records, MAX_EXCHANGE_RECORDS),
+        Body::Onion(o) => exact("onion.packet", &o.packet, crate::crypto::onion::PACKET_LEN),
     }
 }
 
@@ -228,6 +229,24 @@ fn records(
     list.iter().try_for_each(|r| signed_record(field, r))
 }
 
+/// Checks the field limits of a sealed message (inside a private envelope, or delivered by an
+/// onion packet).
+pub fn sealed(s: &proto::SealedMessage) -> Result<(), WireError> {
+    exact("private.sealed.ephemeral", &s.ephemeral, 32)?;
+    between(
+        "private.sealed.sender_ciphertext",
+        s.sender_ciphertext.len(),
+        TAG_LEN,
+        MAX_RECORD_LEN + 128 + TAG_LEN,
+    )?;
+    between(
+        "private.sealed.payload_ciphertext",
+        s.payload_ciphertext.len(),
+        TAG_LEN,
+        MAX_PRIVATE_CIPHERTEXT,
+    )
+}
+
 fn private(p: &proto::PrivateEnvelope) -> Result<(), WireError> {
     use proto::private_envelope::Body as P;
     exact("private.recipient", &p.recipient, 32)?;
@@ -239,21 +258,7 @@ fn private(p: &proto::PrivateEnvelope) -> Result<(), WireError> {
     }
     let sender_max = MAX_RECORD_LEN + 128 + TAG_LEN;
     match p.body.as_ref().ok_or(WireError::UnknownKind)? {
-        P::Sealed(s) => {
-            exact("private.sealed.ephemeral", &s.ephemeral, 32)?;
-            between(
-                "private.sealed.sender_ciphertext",
-                s.sender_ciphertext.len(),
-                TAG_LEN,
-                sender_max,
-            )?;
-            between(
-                "private.sealed.payload_ciphertext",
-                s.payload_ciphertext.len(),
-                TAG_LEN,
-                MAX_PRIVATE_CIPHERTEXT,
-            )
-        }
+        P::Sealed(s) => sealed(s),
         P::HandshakeInit(h) => {
             exact("private.handshake_init.ephemeral", &h.ephemeral, 32)?;
             between(
