@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use data_encoding::BASE64;
 use futures_util::{Stream, StreamExt};
-use meshara_core::{Event, Node, NodeId, QueryError, SendError};
+use meshara_core::{Event, Node, NodeId, Privacy, QueryError, SendError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -144,6 +144,10 @@ pub struct SendRequest {
     /// Wait for the end-to-end acknowledgement before answering (default true).
     #[serde(default = "yes")]
     pub wait: bool,
+    /// How the message travels: `direct` (default) or `onion` (through at least three relays,
+    /// so that no relay learns both ends; content limited to one onion packet, about 7 KiB).
+    #[serde(default)]
+    pub privacy: Option<String>,
 }
 
 /// Answer of `POST /messages`.
@@ -373,6 +377,18 @@ struct SendArgs {
     content_type: String,
     content: Bytes,
     wait: bool,
+    privacy: Privacy,
+}
+
+fn privacy(name: Option<&str>) -> Result<Privacy, ApiError> {
+    match name.unwrap_or("") {
+        "" | "direct" => Ok(Privacy::Direct),
+        "onion" => Ok(Privacy::Onion),
+        other => Err(ApiError::BadRequest(
+            "invalid_privacy",
+            format!("privacy must be \"direct\" or \"onion\", not {other:?}"),
+        )),
+    }
 }
 
 impl FromApiBody for SendArgs {
@@ -385,6 +401,7 @@ impl FromApiBody for SendArgs {
             content: content(req.content, req.content_base64, "content")?,
             content_type: content_type_or_default(req.content_type),
             wait: req.wait,
+            privacy: privacy(req.privacy.as_deref())?,
         })
     }
 
@@ -394,6 +411,7 @@ impl FromApiBody for SendArgs {
             content_type: content_type_or_default(req.content_type),
             content: req.content,
             wait: req.wait.unwrap_or(true),
+            privacy: privacy(Some(&req.privacy))?,
         })
     }
 }
@@ -464,10 +482,10 @@ impl FromApiBody for QueryArgs {
         (status = 200, description = "Acknowledged by the recipient (or queued, with wait=false) (JSON SendResponse, or protobuf meshara.api.v1.SendResponse)", content(
             (SendResponse = "application/json"),
             ("application/x-protobuf"))),
-        (status = 400, description = "Bad NodeId, content or body", body = ErrorBody),
-        (status = 413, description = "Body or message too large", body = ErrorBody),
+        (status = 400, description = "Bad NodeId, content, privacy or body", body = ErrorBody),
+        (status = 413, description = "Body or message too large (for onion routing: more than one onion packet holds)", body = ErrorBody),
         (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
-        (status = 503, description = "Outbox full or node stopped", body = ErrorBody),
+        (status = 503, description = "Outbox full, node stopped, or too few relays known for onion routing", body = ErrorBody),
         (status = 504, description = "Not acknowledged after every retry", body = ErrorBody)))]
 async fn send_message<S>(
     MesharaNode(node): MesharaNode,
@@ -479,7 +497,7 @@ where
     S: Send + Sync,
 {
     let pending = node
-        .send_private(req.to, &req.content_type, req.content)
+        .send_private_with(req.to, &req.content_type, req.content, req.privacy)
         .await?;
     let id = pending.id().to_string();
     let (delivered, latency_ms) = if req.wait {

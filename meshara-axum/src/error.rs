@@ -59,6 +59,7 @@ fn send_status(e: &SendError) -> (StatusCode, &'static str) {
         SendError::Transport(_) => (StatusCode::BAD_GATEWAY, "transport"),
         SendError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "node_stopped"),
         SendError::TopicLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "topic_limit"),
+        SendError::TooFewRelays { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_few_relays"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "send_failed"),
     }
 }

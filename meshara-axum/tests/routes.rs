@@ -209,6 +209,31 @@ fn bad_requests(a: &Node, b: &Node) -> Vec<(Request<Body>, StatusCode, &'static 
             "to_self",
         ),
         (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x", "privacy": "garlic"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_privacy",
+        ),
+        (
+            // Two nodes know no third, let alone three relays.
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x", "privacy": "onion"}),
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_few_relays",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x".repeat(9000), "privacy": "onion"}),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
             post_json("/meshara/broadcasts", json!({"topic": "", "content": "x"})),
             StatusCode::BAD_REQUEST,
             "invalid_message",
@@ -454,6 +479,7 @@ async fn every_route_speaks_protobuf_when_asked() {
                 content_type: "application/octet-stream".into(),
                 content: vec![0, 1, 2, 255].into(),
                 wait: None,
+                privacy: "direct".into(),
             },
         ),
     )

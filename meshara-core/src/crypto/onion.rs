@@ -33,7 +33,7 @@ use x25519_dalek::{PublicKey as X25519Public, StaticSecret, X25519_BASEPOINT_BYT
 use zeroize::Zeroizing;
 
 use super::kdf::{derive, labels};
-use crate::identity::NodeId;
+use crate::identity::{Identity, NodeId};
 
 /// Bytes of one routing instruction in the header.
 pub const HOP_LEN: usize = 64;
@@ -361,10 +361,14 @@ pub fn build<R: RngCore + CryptoRng>(
     Ok(packet)
 }
 
-/// Processes a packet at a hop holding `secret`, at `now` (Unix seconds). Does not consult a
+/// Processes a packet at the hop `identity`, at `now` (Unix seconds). Does not consult a
 /// replay cache: pass [`Processed::tag`] and [`Processed::expires_at`] to
 /// [`ReplayCache::insert`] before acting on the result.
-pub fn process(secret: &StaticSecret, packet: &[u8], now: u64) -> Result<Processed, OnionError> {
+pub fn process(identity: &Identity, packet: &[u8], now: u64) -> Result<Processed, OnionError> {
+    process_with(identity.x25519_secret(), packet, now)
+}
+
+fn process_with(secret: &StaticSecret, packet: &[u8], now: u64) -> Result<Processed, OnionError> {
     if packet.len() != PACKET_LEN {
         return Err(OnionError::Length(packet.len()));
     }
@@ -504,7 +508,6 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
@@ -526,13 +529,15 @@ mod tests {
             .collect()
     }
 
-    /// Runs a packet along the route; returns what each hop saw (input packet, output packet)
-    /// and the final action.
-    fn travel(ids: &[Identity], packet: Vec<u8>) -> (Vec<(Vec<u8>, Option<Vec<u8>>)>, Action) {
+    /// What one hop received, and what it sent on (none for the last hop).
+    type View = (Vec<u8>, Option<Vec<u8>>);
+
+    /// Runs a packet along the route; returns each hop's view and the final action.
+    fn travel(ids: &[Identity], packet: Vec<u8>) -> (Vec<View>, Action) {
         let mut seen = Vec::new();
         let mut packet = packet;
         for (i, id) in ids.iter().enumerate() {
-            let p = process(id.x25519_secret(), &packet, NOW).expect("hop processes");
+            let p = process(id, &packet, NOW).expect("hop processes");
             match p.action {
                 Action::Forward { next, packet: out } => {
                     assert_eq!(next, ids[i + 1].node_id(), "hop {i} forwards to the next");
@@ -614,7 +619,7 @@ mod tests {
         for pos in [0, 33, BETA.start, BETA.end - 1] {
             let mut bad = packet.clone();
             bad[pos] ^= 1;
-            let err = process(ids[0].x25519_secret(), &bad, NOW).unwrap_err();
+            let err = process(&ids[0], &bad, NOW).unwrap_err();
             assert!(
                 matches!(err, OnionError::BadMac | OnionError::LowOrderKey),
                 "{pos}: {err}"
@@ -626,19 +631,19 @@ mod tests {
             bad[pos] ^= 0x80;
             let mut p = bad;
             for id in &ids[..2] {
-                match process(id.x25519_secret(), &p, NOW).unwrap().action {
+                match process(id, &p, NOW).unwrap().action {
                     Action::Forward { packet, .. } => p = packet,
                     other => panic!("unexpected {other:?}"),
                 }
             }
             assert_eq!(
-                process(ids[2].x25519_secret(), &p, NOW).unwrap_err(),
+                process(&ids[2], &p, NOW).unwrap_err(),
                 OnionError::BadPayload
             );
         }
         // The wrong hop cannot open it.
         assert_eq!(
-            process(ids[1].x25519_secret(), &packet, NOW).unwrap_err(),
+            process(&ids[1], &packet, NOW).unwrap_err(),
             OnionError::BadMac
         );
     }
@@ -646,7 +651,7 @@ mod tests {
     #[test]
     fn hostile_packets_are_refused() {
         let ids = nodes(1);
-        let secret = ids[0].x25519_secret();
+        let secret = &ids[0];
         assert_eq!(
             process(secret, &[], NOW).unwrap_err(),
             OnionError::Length(0)
@@ -694,7 +699,7 @@ mod tests {
     fn expiry_window() {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let ids = nodes(1);
-        let secret = ids[0].x25519_secret();
+        let secret = &ids[0];
         let old = build(&route(&ids), b"", Exit::Deliver, NOW - 61, &mut rng).unwrap();
         assert!(matches!(
             process(secret, &old, NOW),
@@ -714,8 +719,8 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let ids = nodes(2);
         let packet = build(&route(&ids), b"x", Exit::Deliver, NOW + 60, &mut rng).unwrap();
-        let first = process(ids[0].x25519_secret(), &packet, NOW).unwrap();
-        let again = process(ids[0].x25519_secret(), &packet, NOW).unwrap();
+        let first = process(&ids[0], &packet, NOW).unwrap();
+        let again = process(&ids[0], &packet, NOW).unwrap();
         assert_eq!(first.tag, again.tag, "the same packet has the same tag");
         let mut cache = ReplayCache::new(2);
         cache.insert(first.tag, first.expires_at, NOW).unwrap();
@@ -725,7 +730,7 @@ mod tests {
         );
         // Another packet along the same route has another tag.
         let other = build(&route(&ids), b"x", Exit::Deliver, NOW + 60, &mut rng).unwrap();
-        let other = process(ids[0].x25519_secret(), &other, NOW).unwrap();
+        let other = process(&ids[0], &other, NOW).unwrap();
         assert_ne!(other.tag, first.tag);
         cache.insert(other.tag, other.expires_at, NOW).unwrap();
         assert_eq!(

@@ -293,7 +293,7 @@ impl Inner {
     /// An onion packet from `from`: forward it, deliver it, or drop it.
     pub(crate) fn handle_onion(self: &Arc<Self>, from: NodeId, packet: &[u8]) {
         let now = unix_secs();
-        let processed = match onion::process(self.identity.x25519_secret(), packet, now) {
+        let processed = match onion::process(&self.identity, packet, now) {
             Ok(p) => p,
             Err(e) => {
                 self.count_drop(DropReason::Onion, Some(&from), &e.to_string());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use meshara_core::net::PeerInfo;
-use meshara_core::{Node, NodeId};
+use meshara_core::{Node, NodeId, Privacy};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -91,7 +91,16 @@ async fn execute(node: &Node, request: &Value) -> Result<Value> {
                 .and_then(Value::as_str)
                 .unwrap_or("text/plain");
             let text = field(request, "text")?;
-            let pending = node.send_private(to, content_type, text.to_owned()).await?;
+            let privacy = match request.get("privacy").and_then(Value::as_str) {
+                None | Some("direct") => Privacy::Direct,
+                Some("onion") => Privacy::Onion,
+                Some(other) => {
+                    anyhow::bail!("\"privacy\" must be \"direct\" or \"onion\", not {other:?}")
+                }
+            };
+            let pending = node
+                .send_private_with(to, content_type, text.to_owned(), privacy)
+                .await?;
             let id = pending.id();
             if request.get("wait").and_then(Value::as_bool).unwrap_or(true) {
                 let delivered = tokio::time::timeout(Duration::from_secs(120), pending.confirmed())

@@ -123,6 +123,10 @@ enum Command {
         /// Return once queued instead of waiting for the acknowledgement.
         #[arg(long)]
         no_wait: bool,
+        /// Onion-route the message through at least three relays (none of them learns both
+        /// ends); content limited to one onion packet.
+        #[arg(long)]
+        onion: bool,
     },
     /// Broadcast a signed message on a topic through the running node.
     Broadcast {
@@ -419,10 +423,12 @@ fn main() -> Result<()> {
             text,
             content_type,
             no_wait,
+            onion,
         } => {
+            let privacy = if *onion { "onion" } else { "direct" };
             let result = control::request(
                 &control_path(&cli),
-                json!({"cmd": "send", "to": to, "text": text, "content_type": content_type, "wait": !no_wait}),
+                json!({"cmd": "send", "to": to, "text": text, "content_type": content_type, "wait": !no_wait, "privacy": privacy}),
             )?;
             print_result(&cli, &result, |r| {
                 let id = r["id"].as_str().unwrap_or_default();
