@@ -16,6 +16,7 @@ use meshara_core::{
     HandshakeGuard, Identity, NodeRecord, NodeRecordBuilder, Padding, open, seal, session,
     sign_broadcast, verify_broadcast,
 };
+use rand_core::SeedableRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const NOW: u64 = 1_800_000_000;
@@ -171,9 +172,68 @@ fn sessions(c: &mut Criterion) {
     g.finish();
 }
 
+fn onion_packets(c: &mut Criterion) {
+    use meshara_core::crypto::onion::{self, Action, Exit, Hop, PACKET_LEN};
+    let mut g = c.benchmark_group("onion");
+    g.throughput(Throughput::Bytes(PACKET_LEN as u64));
+    // Raw primitives at the packet size: one X25519 and one AEAD pass over 8 KiB.
+    let secret = StaticSecret::from([5u8; 32]);
+    let public = PublicKey::from(&StaticSecret::from([6u8; 32]));
+    g.bench_function("raw x25519 DH", |b| {
+        b.iter(|| secret.diffie_hellman(black_box(&public)))
+    });
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&[1; 32]));
+    let nonce = Nonce::from_slice(&[0; 12]);
+    let packet_sized = vec![0u8; PACKET_LEN];
+    g.bench_function("raw chacha20poly1305 seal+open 8KiB", |b| {
+        b.iter(|| raw_aead_round_trip(&cipher, nonce, black_box(&packet_sized)))
+    });
+    // A route of three relays and the recipient.
+    let hops: Vec<Identity> = (10u8..14).map(|i| node(i).0).collect();
+    let route: Vec<Hop> = hops
+        .iter()
+        .map(|h| Hop {
+            node: h.node_id(),
+            key: *h.x25519_public(),
+        })
+        .collect();
+    let content = vec![7u8; 1024];
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    g.bench_function("meshara onion build, 4 hops", |b| {
+        b.iter(|| {
+            onion::build(
+                &route,
+                black_box(&content),
+                Exit::Deliver,
+                NOW + 60,
+                &mut rng,
+            )
+            .unwrap()
+        })
+    });
+    let packet = onion::build(&route, &content, Exit::Deliver, NOW + 60, &mut rng).unwrap();
+    g.bench_function("meshara onion process, relay hop", |b| {
+        b.iter(|| onion::process(&hops[0], black_box(&packet), NOW).unwrap())
+    });
+    g.bench_function("meshara onion, all 4 hops", |b| {
+        b.iter(|| {
+            let mut p = packet.clone();
+            for h in &hops {
+                match onion::process(h, &p, NOW).unwrap().action {
+                    Action::Forward { packet, .. } => p = packet,
+                    Action::Deliver(c) => return c,
+                    Action::Discard => unreachable!(),
+                }
+            }
+            unreachable!()
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = signatures, sealed, sessions
+    targets = signatures, sealed, sessions, onion_packets
 }
 criterion_main!(benches);
