@@ -390,3 +390,73 @@ async fn unanswered_incoming_queries_are_bounded() {
     assert_eq!(&first.await.unwrap().unwrap()[..], b"late");
     held.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_onion_packets_are_dropped_and_replays_refused() {
+    use meshara_core::crypto::onion::{self, Exit, Hop, PACKET_LEN};
+    use meshara_core::{NodeRecordBuilder, proto, wire};
+
+    let server = plain("127.0.0.1:0").await;
+    let honest = plain("127.0.0.1:0").await;
+    honest.connect(&server.quic_addr().unwrap()).await.unwrap();
+    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
+        .parse()
+        .unwrap();
+    let hostile = std::sync::Arc::new(Identity::generate());
+    let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let conn = StreamConnection::connect(
+        io,
+        &hostile,
+        Some(server.node_id()),
+        TransportKind::Tcp,
+        Some(tcp),
+    )
+    .await
+    .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[1]).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let envelope = |body| proto::Envelope {
+        version: wire::PROTOCOL_VERSION,
+        body: Some(body),
+    };
+    let record = NodeRecordBuilder::new(&hostile, 1).sign(now).unwrap();
+    let mut frames = bytes::BytesMut::new();
+    let mut push = |body| {
+        wire::encode_envelope_frame(&envelope(body), 1 << 20, &mut frames).unwrap();
+    };
+    push(proto::envelope::Body::NodeRecord(record.signed().clone()));
+    // Random bytes of the right size: they do not authenticate.
+    let noise: Vec<u8> = (0..PACKET_LEN).map(|i| (i * 31 % 251) as u8).collect();
+    push(proto::envelope::Body::Onion(proto::OnionPacket {
+        packet: noise.into(),
+    }));
+    // A genuine packet for the server whose content is not a sealed message, sent twice: the
+    // first copy is dropped as malformed, the second as a replay.
+    let route = [Hop {
+        node: server.node_id(),
+        key: *server.record().x25519_key(),
+    }];
+    let packet = onion::build(
+        &route,
+        b"not a sealed message",
+        Exit::Deliver,
+        now + 60,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        push(proto::envelope::Body::Onion(proto::OnionPacket {
+            packet: packet.clone().into(),
+        }));
+    }
+    send.write_all(&frames).await.unwrap();
+    send.flush().await.unwrap();
+    wait_until(|| server.drops(DropReason::Onion) == 2).await;
+    wait_until(|| server.drops(DropReason::Malformed) == 1).await;
+    // The server keeps serving everyone.
+    honest_round_trip(&honest, &server).await;
+}

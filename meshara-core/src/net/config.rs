@@ -182,7 +182,7 @@ pub struct Onion {
     /// back to this node, indistinguishable from messages to the relays. 0 disables them.
     #[serde(with = "humantime_secs")]
     pub cover_interval: Duration,
-    /// Onion packets remembered against replays (until they expire, at most 11 minutes). When
+    /// Onion packets remembered against replays (until they expire, at most 12 minutes). When
     /// full, further packets are refused rather than forgetting a tag early.
     pub replay_cache: usize,
     /// Packets being forwarded at once while a connection to their next hop is set up.

@@ -62,8 +62,9 @@ pub enum DropReason {
     /// A message for an offline recipient that this node's mailbox cannot hold, or transit
     /// traffic it does not relay.
     Mailbox,
-    /// An onion packet that failed to authenticate, expired, was replayed, or could not be
-    /// forwarded.
+    /// An onion packet that failed to authenticate, expired, was replayed, whose next hop
+    /// could not be reached, or that delivered something other than a message or an
+    /// acknowledgement. (A full queue to the next hop counts as `queue_full`.)
     Onion,
 }
 

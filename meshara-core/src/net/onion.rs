@@ -194,8 +194,13 @@ impl Inner {
         rotate: bool,
     ) -> bool {
         let mut record = self.lock().peer_record(&peer);
-        if record.is_none() && self.clone().lookup_record(peer).await {
-            record = self.lock().peer_record(&peer);
+        // One lookup per recipient at a time, however many messages wait for it.
+        if record.is_none() && self.lock().looking_up.insert(peer) {
+            let found = self.clone().lookup_record(peer).await;
+            self.lock().looking_up.remove(&peer);
+            if found {
+                record = self.lock().peer_record(&peer);
+            }
         }
         let Some(record) = record else {
             tracing::debug!(%peer, "no record for the onion recipient yet");
@@ -327,11 +332,8 @@ impl Inner {
             self.count_drop(DropReason::Onion, Some(&from), "onion hop back to itself");
             return;
         }
-        tracing::trace!(%from, %next, "relaying an onion packet");
-        self.emit(Event::OnionRelayed { from, to: next });
-        self.metrics.message("out", "onion-relay");
         if self.lock().is_ready(&next) {
-            self.send_packet(&next, packet);
+            self.relayed(from, next, packet);
             return;
         }
         // Connecting to the next hop takes time; a bounded number of packets may wait for it.
@@ -350,11 +352,20 @@ impl Inner {
                 inner.clone().lookup_record(next).await;
             }
             if inner.clone().ready_connection(next).await {
-                inner.send_packet(&next, packet);
+                inner.relayed(from, next, packet);
             } else {
                 inner.count_drop(DropReason::Onion, Some(&next), "onion next hop unreachable");
             }
         });
+    }
+
+    /// Hands a processed packet to the next hop and reports what this relay saw.
+    fn relayed(&self, from: NodeId, next: NodeId, packet: Vec<u8>) {
+        if self.send_packet(&next, packet) {
+            tracing::trace!(%from, %next, "relayed an onion packet");
+            self.emit(Event::OnionRelayed { from, to: next });
+            self.metrics.message("out", "onion-relay");
+        }
     }
 
     /// The last hop: `content` is a sealed message for us.
@@ -386,6 +397,17 @@ impl Inner {
                 return;
             }
         };
+        // Messages and acknowledgements only: answering anything else (a query) would go
+        // over a direct session and link the two ends.
+        use proto::private_payload::Body as B;
+        if !matches!(payload.body, Some(B::Message(_) | B::Ack(_))) {
+            self.count_drop(
+                DropReason::Onion,
+                Some(&sender),
+                "only messages and acknowledgements travel by onion",
+            );
+            return;
+        }
         let mut acks = std::collections::HashMap::new();
         self.dispatch_payload(sender, payload, &mut acks, std::time::Instant::now());
         // Acknowledge the way the message came: over a circuit of our own.
@@ -411,16 +433,13 @@ impl Inner {
     /// Sends one cover packet: through a random circuit and back to us, where it is dropped.
     pub(crate) async fn send_cover(self: Arc<Self>) {
         let me = self.identity.node_id();
+        // A circuit like any other (same selection, same rotation), whose destination is us.
         let relays = {
-            let st = self.lock();
-            let candidates = st.relay_candidates(&me, &me, unix_secs());
-            if candidates.len() < self.config.onion.hops {
-                return;
+            let mut st = self.lock();
+            match self.circuit(&mut st, &me, false, Instant::now()) {
+                Ok(r) => r,
+                Err(_) => return,
             }
-            sample(candidates.len(), self.config.onion.hops)
-                .into_iter()
-                .map(|i| candidates[i].clone())
-                .collect::<Vec<_>>()
         };
         let own = self.own_record();
         self.send_over(&relays, &own, &[], Exit::Discard).await;
