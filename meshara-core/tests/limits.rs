@@ -47,6 +47,25 @@ async fn honest_round_trip(honest: &Node, server: &Node) {
     assert_eq!(delivered.peer, server.node_id());
 }
 
+/// A hostile client that speaks TLS over TCP to `server` correctly, under a fresh identity.
+async fn hostile_connection(server: &Node) -> (std::sync::Arc<Identity>, StreamConnection) {
+    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
+        .parse()
+        .unwrap();
+    let hostile = std::sync::Arc::new(Identity::generate());
+    let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let conn = StreamConnection::connect(
+        io,
+        &hostile,
+        Some(server.node_id()),
+        TransportKind::Tcp,
+        Some(tcp),
+    )
+    .await
+    .unwrap();
+    (hostile, conn)
+}
+
 async fn wait_until(mut f: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !f() {
@@ -265,21 +284,8 @@ async fn oversized_frames_close_only_the_offender() {
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
     // A hostile client speaks TLS correctly, then announces a 64 MiB frame.
-    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
-        .parse()
-        .unwrap();
     let mut events = server.events();
-    let hostile = std::sync::Arc::new(Identity::generate());
-    let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
-    let conn = StreamConnection::connect(
-        io,
-        &hostile,
-        Some(server.node_id()),
-        TransportKind::Tcp,
-        Some(tcp),
-    )
-    .await
-    .unwrap();
+    let (_hostile, conn) = hostile_connection(&server).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[1]).await.unwrap();
     send.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
@@ -399,20 +405,7 @@ async fn hostile_onion_packets_are_dropped_and_replays_refused() {
     let server = plain("127.0.0.1:0").await;
     let honest = plain("127.0.0.1:0").await;
     honest.connect(&server.quic_addr().unwrap()).await.unwrap();
-    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
-        .parse()
-        .unwrap();
-    let hostile = std::sync::Arc::new(Identity::generate());
-    let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
-    let conn = StreamConnection::connect(
-        io,
-        &hostile,
-        Some(server.node_id()),
-        TransportKind::Tcp,
-        Some(tcp),
-    )
-    .await
-    .unwrap();
+    let (hostile, conn) = hostile_connection(&server).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[1]).await.unwrap();
     let now = std::time::SystemTime::now()

@@ -220,21 +220,19 @@ async fn an_onion_routed_message_arrives_and_each_relay_sees_only_its_neighbours
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onion_sends_need_enough_relays_and_relaying_can_be_disabled() {
+    async fn refused_for_lack_of_relays(from: &Node, to: NodeId) {
+        let err = from
+            .send_private_with(to, "text/plain", Bytes::from_static(b"hi"), Privacy::Onion)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SendError::TooFewRelays { have: 0, need: 3 }),
+            "{err}"
+        );
+    }
     // Alone, a node knows no relays.
     let lonely = builder(Onion::default()).start().await.unwrap();
-    let err = lonely
-        .send_private_with(
-            Identity::generate().node_id(),
-            "text/plain",
-            Bytes::from_static(b"hi"),
-            Privacy::Onion,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, SendError::TooFewRelays { have: 0, need: 3 }),
-        "{err}"
-    );
+    refused_for_lack_of_relays(&lonely, Identity::generate().node_id()).await;
     lonely.stop().await;
 
     // Nodes that do not relay are not picked as relays: four nodes that all refuse leave a
@@ -249,19 +247,7 @@ async fn onion_sends_need_enough_relays_and_relaying_can_be_disabled() {
             .record_of(&nodes[2].node_id())
             .is_some_and(|r| !r.has_capability(meshara_core::Capability::Relay))
     );
-    let err = nodes[1]
-        .send_private_with(
-            nodes[2].node_id(),
-            "text/plain",
-            Bytes::from_static(b"hi"),
-            Privacy::Onion,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, SendError::TooFewRelays { have: 0, need: 3 }),
-        "{err}"
-    );
+    refused_for_lack_of_relays(&nodes[1], nodes[2].node_id()).await;
     futures_util::future::join_all(nodes.iter().map(Node::stop)).await;
 }
 
