@@ -86,7 +86,8 @@ pub use wire::WireError;
 
 #[cfg(feature = "net")]
 pub use net::{
-    DeliveryError, Diagnostics, Event, EventStream, IncomingQuery, NetworkStats, Node, NodeBuilder,
-    NodeConfig, PeerAddr, PeerInfo, PeerStream, PendingDelivery, QueryError, SendError, StartError,
-    StreamError, TransportError,
+    BoxedStream, ByteStream, DeliveryError, Diagnostics, Dialer, Event, EventStream,
+    IncomingQuery, NetworkStats, Node, NodeBuilder, NodeConfig, PeerAddr, PeerInfo, PeerStream,
+    PendingDelivery, QueryError, SendError, StartError, StreamError, TransportError,
+    TransportKind,
 };

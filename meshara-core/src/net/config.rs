@@ -203,6 +203,66 @@ impl Default for Onion {
     }
 }
 
+/// Serving as a bridge: relaying circuits between peers that cannot reach each other
+/// directly (a clearnet node and an onion-only or I2P-only one), docs/protocol.md §15.15.
+///
+/// The bridge splices the two halves of a circuit and sees only TLS ciphertext; it learns both
+/// ends' NodeIds, when and how much. Every limit is per bridge and refusals are counted in
+/// `meshara_drops_total{reason="bridge"}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bridge {
+    /// Relay circuits for others. Advertised in the node record as `bridge_tor` / `bridge_i2p`
+    /// for each of those transports the node can dial.
+    pub enabled: bool,
+    /// NodeIds allowed to open circuits through this bridge; empty allows everyone.
+    #[serde(deserialize_with = "node_ids")]
+    pub allow: Vec<NodeId>,
+    /// Circuits relayed at once, across all peers.
+    pub max_circuits: usize,
+    /// Circuits one peer may have open through the bridge at once (counting circuits it opened
+    /// and circuits opened to it).
+    pub max_circuits_per_peer: usize,
+    /// New circuits one peer may open per minute (a token bucket with that burst).
+    pub circuits_per_minute: u32,
+    /// Bytes per second relayed for one peer, both directions and all its circuits together
+    /// (a token bucket with a one-second burst).
+    pub bytes_per_sec: u64,
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow: Vec::new(),
+            max_circuits: 256,
+            max_circuits_per_peer: 8,
+            circuits_per_minute: 30,
+            bytes_per_sec: 8 << 20,
+        }
+    }
+}
+
+fn transport_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Transport>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "tor" => Ok(Some(Transport::Tor)),
+        "i2p" => Ok(Some(Transport::I2p)),
+        other => Err(serde::de::Error::custom(format!(
+            "{other:?} is not a transport to route through (expected \"tor\" or \"i2p\")"
+        ))),
+    }
+}
+
+fn node_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<NodeId>()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a NodeId")))
+        })
+        .collect()
+}
+
 /// Everything a node needs besides its identity.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -230,6 +290,14 @@ pub struct NodeConfig {
     pub timeouts: Timeouts,
     /// Onion routing.
     pub onion: Onion,
+    /// Relaying circuits for others.
+    pub bridge: Bridge,
+    /// Send every outbound connection through this transport's dialer (`"tor"`): TCP
+    /// addresses are dialled through it too (a Tor exit), QUIC addresses are never dialled
+    /// (UDP does not cross Tor), and peers reachable only by QUIC are reached through a bridge.
+    /// Needs a dialer for the transport ([`NodeBuilder::dialer`](crate::NodeBuilder::dialer)).
+    #[serde(deserialize_with = "transport_name")]
+    pub route_all_via: Option<Transport>,
 }
 
 impl Default for NodeConfig {
@@ -246,6 +314,8 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             onion: Onion::default(),
+            bridge: Bridge::default(),
+            route_all_via: None,
         }
     }
 }
@@ -295,6 +365,16 @@ impl NodeConfig {
             ),
             ("onion.replay_cache", self.onion.replay_cache as u64),
             ("onion.max_forwards", self.onion.max_forwards as u64),
+            ("bridge.max_circuits", self.bridge.max_circuits as u64),
+            (
+                "bridge.max_circuits_per_peer",
+                self.bridge.max_circuits_per_peer as u64,
+            ),
+            (
+                "bridge.circuits_per_minute",
+                u64::from(self.bridge.circuits_per_minute),
+            ),
+            ("bridge.bytes_per_sec", self.bridge.bytes_per_sec),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -358,14 +438,48 @@ impl NodeConfig {
         if self.listen_quic.is_none() && self.listen_tcp.is_none() && self.mdns {
             return Err("mdns needs a listening socket (listen_quic or listen_tcp)".into());
         }
-        for a in &self.advertise {
-            if !matches!(a.transport, Transport::Quic | Transport::Tcp) {
+        if let Some(via) = self.route_all_via {
+            if !matches!(via, Transport::Tor | Transport::I2p) {
                 return Err(format!(
-                    "advertise: {a} uses a transport this node does not serve"
+                    "route_all_via must be tor or i2p (got {via:?}); QUIC and TCP are direct"
+                ));
+            }
+            if self.mdns {
+                return Err(format!(
+                    "route_all_via = {via:?} cannot be combined with mdns, which announces this \
+                     node on the local network"
                 ));
             }
         }
+        for a in &self.advertise {
+            check_advertised(a)?;
+        }
         Ok(())
+    }
+}
+
+/// Checks the host of an address this node publishes: an onion service's v3 name, an I2P
+/// `.b32.i2p` name, an IP literal for QUIC and TCP (the record decoder checks the latter).
+fn check_advertised(a: &Address) -> Result<(), String> {
+    let base32 = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
+    };
+    let ok = match a.transport {
+        Transport::Quic | Transport::Tcp => a.host.parse::<std::net::IpAddr>().is_ok(),
+        Transport::Tor => a.host.strip_suffix(".onion").is_some_and(|h| base32(h, 56)),
+        Transport::I2p => a
+            .host
+            .strip_suffix(".b32.i2p")
+            .is_some_and(|h| base32(h, 52)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "advertise: {a} is not a valid {:?} address (IP literal, <56 base32>.onion or \
+             <52 base32>.b32.i2p)",
+            a.transport
+        ))
     }
 }
 

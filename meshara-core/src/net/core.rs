@@ -343,6 +343,10 @@ pub(crate) struct Inner {
     pub(crate) mdns: Mutex<Option<mdns_sd::ServiceDaemon>>,
     /// Onion packets allowed to wait for a connection to their next hop.
     pub(crate) onion_forwards: Arc<tokio::sync::Semaphore>,
+    /// Dialers for transports the node does not carry itself (Tor, I2P).
+    pub(crate) dialers: HashMap<Transport, Arc<dyn super::transport::Dialer>>,
+    /// Circuits this node relays as a bridge.
+    pub(crate) circuits: Mutex<super::circuit::Circuits>,
     pub(crate) weak: Weak<Inner>,
 }
 
@@ -974,24 +978,40 @@ impl Inner {
             record
                 .addresses()
                 .iter()
-                .filter(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
                 .map(|a| PeerAddr {
                     node: Some(peer),
                     address: a.clone(),
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
+        let (direct, other): (Vec<PeerAddr>, Vec<PeerAddr>) = addrs
+            .into_iter()
+            .partition(|a| self.can_dial(a.address.transport));
         let inner = self.clone();
         self.tasks.spawn(async move {
-            let mut last = addrs
+            let mut last = direct
                 .is_empty()
-                .then(|| TransportError::Connect("its record has no QUIC or TCP address".into()));
-            for addr in addrs {
+                .then(|| TransportError::Connect("its record has no address we can dial".into()));
+            for addr in direct {
                 match inner.connect(&addr).await {
                     Ok(_) => {
                         last = None;
                         break;
                     }
+                    Err(e) => last = Some(e),
+                }
+            }
+            // Addresses this node cannot dial itself (an onion service, an I2P destination,
+            // QUIC for a Tor-only node) are reached through a bridge's circuit.
+            if last.is_some() && !other.is_empty() {
+                let mut transports: Vec<Transport> = Vec::new();
+                for a in &other {
+                    if !transports.contains(&a.address.transport) {
+                        transports.push(a.address.transport);
+                    }
+                }
+                match inner.dial_through_bridges(peer, transports).await {
+                    Ok(_) => last = None,
                     Err(e) => last = Some(e),
                 }
             }
@@ -1076,6 +1096,32 @@ impl Inner {
         addr: &PeerAddr,
     ) -> Result<Arc<dyn Connection>, TransportError> {
         let a = &addr.address;
+        // Through a dialer: Tor and I2P addresses, and TCP ones when everything leaves
+        // through Tor (no local name resolution then: the exit resolves).
+        let via = match (a.transport, self.config.route_all_via) {
+            (Transport::Quic, Some(via)) => {
+                return Err(TransportError::Connect(format!(
+                    "{a}: QUIC cannot be dialled while every connection goes through {via:?}"
+                )));
+            }
+            (Transport::Tcp, Some(via)) => Some(via),
+            (Transport::Quic | Transport::Tcp, None) => None,
+            (other, _) => Some(other),
+        };
+        if let Some(via) = via {
+            let dialer = self.dialers.get(&via).ok_or_else(|| {
+                TransportError::Connect(format!(
+                    "{a} needs a {via:?} transport this node does not have"
+                ))
+            })?;
+            let kind = match via {
+                Transport::I2p => TransportKind::I2p,
+                _ => TransportKind::Tor,
+            };
+            let io = dialer.dial(a).await?;
+            let conn = StreamConnection::connect(io, &self.identity, addr.node, kind, None).await?;
+            return Ok(Arc::new(conn));
+        }
         let target = tokio::net::lookup_host((a.host.as_str(), a.port))
             .await
             .map_err(|e| TransportError::Connect(format!("cannot resolve {}: {e}", a.host)))?
@@ -1488,6 +1534,7 @@ impl Inner {
                 self.read_loop(conn, id, recv, last_rx).await;
             }
             STREAM_USER => self.accept_user_stream(conn.peer(), send, recv).await,
+            super::circuit::STREAM_CIRCUIT => self.accept_circuit(conn, send, recv).await,
             _ => {
                 self.count_drop(
                     DropReason::Malformed,
@@ -1983,7 +2030,7 @@ impl Inner {
             st.peer_record(&peer).and_then(|r| {
                 r.addresses()
                     .iter()
-                    .find(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
+                    .find(|a| self.can_dial(a.transport))
                     .cloned()
             })
         };

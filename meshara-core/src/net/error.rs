@@ -47,6 +47,15 @@ pub enum TransportError {
     /// An I/O error on the underlying stream.
     #[error("I/O error: {0}")]
     Io(String),
+    /// A bridge would not relay a circuit to the peer (not a bridge, not allowed, over its
+    /// limits, or the peer was unreachable from it).
+    #[error("bridge {bridge} refused the circuit: {reason}")]
+    CircuitRefused {
+        /// The bridge asked.
+        bridge: NodeId,
+        /// What it answered.
+        reason: String,
+    },
 }
 
 impl TransportError {

@@ -3,7 +3,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `meshara_messages_total` | counter | `direction` (in/out), `kind` (private, ack, broadcast, query, response, control) |
-//! | `meshara_bytes_total` | counter | `direction`, `transport` (quic, tcp, stream) |
+//! | `meshara_bytes_total` | counter | `direction`, `transport` (quic, tcp, stream, tor, i2p, relayed) |
 //! | `meshara_connections` | gauge | `transport` |
 //! | `meshara_connection_attempts_total` | counter | `direction` (in, out, or stream for application byte streams), `result` (ok, error, refused) |
 //! | `meshara_drops_total` | counter | `reason` (see [`DropReason`]) |
@@ -11,6 +11,9 @@
 //! | `meshara_query_latency_seconds` | histogram | query to response |
 //! | `meshara_connect_latency_seconds` | histogram | dial to authenticated connection |
 //! | `meshara_deliveries_total` | counter | `result` (confirmed, failed) |
+//! | `meshara_bridge_circuits` | gauge | circuits this node relays as a bridge now |
+//! | `meshara_bridge_circuit_requests_total` | counter | `result` (ok, not_a_bridge, not_allowed, rate_limited, capacity, unreachable, bad_request) |
+//! | `meshara_bridge_bytes_total` | counter | bytes spliced through this node's circuits, both directions |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -66,6 +69,8 @@ pub enum DropReason {
     /// could not be reached, or that delivered something other than a message or an
     /// acknowledgement. (A full queue to the next hop counts as `queue_full`.)
     Onion,
+    /// A bridge circuit refused (policy, limits, unreachable target) or cut (idle, hostile).
+    Bridge,
 }
 
 impl DropReason {
@@ -92,6 +97,7 @@ impl DropReason {
             DropReason::MaxTopics => "max_topics",
             DropReason::Mailbox => "mailbox",
             DropReason::Onion => "onion",
+            DropReason::Bridge => "bridge",
         }
     }
 }
@@ -143,6 +149,9 @@ pub(crate) struct Metrics {
     pub(crate) query_latency: Histogram,
     pub(crate) connect_latency: Histogram,
     pub(crate) outbox: Gauge,
+    pub(crate) bridge_circuits: Gauge,
+    pub(crate) bridge_results: Family<ResultLabels, Counter>,
+    pub(crate) bridge_bytes: Counter,
 }
 
 impl Metrics {
@@ -160,6 +169,24 @@ impl Metrics {
         let query_latency = latency();
         let connect_latency = latency();
         let outbox = Gauge::default();
+        let bridge_circuits = Gauge::default();
+        let bridge_results = Family::<ResultLabels, Counter>::default();
+        let bridge_bytes = Counter::default();
+        registry.register(
+            "bridge_circuits",
+            "Circuits relayed by this bridge now",
+            bridge_circuits.clone(),
+        );
+        registry.register(
+            "bridge_circuit_requests",
+            "Circuit requests to this bridge by result",
+            bridge_results.clone(),
+        );
+        registry.register(
+            "bridge_bytes",
+            "Bytes spliced through this bridge's circuits",
+            bridge_bytes.clone(),
+        );
         registry.register(
             "messages",
             "Envelopes by direction and kind",
@@ -222,6 +249,9 @@ impl Metrics {
             query_latency,
             connect_latency,
             outbox,
+            bridge_circuits,
+            bridge_results,
+            bridge_bytes,
         }
     }
 

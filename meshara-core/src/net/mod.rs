@@ -19,6 +19,7 @@
 //! send) are pure state machines outside this module ([`crate::delivery`], [`crate::rate`]);
 //! this module only moves bytes and time into them.
 
+mod circuit;
 pub mod config;
 mod core;
 mod discovery;
@@ -30,12 +31,14 @@ mod node;
 mod onion;
 mod relay;
 mod tls;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{Limits, NodeConfig, Onion, PeerAddr, Timeouts};
+pub use config::{Bridge, Limits, NodeConfig, Onion, PeerAddr, Timeouts};
 pub use core::Delivered;
 pub(crate) use core::unix_secs;
 pub use discovery::MDNS_SERVICE;
@@ -49,4 +52,4 @@ pub use node::{
     BootstrapStatus, Diagnostics, NetworkStats, Node, NodeBuilder, PeerInfo, PendingDelivery,
     TopicInfo,
 };
-pub use transport::{Connection, TransportKind};
+pub use transport::{BoxedStream, ByteStream, Connection, Dialer, TransportKind};

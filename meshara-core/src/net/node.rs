@@ -1,5 +1,6 @@
 //! The developer API: [`NodeBuilder`] → [`Node`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use super::core::{
 use super::discovery;
 use super::error::{DeliveryError, QueryError, SendError, StartError, StreamError, TransportError};
 use super::events::{EventStream, PeerStream, StreamListener};
-use super::transport::{self, ByteStream, Connection, StreamConnection, TransportKind};
+use super::transport::{self, ByteStream, Dialer, StreamConnection, TransportKind};
 use crate::crypto::padding::Padding;
 use crate::delivery::Privacy;
 use crate::identity::{Fingerprint, Identity, NodeId};
@@ -48,12 +49,31 @@ pub struct NodeBuilder {
     identity: Option<Identity>,
     keystore: Option<(PathBuf, Vec<u8>, KdfParams)>,
     padding: Option<Padding>,
+    dialers: HashMap<Transport, Arc<dyn Dialer>>,
+    capabilities: Vec<Capability>,
 }
 
 impl NodeBuilder {
     /// Defaults: QUIC on `0.0.0.0:<random>`, no TCP, no mDNS, default limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Dials addresses of `transport` (Tor, I2P) through `dialer`: record addresses of that
+    /// transport become reachable, and with [`NodeConfig::route_all_via`] TCP addresses are
+    /// dialled through it too. Replaces an earlier dialer for the same transport.
+    pub fn dialer(mut self, transport: Transport, dialer: Arc<dyn Dialer>) -> Self {
+        self.dialers.insert(transport, dialer);
+        self
+    }
+
+    /// Publishes `capability` in the node record (bridge capabilities are added by
+    /// [`NodeConfig::bridge`] for the transports the node can dial).
+    pub fn capability(mut self, capability: Capability) -> Self {
+        if !self.capabilities.contains(&capability) {
+            self.capabilities.push(capability);
+        }
+        self
     }
 
     /// Starts from a full configuration (as read from TOML by `meshara run`).
@@ -140,6 +160,13 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node, StartError> {
         let config = self.config;
         config.validate().map_err(StartError::Config)?;
+        if let Some(via) = config.route_all_via {
+            if !self.dialers.contains_key(&via) {
+                return Err(StartError::Config(format!(
+                    "route_all_via = {via:?} needs a {via:?} dialer (NodeBuilder::dialer)"
+                )));
+            }
+        }
         let (identity, keystore) = match (self.identity, self.keystore) {
             (Some(identity), _) => (identity, None),
             (None, Some((path, passphrase, params))) => {
@@ -208,7 +235,24 @@ impl NodeBuilder {
             None => None,
         };
 
-        let record = sign_record(&identity, &config, local_quic, local_tcp)?;
+        let mut capabilities = self.capabilities;
+        if config.bridge.enabled {
+            for (transport, capability) in [
+                (Transport::Tor, Capability::BridgeTor),
+                (Transport::I2p, Capability::BridgeI2p),
+            ] {
+                if self.dialers.contains_key(&transport) && !capabilities.contains(&capability) {
+                    capabilities.push(capability);
+                }
+            }
+        }
+        let record = sign_record(
+            &identity,
+            &config,
+            &capabilities,
+            local_quic,
+            local_tcp,
+        )?;
         let (events, _) = broadcast::channel(config.limits.event_buffer);
         let (topology, _) = watch::channel(0);
         let stream_tls = transport::stream_server_config(&identity)?;
@@ -250,6 +294,8 @@ impl NodeBuilder {
             keystore,
             mdns: Mutex::new(None),
             onion_forwards: Arc::new(tokio::sync::Semaphore::new(config.onion.max_forwards)),
+            dialers: self.dialers,
+            circuits: Default::default(),
             weak: weak.clone(),
             config,
         });
@@ -282,12 +328,16 @@ impl NodeBuilder {
 fn sign_record(
     identity: &Identity,
     config: &NodeConfig,
+    capabilities: &[Capability],
     quic: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
 ) -> Result<NodeRecord, StartError> {
     let mut builder = NodeRecordBuilder::new(identity, unix_ms()).agent(config.agent.clone());
     if config.onion.relay {
         builder = builder.capability(Capability::Relay);
+    }
+    for c in capabilities {
+        builder = builder.capability(*c);
     }
     let mut addresses: Vec<Address> = config.advertise.clone();
     if addresses.is_empty() {
@@ -577,7 +627,7 @@ impl Node {
         if name.is_empty() || name.len() > 255 {
             return Err(StreamError::InvalidProtocol);
         }
-        let conn = self.ready_connection(peer).await?;
+        let conn = self.inner.ready_conn(peer).await?;
         let (mut send, recv) = conn.open_bi().await?;
         let mut header = Vec::with_capacity(2 + name.len());
         header.push(STREAM_USER);
@@ -604,58 +654,12 @@ impl Node {
         }
     }
 
-    /// Waits (up to the connect timeout) for a ready connection to `peer`, dialing it.
-    async fn ready_connection(&self, peer: NodeId) -> Result<Arc<dyn Connection>, SendError> {
-        {
-            let st = self.inner.lock();
-            self.inner.check_peer(&st, &peer)?;
-        }
-        let mut topology = self.inner.topology.subscribe();
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeouts.connect;
-        loop {
-            let conn = {
-                let st = self.inner.lock();
-                st.peers
-                    .get(&peer)
-                    .and_then(|p| p.conns.iter().rev().find(|c| c.ready))
-                    .map(|c| c.conn.clone())
-            };
-            if let Some(conn) = conn {
-                return Ok(conn);
-            }
-            let known = {
-                let st = self.inner.lock();
-                st.records.get(&peer).is_some()
-                    || st.dialing.contains(&peer)
-                    || st.wanted.iter().any(|w| w.node == Some(peer))
-            };
-            if !known {
-                return Err(SendError::NoRoute(peer));
-            }
-            self.inner.ensure_connected(peer);
-            tokio::select! {
-                r = topology.changed() => if r.is_err() { return Err(SendError::Stopped) },
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(SendError::Transport(TransportError::Timeout(self.inner.config.timeouts.connect)))
-                }
-                () = self.inner.shutdown.cancelled() => return Err(SendError::Stopped),
-            }
-        }
-    }
-
     /// Connects to `addr` now and keeps the connection (in addition to discovery). Returns the
     /// peer's NodeId. With a NodeId in the address, a different key fails the handshake.
     pub async fn connect(&self, addr: &PeerAddr) -> Result<NodeId, TransportError> {
         let node = self.inner.connect(addr).await?;
         // Wait until the peer's record arrived so messages can flow at once.
-        let mut topology = self.inner.topology.subscribe();
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeouts.connect;
-        while !self.inner.lock().is_ready(&node) {
-            tokio::select! {
-                r = topology.changed() => if r.is_err() { break },
-                () = tokio::time::sleep_until(deadline) => return Err(TransportError::Timeout(self.inner.config.timeouts.connect)),
-            }
-        }
+        self.wait_ready(node).await?;
         Ok(node)
     }
 
@@ -836,47 +840,64 @@ impl Node {
         io: S,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        let handshake = StreamConnection::connect(
-            io,
-            &self.inner.identity,
-            expected,
-            TransportKind::Stream,
-            None,
-        );
-        self.register_stream(handshake, false).await
+        self.connect_stream_as(io, expected, TransportKind::Stream)
+            .await
+    }
+
+    /// [`Node::connect_stream`], labelling the connection with the transport underneath
+    /// ([`TransportKind::Tor`], [`TransportKind::I2p`], …) in peers, events and metrics.
+    pub async fn connect_stream_as<S: ByteStream>(
+        &self,
+        io: S,
+        expected: Option<NodeId>,
+        kind: TransportKind,
+    ) -> Result<NodeId, TransportError> {
+        let handshake = StreamConnection::connect(io, &self.inner.identity, expected, kind, None);
+        self.inner.register_stream(handshake, false, None).await
     }
 
     /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
     /// onion-service stream) and registers the connection. Returns the caller's NodeId.
     pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
-        let handshake = StreamConnection::accept(
-            io,
-            self.inner.stream_tls.clone(),
-            TransportKind::Stream,
-            None,
-        );
-        self.register_stream(handshake, true).await
+        self.accept_stream_as(io, TransportKind::Stream).await
     }
 
-    /// Takes a connection slot, runs `handshake` within the connect timeout and registers the
-    /// connection; the slot is given back if the handshake fails, times out or is cancelled.
-    async fn register_stream(
+    /// [`Node::accept_stream`], labelling the connection with the transport underneath.
+    pub async fn accept_stream_as<S: ByteStream>(
         &self,
-        handshake: impl std::future::Future<Output = Result<StreamConnection, TransportError>>,
-        inbound: bool,
+        io: S,
+        kind: TransportKind,
     ) -> Result<NodeId, TransportError> {
-        let slot = self.inner.reserve_stream_slot()?;
-        let timeout = self.inner.config.timeouts.connect;
-        let conn = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))
-            .and_then(|r| r)
-            .inspect_err(|e| self.inner.stream_handshake_failed(e))?;
-        let peer = conn.peer();
-        slot.keep();
-        self.inner.metrics.attempt("stream", "ok");
-        self.inner.establish(Arc::new(conn), inbound, None)?;
+        let handshake = StreamConnection::accept(io, self.inner.stream_tls.clone(), kind, None);
+        self.inner.register_stream(handshake, true, None).await
+    }
+
+    /// Connects to `target` through a circuit relayed by `bridge` (a node that sets
+    /// [`Bridge::enabled`](crate::net::Bridge)), and keeps the end-to-end connection. The node
+    /// does this by itself when a peer's record lists only addresses it cannot dial; this is for
+    /// choosing the bridge. Fails with [`TransportError::CircuitRefused`] when the bridge says
+    /// no, with its reason.
+    pub async fn connect_via(
+        &self,
+        bridge: NodeId,
+        target: NodeId,
+    ) -> Result<NodeId, TransportError> {
+        let peer = self.inner.connect_via(bridge, target).await?;
+        self.wait_ready(peer).await?;
         Ok(peer)
+    }
+
+    /// Waits until the connection to `peer` is usable (its record has arrived on it).
+    async fn wait_ready(&self, peer: NodeId) -> Result<(), TransportError> {
+        let mut topology = self.inner.topology.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeouts.connect;
+        while !self.inner.lock().is_ready(&peer) {
+            tokio::select! {
+                r = topology.changed() => if r.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => return Err(TransportError::Timeout(self.inner.config.timeouts.connect)),
+            }
+        }
+        Ok(())
     }
 
     /// Stops the node gracefully: closes connections with a reason, fails pending deliveries

@@ -44,8 +44,15 @@ pub enum TransportKind {
     Quic,
     /// TLS 1.3 over TCP.
     Tcp,
-    /// TLS 1.3 over another byte stream (Tor, I2P, a test pipe, …).
+    /// TLS 1.3 over another byte stream handed in by the application (a test pipe, …).
     Stream,
+    /// TLS 1.3 over a Tor stream (an onion service, or a clearnet address through an exit).
+    Tor,
+    /// TLS 1.3 over an I2P streaming connection.
+    I2p,
+    /// TLS 1.3 end to end through a bridge's circuit (docs/protocol.md §15.15): the bridge
+    /// splices bytes it cannot read between two of its connections.
+    Relayed,
 }
 
 impl TransportKind {
@@ -55,6 +62,9 @@ impl TransportKind {
             TransportKind::Quic => "quic",
             TransportKind::Tcp => "tcp",
             TransportKind::Stream => "stream",
+            TransportKind::Tor => "tor",
+            TransportKind::I2p => "i2p",
+            TransportKind::Relayed => "relayed",
         }
     }
 }
@@ -162,6 +172,24 @@ impl Connection for QuicConnection {
 /// Any reliable, ordered byte stream a [`StreamConnection`] can run over.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A byte stream behind a box, as a [`Dialer`] returns it.
+pub type BoxedStream = Box<dyn ByteStream>;
+
+/// Opens byte streams over a transport the node does not carry itself: Tor, I2P.
+///
+/// Register one per [`Transport`](crate::Transport) with
+/// [`NodeBuilder::dialer`](crate::NodeBuilder::dialer); the node then dials record
+/// addresses of that transport through it and runs TLS 1.3 over the stream, exactly as over
+/// TCP. With [`NodeConfig::route_all_via`](crate::NodeConfig::route_all_via) the dialer is
+/// also handed TCP addresses, so that every outbound connection leaves through it.
+pub trait Dialer: Send + Sync + fmt::Debug + 'static {
+    /// Opens a reliable byte stream to `address`.
+    fn dial<'a>(
+        &'a self,
+        address: &'a crate::Address,
+    ) -> BoxFuture<'a, Result<BoxedStream, TransportError>>;
+}
 
 /// Most inbound streams a stream connection buffers before the node accepts them; more are
 /// reset rather than queued.
