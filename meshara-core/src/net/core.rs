@@ -1397,6 +1397,17 @@ impl Inner {
                     }
                     if empty {
                         st.peers.remove(&peer);
+                        // The peer may come back restarted, without our session keys; a new
+                        // connection starts with a fresh handshake (one key exchange) instead
+                        // of messages it could not decrypt.
+                        if let Some(old) = st.sessions.remove(&peer) {
+                            for session in &old.sessions {
+                                st.session_index.remove(&session.local_index());
+                            }
+                            if let Some((index, _)) = old.initiating {
+                                st.initiators.remove(&index);
+                            }
+                        }
                         gone = true;
                         disconnected = announced;
                     }
