@@ -163,7 +163,8 @@ impl Inner {
         match (transport, self.config.route_all_via) {
             (Transport::Quic, Some(_)) => false,
             (Transport::Quic, None) => true,
-            (Transport::Tcp, Some(via)) => self.dialers.contains_key(&via),
+            // Tor exits carry TCP to clearnet addresses; I2P has no such exits here.
+            (Transport::Tcp, Some(via)) => via == Transport::Tor && self.dialers.contains_key(&via),
             (Transport::Tcp, None) => true,
             (t, _) => self.dialers.contains_key(&t),
         }

@@ -292,9 +292,9 @@ pub struct NodeConfig {
     pub onion: Onion,
     /// Relaying circuits for others.
     pub bridge: Bridge,
-    /// Send every outbound connection through this transport's dialer (`"tor"`): TCP
-    /// addresses are dialled through it too (a Tor exit), QUIC addresses are never dialled
-    /// (UDP does not cross Tor), and peers reachable only by QUIC are reached through a bridge.
+    /// Send every outbound connection through this transport's dialer (`"tor"` or `"i2p"`):
+    /// nothing is dialled directly. Over Tor, TCP addresses are dialled through an exit; QUIC
+    /// (UDP does not cross Tor or I2P) and, over I2P, TCP are reached through a bridge.
     /// Needs a dialer for the transport ([`NodeBuilder::dialer`](crate::NodeBuilder::dialer)).
     #[serde(deserialize_with = "transport_name")]
     pub route_all_via: Option<Transport>,

@@ -1099,12 +1099,12 @@ impl Inner {
         // Through a dialer: Tor and I2P addresses, and TCP ones when everything leaves
         // through Tor (no local name resolution then: the exit resolves).
         let via = match (a.transport, self.config.route_all_via) {
-            (Transport::Quic, Some(via)) => {
+            (Transport::Tcp, Some(Transport::Tor)) => Some(Transport::Tor),
+            (Transport::Quic | Transport::Tcp, Some(via)) => {
                 return Err(TransportError::Connect(format!(
-                    "{a}: QUIC cannot be dialled while every connection goes through {via:?}"
+                    "{a} cannot be dialled while every connection goes through {via:?}"
                 )));
             }
-            (Transport::Tcp, Some(via)) => Some(via),
             (Transport::Quic | Transport::Tcp, None) => None,
             (other, _) => Some(other),
         };

@@ -51,6 +51,7 @@ pub struct NodeBuilder {
     padding: Option<Padding>,
     dialers: HashMap<Transport, Arc<dyn Dialer>>,
     capabilities: Vec<Capability>,
+    also_advertise: Vec<Address>,
 }
 
 impl NodeBuilder {
@@ -73,6 +74,13 @@ impl NodeBuilder {
         if !self.capabilities.contains(&capability) {
             self.capabilities.push(capability);
         }
+        self
+    }
+
+    /// Publishes `address` (an onion service, an I2P destination) in the node record besides
+    /// [`NodeConfig::advertise`] or, when that is empty, the bound sockets.
+    pub fn also_advertise(mut self, address: Address) -> Self {
+        self.also_advertise.push(address);
         self
     }
 
@@ -160,6 +168,11 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node, StartError> {
         let config = self.config;
         config.validate().map_err(StartError::Config)?;
+        for a in &self.also_advertise {
+            let mut probe = NodeConfig::default();
+            probe.advertise.push(a.clone());
+            probe.validate().map_err(StartError::Config)?;
+        }
         if let Some(via) = config.route_all_via {
             if !self.dialers.contains_key(&via) {
                 return Err(StartError::Config(format!(
@@ -250,6 +263,7 @@ impl NodeBuilder {
             &identity,
             &config,
             &capabilities,
+            &self.also_advertise,
             local_quic,
             local_tcp,
         )?;
@@ -329,6 +343,7 @@ fn sign_record(
     identity: &Identity,
     config: &NodeConfig,
     capabilities: &[Capability],
+    also: &[Address],
     quic: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
 ) -> Result<NodeRecord, StartError> {
@@ -351,6 +366,7 @@ fn sign_record(
             }
         }
     }
+    addresses.extend(also.iter().cloned());
     for a in addresses {
         builder = builder.address(a.transport, a.host, a.port);
     }

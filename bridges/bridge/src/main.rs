@@ -1,0 +1,79 @@
+//! `meshara-bridge`: parses the command line, loads the configuration and runs a [`Bridge`]
+//! until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use meshara_bridge::{Bridge, Config, IdentitySource};
+
+/// A Meshara bridge node: clearnet QUIC and I2P, relaying circuits between them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `MESHARA_BRIDGE_*` variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// File holding the keystore passphrase (else `MESHARA_BRIDGE_PASSPHRASE`).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn passphrase(cli: &Cli) -> Result<Vec<u8>> {
+    if let Some(path) = &cli.passphrase_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the passphrase file {}", path.display()))?;
+        return Ok(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+    }
+    match std::env::var("MESHARA_BRIDGE_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
+        _ => anyhow::bail!(
+            "the keystore needs a passphrase: --passphrase-file FILE or MESHARA_BRIDGE_PASSPHRASE"
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let filter = std::env::var("MESHARA_BRIDGE_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if cli.check {
+        tracing::info!("configuration is valid");
+        return Ok(());
+    }
+    let passphrase = passphrase(&cli)?;
+    let bridge = Bridge::start(config, IdentitySource::Keystore(passphrase)).await?;
+    tracing::info!(http = %bridge.http_addr(), node = %bridge.node().node_id(), "serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    bridge.shutdown().await;
+    Ok(())
+}

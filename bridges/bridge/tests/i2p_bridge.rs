@@ -1,0 +1,166 @@
+//! The bridge against a real i2pd started by the test: a clearnet-only node and an I2P-only
+//! node (it dials nothing but I2P) reach each other through the bridge, both ways, with
+//! messages, broadcasts, queries and a stream; the bridge's HTTP endpoints tell its state and
+//! it shuts down gracefully.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshara_bridge::{Bridge, Config, IdentitySource};
+use meshara_core::net::testing::exchange_traffic;
+use meshara_core::net::{PeerAddr, Timeouts};
+use meshara_core::{
+    Capability, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind,
+};
+use meshara_i2p::I2pTransport;
+use meshara_i2p::testing::{I2pd, LOCAL_SESSION_OPTIONS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(30),
+        ack: Duration::from_secs(5),
+        reconnect_min: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(2),
+        peer_exchange: Duration::from_millis(500),
+        ..Timeouts::default()
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
+    let Some(router) = I2pd::start().await else {
+        return;
+    };
+    let bridge_dir = tempfile::tempdir().unwrap();
+    let leaf_dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(bridge_dir.path());
+    config.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.node.listen_quic = Some("127.0.0.1:0".parse().unwrap());
+    config.node.timeouts = timeouts();
+    config.node.bridge.enabled = true;
+    config.i2p.enabled = true;
+    config.i2p.sam = router.sam;
+    config.i2p.session_options = LOCAL_SESSION_OPTIONS.iter().map(|s| (*s).to_owned()).collect();
+    config.validate().unwrap();
+    // The bridge's and the I2P-only node's sessions build their tunnels at the same time.
+    let (bridge, leaf_i2p) = tokio::join!(
+        Bridge::start(config, IdentitySource::Identity(Identity::generate())),
+        I2pTransport::start(router.config(leaf_dir.path())),
+    );
+    let (bridge, leaf_i2p) = (bridge.unwrap(), leaf_i2p.unwrap());
+    let http = bridge.http_addr();
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".to_owned()));
+    let record = bridge.node().record();
+    assert!(record.has_capability(Capability::BridgeI2p));
+    let b32 = bridge.i2p().unwrap().address();
+    assert!(record.addresses().contains(&b32), "{:?}", record.addresses());
+
+    // The I2P-only node: no listener but I2P, nothing dialled except over I2P; it knows the
+    // bridge by its .b32.i2p address.
+    let leaf = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: None,
+            advertise: vec![leaf_i2p.address()],
+            bootstrap: vec![PeerAddr {
+                node: Some(bridge.node().node_id()),
+                address: b32,
+            }],
+            route_all_via: Some(Transport::I2p),
+            target_peers: 0,
+            timeouts: timeouts(),
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .dialer(Transport::I2p, leaf_i2p.dialer())
+        .start()
+        .await
+        .unwrap();
+    let _leaf_serving = leaf_i2p.serve(leaf.clone());
+    // The clearnet node knows only the bridge's QUIC address.
+    let clear = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            bootstrap: vec![bridge.node().quic_addr().unwrap()],
+            target_peers: 0,
+            timeouts: timeouts(),
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .start()
+        .await
+        .unwrap();
+    let (leaf_id, clear_id) = (leaf.node_id(), clear.node_id());
+    wait_until("the nodes learn each other's records through the bridge", || {
+        clear.record_of(&leaf_id).is_some() && leaf.record_of(&clear_id).is_some()
+    })
+    .await;
+    // The leaf's record offers nothing but I2P, so the clearnet node needs the bridge.
+    assert!(
+        clear
+            .record_of(&leaf_id)
+            .unwrap()
+            .addresses()
+            .iter()
+            .all(|a| a.transport == Transport::I2p)
+    );
+    exchange_traffic(&clear, &leaf, 2 << 20).await;
+    let via = |n: &Node, peer| {
+        n.peers()
+            .into_iter()
+            .find(|p| p.node_id == peer)
+            .map(|p| p.transport)
+    };
+    assert_eq!(via(&clear, leaf_id), Some(TransportKind::Relayed));
+    assert_eq!(via(&leaf, clear_id), Some(TransportKind::Relayed));
+    assert_eq!(via(&leaf, bridge.node().node_id()), Some(TransportKind::I2p));
+    let (status, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("meshara_bridge_i2p_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("meshara_bridge_circuit_requests_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    // Graceful shutdown: peers are told, the HTTP server stops.
+    let mut leaf_events = leaf.events();
+    bridge.shutdown().await;
+    meshara_core::net::testing::wait_for(&mut leaf_events, |e| match e {
+        meshara_core::Event::PeerDisconnected { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(tokio::net::TcpStream::connect(http).await.is_err());
+    clear.stop().await;
+    leaf.stop().await;
+    router.stop().await;
+}
