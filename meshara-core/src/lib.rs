@@ -86,8 +86,7 @@ pub use wire::WireError;
 
 #[cfg(feature = "net")]
 pub use net::{
-    BoxedStream, ByteStream, DeliveryError, Diagnostics, Dialer, Event, EventStream,
-    IncomingQuery, NetworkStats, Node, NodeBuilder, NodeConfig, PeerAddr, PeerInfo, PeerStream,
-    PendingDelivery, QueryError, SendError, StartError, StreamError, TransportError,
-    TransportKind,
+    BoxedStream, ByteStream, DeliveryError, Diagnostics, Dialer, Event, EventStream, IncomingQuery,
+    NetworkStats, Node, NodeBuilder, NodeConfig, PeerAddr, PeerInfo, PeerStream, PendingDelivery,
+    QueryError, SendError, StartError, StreamError, TransportError, TransportKind,
 };

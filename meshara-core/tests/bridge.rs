@@ -160,7 +160,11 @@ async fn circuits_refused_by_policy_say_why() {
     let plain = bridge(Bridge::default()).await;
     let t = hidden(&plain).await;
     let a = clearnet(&plain, &t).await;
-    let why = refusal(a.connect_via(plain.node_id(), t.node_id()).await.unwrap_err());
+    let why = refusal(
+        a.connect_via(plain.node_id(), t.node_id())
+            .await
+            .unwrap_err(),
+    );
     assert!(why.contains("not a bridge"), "{why}");
     assert_eq!(plain.drops(DropReason::Bridge), 1);
 
@@ -172,7 +176,11 @@ async fn circuits_refused_by_policy_say_why() {
     .await;
     let t2 = hidden(&strict).await;
     let a2 = clearnet(&strict, &t2).await;
-    let why = refusal(a2.connect_via(strict.node_id(), t2.node_id()).await.unwrap_err());
+    let why = refusal(
+        a2.connect_via(strict.node_id(), t2.node_id())
+            .await
+            .unwrap_err(),
+    );
     assert!(why.contains("allow list"), "{why}");
     // … which lets in whoever is on it.
     let listed = bridge(Bridge {
@@ -182,7 +190,9 @@ async fn circuits_refused_by_policy_say_why() {
     .await;
     t2.connect(&listed.quic_addr().unwrap()).await.unwrap();
     a2.connect(&listed.quic_addr().unwrap()).await.unwrap();
-    a2.connect_via(listed.node_id(), t2.node_id()).await.unwrap();
+    a2.connect_via(listed.node_id(), t2.node_id())
+        .await
+        .unwrap();
 
     // A target the bridge cannot reach.
     let stranger = Identity::generate().node_id();
@@ -229,7 +239,11 @@ async fn circuit_rate_and_counts_are_limited() {
     let t2 = hidden(&b2).await;
     let a2 = clearnet(&b2, &t1).await;
     a2.connect_via(b2.node_id(), t1.node_id()).await.unwrap();
-    let why = refusal(a2.connect_via(b2.node_id(), t2.node_id()).await.unwrap_err());
+    let why = refusal(
+        a2.connect_via(b2.node_id(), t2.node_id())
+            .await
+            .unwrap_err(),
+    );
     assert!(why.contains("too many circuits for this peer"), "{why}");
 
     // One circuit in all: another peer is refused while it is open, and served once it closed.
@@ -242,7 +256,11 @@ async fn circuit_rate_and_counts_are_limited() {
     let a3 = clearnet(&b3, &t3).await;
     let c3 = clearnet(&b3, &t3).await;
     a3.connect_via(b3.node_id(), t3.node_id()).await.unwrap();
-    let why = refusal(c3.connect_via(b3.node_id(), t3.node_id()).await.unwrap_err());
+    let why = refusal(
+        c3.connect_via(b3.node_id(), t3.node_id())
+            .await
+            .unwrap_err(),
+    );
     assert!(why.contains("circuit limit"), "{why}");
     a3.remove_peer(t3.node_id());
     tokio::time::timeout(WAIT, async {
@@ -332,7 +350,9 @@ async fn hostile_circuit_requests_leave_the_bridge_serving() {
     .await
     .expect("the truncated and the unknown request are counted");
     assert!(
-        !b.peers().iter().any(|p| p.node_id == t.node_id() && p.transport == TransportKind::Relayed),
+        !b.peers()
+            .iter()
+            .any(|p| p.node_id == t.node_id() && p.transport == TransportKind::Relayed),
         "the forged circuit registered nothing"
     );
     conn.close(0, "done");

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use meshara_core::net::testing::{exchange_traffic, wait_for};
 use meshara_core::net::{DropReason, Limits, PeerAddr, Timeouts};
-use meshara_core::net::testing::{exchange_traffic, read_and_check, stream_both_ways, wait_for, write_pattern};
-use meshara_core::{Event, EventStream, Identity, Node, NodeBuilder, NodeId, TransportError};
+use meshara_core::{Event, Identity, Node, NodeBuilder, NodeId, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);

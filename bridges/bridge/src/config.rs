@@ -228,7 +228,10 @@ impl Config {
             ));
         }
         if !self.node.bridge.enabled {
-            return Err(bad("node.bridge.enabled", "a bridge relays circuits".into()));
+            return Err(bad(
+                "node.bridge.enabled",
+                "a bridge relays circuits".into(),
+            ));
         }
         if !self.i2p.enabled {
             return Err(bad(
@@ -239,9 +242,7 @@ impl Config {
         if self.i2p.port == 0 {
             return Err(bad("i2p.port", "must be 1..=65535".into()));
         }
-        self.node
-            .validate()
-            .map_err(|reason| bad("node", reason))?;
+        self.node.validate().map_err(|reason| bad("node", reason))?;
         Ok(())
     }
 
@@ -301,7 +302,10 @@ sam = "127.0.0.1:7656"
 
     #[test]
     fn bad_values_name_the_key() {
-        let base = [("MESHARA_BRIDGE_DATA_DIR", "/d"), ("MESHARA_BRIDGE_I2P_ENABLED", "true")];
+        let base = [
+            ("MESHARA_BRIDGE_DATA_DIR", "/d"),
+            ("MESHARA_BRIDGE_I2P_ENABLED", "true"),
+        ];
         for (k, v, needle) in [
             ("MESHARA_BRIDGE_MAX_CIRCUITS", "0", "max_circuits"),
             ("MESHARA_BRIDGE_BYTES_PER_SEC", "lots", "BYTES_PER_SEC"),
@@ -319,7 +323,11 @@ sam = "127.0.0.1:7656"
         assert!(e.contains("data_dir"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
-        std::fs::write(&path, "data_dir = \"/d\"\n[i2p]\nenabled = true\nsamm = 1\n").unwrap();
+        std::fs::write(
+            &path,
+            "data_dir = \"/d\"\n[i2p]\nenabled = true\nsamm = 1\n",
+        )
+        .unwrap();
         let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(e.contains("samm"), "{e}");
     }

@@ -64,7 +64,7 @@ pub enum IdentitySource {
     /// passphrase.
     Keystore(Vec<u8>),
     /// A given identity (tests, or keys managed elsewhere).
-    Identity(Identity),
+    Identity(Box<Identity>),
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +142,9 @@ impl Bridge {
         i2p_config.port = config.i2p.port;
         let i2p = I2pTransport::start(i2p_config).await?;
         let mut node_config = config.node.clone();
-        node_config.data_dir.get_or_insert_with(|| config.data_dir.clone());
+        node_config
+            .data_dir
+            .get_or_insert_with(|| config.data_dir.clone());
         // The clearnet addresses (the bound sockets unless the operator listed its public
         // ones) and the I2P destination.
         let builder = NodeBuilder::new()
@@ -153,7 +155,7 @@ impl Bridge {
             IdentitySource::Keystore(passphrase) => {
                 builder.keystore(config.keystore_path(), passphrase)
             }
-            IdentitySource::Identity(identity) => builder.identity(identity),
+            IdentitySource::Identity(identity) => builder.identity(*identity),
         };
         let node = match builder.start().await {
             Ok(node) => node,

@@ -10,9 +10,7 @@ use std::time::Duration;
 use meshara_bridge::{Bridge, Config, IdentitySource};
 use meshara_core::net::testing::exchange_traffic;
 use meshara_core::net::{PeerAddr, Timeouts};
-use meshara_core::{
-    Capability, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind,
-};
+use meshara_core::{Capability, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind};
 use meshara_i2p::I2pTransport;
 use meshara_i2p::testing::{I2pd, LOCAL_SESSION_OPTIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,9 +28,11 @@ fn timeouts() -> Timeouts {
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out
@@ -40,7 +40,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -68,11 +71,17 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     config.node.bridge.enabled = true;
     config.i2p.enabled = true;
     config.i2p.sam = router.sam;
-    config.i2p.session_options = LOCAL_SESSION_OPTIONS.iter().map(|s| (*s).to_owned()).collect();
+    config.i2p.session_options = LOCAL_SESSION_OPTIONS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     config.validate().unwrap();
     // The bridge's and the I2P-only node's sessions build their tunnels at the same time.
     let (bridge, leaf_i2p) = tokio::join!(
-        Bridge::start(config, IdentitySource::Identity(Identity::generate())),
+        Bridge::start(
+            config,
+            IdentitySource::Identity(Box::new(Identity::generate()))
+        ),
         I2pTransport::start(router.config(leaf_dir.path())),
     );
     let (bridge, leaf_i2p) = (bridge.unwrap(), leaf_i2p.unwrap());
@@ -82,7 +91,11 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     let record = bridge.node().record();
     assert!(record.has_capability(Capability::BridgeI2p));
     let b32 = bridge.i2p().unwrap().address();
-    assert!(record.addresses().contains(&b32), "{:?}", record.addresses());
+    assert!(
+        record.addresses().contains(&b32),
+        "{:?}",
+        record.addresses()
+    );
 
     // The I2P-only node: no listener but I2P, nothing dialled except over I2P; it knows the
     // bridge by its .b32.i2p address.
@@ -119,9 +132,10 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
         .await
         .unwrap();
     let (leaf_id, clear_id) = (leaf.node_id(), clear.node_id());
-    wait_until("the nodes learn each other's records through the bridge", || {
-        clear.record_of(&leaf_id).is_some() && leaf.record_of(&clear_id).is_some()
-    })
+    wait_until(
+        "the nodes learn each other's records through the bridge",
+        || clear.record_of(&leaf_id).is_some() && leaf.record_of(&clear_id).is_some(),
+    )
     .await;
     // The leaf's record offers nothing but I2P, so the clearnet node needs the bridge.
     assert!(
@@ -141,7 +155,10 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     };
     assert_eq!(via(&clear, leaf_id), Some(TransportKind::Relayed));
     assert_eq!(via(&leaf, clear_id), Some(TransportKind::Relayed));
-    assert_eq!(via(&leaf, bridge.node().node_id()), Some(TransportKind::I2p));
+    assert_eq!(
+        via(&leaf, bridge.node().node_id()),
+        Some(TransportKind::I2p)
+    );
     let (status, metrics) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("meshara_bridge_i2p_up 1"), "{metrics}");

@@ -24,13 +24,13 @@ fn i2p_base64() -> Encoding {
         .push_str("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-~");
     spec.padding = Some('=');
     // The specification is a constant; it cannot fail to build.
-    spec.encoding().unwrap_or_else(|_| data_encoding::BASE64)
+    spec.encoding().unwrap_or(data_encoding::BASE64)
 }
 
 fn base32_lower() -> Encoding {
     let mut spec = Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    spec.encoding().unwrap_or_else(|_| data_encoding::BASE32_NOPAD)
+    spec.encoding().unwrap_or(data_encoding::BASE32_NOPAD)
 }
 
 /// Decodes I2P base64 (`-` and `~` in place of `+` and `/`), bounded in size.
@@ -61,7 +61,10 @@ pub fn public_len(bytes: &[u8]) -> Result<usize, SamError> {
             KEYS_LEN + 3
         )));
     }
-    let cert_len = usize::from(u16::from_be_bytes([bytes[KEYS_LEN + 1], bytes[KEYS_LEN + 2]]));
+    let cert_len = usize::from(u16::from_be_bytes([
+        bytes[KEYS_LEN + 1],
+        bytes[KEYS_LEN + 2],
+    ]));
     if cert_len > MAX_CERT_LEN {
         return Err(SamError::Malformed(format!(
             "a destination certificate of {cert_len} bytes (at most {MAX_CERT_LEN})"
@@ -100,9 +103,8 @@ pub fn public_of(private_b64: &str) -> Result<String, SamError> {
 
 /// Whether `host` is a well-formed `.b32.i2p` name (52 base32 characters).
 pub fn is_b32(host: &str) -> bool {
-    host.strip_suffix(".b32.i2p").is_some_and(|h| {
-        h.len() == 52 && h.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
-    })
+    host.strip_suffix(".b32.i2p")
+        .is_some_and(|h| h.len() == 52 && h.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')))
 }
 
 #[cfg(test)]

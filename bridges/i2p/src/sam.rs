@@ -95,10 +95,7 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply, SamError> {
     let topic = word().ok_or_else(|| SamError::Malformed("reply has no topic word".into()))?;
     let kind = word().ok_or_else(|| SamError::Malformed("reply has no type word".into()))?;
     let mut pairs: Vec<(String, String)> = Vec::new();
-    loop {
-        let Some(start) = rest.iter().position(|b| *b != b' ') else {
-            break;
-        };
+    while let Some(start) = rest.iter().position(|b| *b != b' ') {
         rest = &rest[start..];
         if pairs.len() == MAX_PAIRS {
             return Err(SamError::Malformed(format!(
@@ -261,11 +258,15 @@ mod tests {
         let many: String = (0..=MAX_PAIRS).map(|i| format!(" K{i}=v")).collect();
         assert!(parse_reply(format!("A B{many}").as_bytes()).is_err());
         assert!(matches!(
-            parse_reply(b"HELLO REPLY VERSION=3.1").unwrap().expect_ok("HELLO", "REPLY"),
+            parse_reply(b"HELLO REPLY VERSION=3.1")
+                .unwrap()
+                .expect_ok("HELLO", "REPLY"),
             Err(SamError::Malformed(_))
         ));
         assert!(matches!(
-            parse_reply(b"SESSION STATUS RESULT=OK").unwrap().expect_ok("HELLO", "REPLY"),
+            parse_reply(b"SESSION STATUS RESULT=OK")
+                .unwrap()
+                .expect_ok("HELLO", "REPLY"),
             Err(SamError::Malformed(_))
         ));
     }

@@ -1,7 +1,12 @@
 //! A real i2pd router on loopback for tests (feature `test-utils`): its own data directory,
 //! free ports, no reseeding, no other routers (see `../shared/RECIPES.md`). Sessions on it
 //! reach each other when created with [`LOCAL_SESSION_OPTIONS`].
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,7 +60,10 @@ impl I2pd {
     /// i2pd is not installed and not [`required`].
     pub async fn start() -> Option<Self> {
         let Some(binary) = i2pd_binary() else {
-            assert!(!required(), "MESHARA_REQUIRE_I2PD=1 but i2pd is not installed");
+            assert!(
+                !required(),
+                "MESHARA_REQUIRE_I2PD=1 but i2pd is not installed"
+            );
             eprintln!("SKIPPED: i2pd is not installed (apt-get install i2pd)");
             return None;
         };
@@ -94,14 +102,21 @@ impl I2pd {
         let router = Self { child, sam, dir };
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
-                if SamConnection::connect(sam, SamTimeouts::default()).await.is_ok() {
+                if SamConnection::connect(sam, SamTimeouts::default())
+                    .await
+                    .is_ok()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
         .await;
-        assert!(ready.is_ok(), "i2pd's SAM bridge did not come up: {}", router.log());
+        assert!(
+            ready.is_ok(),
+            "i2pd's SAM bridge did not come up: {}",
+            router.log()
+        );
         Some(router)
     }
 
@@ -113,7 +128,10 @@ impl I2pd {
     /// A transport configuration for this router with keys in `data_dir`.
     pub fn config(&self, data_dir: &std::path::Path) -> crate::I2pConfig {
         let mut c = crate::I2pConfig::new(self.sam, data_dir);
-        c.session_options = LOCAL_SESSION_OPTIONS.iter().map(|s| (*s).to_owned()).collect();
+        c.session_options = LOCAL_SESSION_OPTIONS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         c
     }
 

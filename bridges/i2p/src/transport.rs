@@ -76,7 +76,10 @@ impl I2pTransport {
         let mut attempt = 0;
         let (id, control, private) = loop {
             // A fresh name per attempt: a half-created session may still hold the last one.
-            let id = format!("meshara-{:016x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+            let id = format!(
+                "meshara-{:016x}",
+                rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+            );
             let created = async {
                 let mut control = SamConnection::connect(config.sam, config.timeouts).await?;
                 let private = control
@@ -89,7 +92,9 @@ impl I2pTransport {
                 Ok((control, private)) => break (id, control, private),
                 // i2pd sometimes drops a SESSION CREATE while it is starting or creating another
                 // session; such a failure is worth another try.
-                Err(e @ (SamError::RouterClosed | SamError::Io(_))) if attempt < SESSION_RETRIES => {
+                Err(e @ (SamError::RouterClosed | SamError::Io(_)))
+                    if attempt < SESSION_RETRIES =>
+                {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "I2P session creation failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -141,13 +146,15 @@ impl I2pTransport {
 
     /// Opens a stream to `destination` (a `.b32.i2p` name or a base64 destination).
     pub async fn connect(&self, destination: &str) -> Result<SamStream, SamError> {
-        let conn = SamConnection::connect(self.shared.config.sam, self.shared.config.timeouts).await?;
+        let conn =
+            SamConnection::connect(self.shared.config.sam, self.shared.config.timeouts).await?;
         conn.stream_connect(&self.shared.id, destination).await
     }
 
     /// Waits for the next incoming stream; returns the peer's destination and the stream.
     pub async fn accept(&self) -> Result<(String, SamStream), SamError> {
-        let conn = SamConnection::connect(self.shared.config.sam, self.shared.config.timeouts).await?;
+        let conn =
+            SamConnection::connect(self.shared.config.sam, self.shared.config.timeouts).await?;
         conn.stream_accept(&self.shared.id).await?.peer().await
     }
 

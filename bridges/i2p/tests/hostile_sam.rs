@@ -90,7 +90,11 @@ async fn start(addr: SocketAddr) -> Result<I2pTransport, SamError> {
 #[tokio::test]
 async fn hostile_replies_are_clear_errors() {
     // Nobody listening.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     assert!(matches!(
         SamConnection::connect(closed, short()).await,
         Err(SamError::Io(_))
@@ -116,7 +120,10 @@ async fn hostile_replies_are_clear_errors() {
     let addr = fake_router(hello_then(|_| Some(Vec::new()))).await;
     assert!(matches!(
         start(addr).await,
-        Err(SamError::Timeout { step: "SESSION CREATE", .. })
+        Err(SamError::Timeout {
+            step: "SESSION CREATE",
+            ..
+        })
     ));
     // Closes mid-handshake: after HELLO, at SESSION CREATE.
     let addr = fake_router(hello_then(|_| None)).await;
@@ -168,7 +175,10 @@ async fn accept_loop_and_dialer_survive_a_broken_router() {
     }))
     .await;
     let transport = start(addr).await.unwrap();
-    assert_eq!(transport.b32(), dest::b32_of(&private_destination()).unwrap());
+    assert_eq!(
+        transport.b32(),
+        dest::b32_of(&private_destination()).unwrap()
+    );
     let node = NodeBuilder::new()
         .config(NodeConfig {
             listen_quic: Some("127.0.0.1:0".parse().unwrap()),

@@ -93,8 +93,14 @@ async fn nodes_talk_over_i2p_and_keep_their_address() {
     drop(b_serving);
     b.stop().await;
     tb.close().await;
-    let tb2 = I2pTransport::start(router.config(dir_b.path())).await.unwrap();
-    assert_eq!(tb2.address(), old_address, "the .b32.i2p address survives a restart");
+    let tb2 = I2pTransport::start(router.config(dir_b.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        tb2.address(),
+        old_address,
+        "the .b32.i2p address survives a restart"
+    );
     let (b2, _b2_serving) = i2p_node(&tb2, id_b(), None).await;
     let mut b2_events = b2.events();
     // A dial begun while b was down waits on the old lease set until it times out; the next

@@ -75,12 +75,15 @@ impl Status {
     }
 }
 
+/// A peer's byte budget, shared by all the circuits it opened.
+type ByteBudget = Arc<std::sync::Mutex<TokenBucket>>;
+
 /// What a bridge tracks per peer: open circuits, the circuit-opening budget, the byte budget.
 #[derive(Debug)]
 struct PeerCircuits {
     open: usize,
     opens: TokenBucket,
-    bytes: Arc<std::sync::Mutex<TokenBucket>>,
+    bytes: ByteBudget,
 }
 
 /// The bridge's circuit bookkeeping.
@@ -99,7 +102,11 @@ struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut c = self.inner.circuits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self
+            .inner
+            .circuits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         c.active = c.active.saturating_sub(1);
         let now = Instant::now();
         let per_minute = f64::from(self.inner.config.bridge.circuits_per_minute);
@@ -375,11 +382,8 @@ impl Inner {
     ) {
         let peer = conn.peer();
         let mut header = [0u8; 33];
-        let read = tokio::time::timeout(
-            self.config.timeouts.connect,
-            recv.read_exact(&mut header),
-        )
-        .await;
+        let read =
+            tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut header)).await;
         let other = match read {
             Ok(Ok(_)) => NodeId::from_slice(&header[1..]).ok(),
             _ => None,
@@ -392,8 +396,8 @@ impl Inner {
             OP_CONNECT => self.relay(conn, other, send, recv).await,
             OP_INCOMING => self.incoming(peer, other, send, recv).await,
             _ => {
-                let _ = write_status(&mut send, Status::BadRequest, "unknown circuit operation")
-                    .await;
+                let _ =
+                    write_status(&mut send, Status::BadRequest, "unknown circuit operation").await;
                 self.count_drop(DropReason::Bridge, Some(&peer), "unknown circuit operation");
             }
         }
@@ -414,19 +418,19 @@ impl Inner {
         }
         if self.lock().banned.contains(&source) {
             let _ = write_status(&mut send, Status::NotAllowed, "source is banned here").await;
-            self.count_drop(DropReason::Banned, Some(&source), "circuit from a banned peer");
+            self.count_drop(
+                DropReason::Banned,
+                Some(&source),
+                "circuit from a banned peer",
+            );
             return;
         }
         if write_status(&mut send, Status::Ok, "").await.is_err() {
             return;
         }
         let io = PeerStream::new(bridge, CIRCUIT_LABEL.into(), send, recv);
-        let handshake = StreamConnection::accept(
-            io,
-            self.stream_tls.clone(),
-            TransportKind::Relayed,
-            None,
-        );
+        let handshake =
+            StreamConnection::accept(io, self.stream_tls.clone(), TransportKind::Relayed, None);
         match self.register_stream(handshake, true, Some(source)).await {
             Ok(_) => tracing::debug!(%source, %bridge, "accepted a circuit"),
             Err(e) => tracing::debug!(%source, %bridge, error = %e, "incoming circuit failed"),
@@ -438,7 +442,7 @@ impl Inner {
         self: &Arc<Self>,
         from: NodeId,
         target: NodeId,
-    ) -> Result<(Admission, Arc<std::sync::Mutex<TokenBucket>>), (Status, &'static str)> {
+    ) -> Result<(Admission, ByteBudget), (Status, &'static str)> {
         let policy = &self.config.bridge;
         if !policy.enabled {
             return Err((Status::NotABridge, "this node is not a bridge"));
@@ -471,7 +475,10 @@ impl Inner {
         }
         let entry = c.peers.entry(from).or_insert_with(new_peer);
         if !entry.opens.try_take(1.0, now) {
-            return Err((Status::RateLimited, "too many new circuits; try again later"));
+            return Err((
+                Status::RateLimited,
+                "too many new circuits; try again later",
+            ));
         }
         entry.open += 1;
         let bytes = entry.bytes.clone();
@@ -540,15 +547,31 @@ impl Inner {
         let activity = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let idle = self.config.timeouts.idle;
-        let chunk = SPLICE_CHUNK.min(self.config.bridge.bytes_per_sec as usize).max(1);
-        let there = self.clone().pump(recv, target_send, bytes.clone(), activity.clone(), started, idle, chunk);
-        let back = self.clone().pump(target_recv, send, bytes, activity, started, idle, chunk);
+        let chunk = SPLICE_CHUNK
+            .min(self.config.bridge.bytes_per_sec as usize)
+            .max(1);
+        let there = self.clone().pump(
+            recv,
+            target_send,
+            bytes.clone(),
+            activity.clone(),
+            started,
+            idle,
+            chunk,
+        );
+        let back = self
+            .clone()
+            .pump(target_recv, send, bytes, activity, started, idle, chunk);
         let outcome = tokio::select! {
             r = async { tokio::try_join!(there, back) } => r.map(|_| ()),
             () = self.shutdown.cancelled() => Ok(()),
         };
         if let Err(e) = outcome {
-            self.count_drop(DropReason::Bridge, Some(&from), &format!("circuit to {target} cut: {e}"));
+            self.count_drop(
+                DropReason::Bridge,
+                Some(&from),
+                &format!("circuit to {target} cut: {e}"),
+            );
         }
         drop(admission);
     }
@@ -588,7 +611,7 @@ impl Inner {
         self: Arc<Self>,
         mut from: RecvHalf,
         mut to: SendHalf,
-        budget: Arc<std::sync::Mutex<TokenBucket>>,
+        budget: ByteBudget,
         activity: Arc<AtomicU64>,
         started: Instant,
         idle: Duration,

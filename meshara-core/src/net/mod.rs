@@ -30,9 +30,9 @@ mod metrics;
 mod node;
 mod onion;
 mod relay;
-mod tls;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+mod tls;
 pub mod transport;
 
 #[cfg(test)]

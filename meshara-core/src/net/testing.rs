@@ -151,4 +151,3 @@ pub async fn read_and_check(
         total += n;
     }
 }
-

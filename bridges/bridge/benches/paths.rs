@@ -1,0 +1,287 @@
+//! Round trip and goodput over each path a message can take, in one run:
+//!
+//! - direct QUIC between two nodes (the baseline every other row is compared with);
+//! - a bridge circuit over QUIC (initiator → bridge → target, TLS end to end through the
+//!   splice);
+//! - I2P between two nodes on one real i2pd router (zero-hop tunnels: this measures SAM, the
+//!   router's streaming library and Meshara over it, not the I2P network's latency);
+//! - the raw primitive under it: a bare SAM stream between the same two sessions, echoing.
+//!
+//! `cargo bench -p meshara-bridge --bench paths` (needs i2pd; `PATHS_BENCH_QUICK=1` for a short
+//! run). Prints markdown; docs/benchmarks.md records the results.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    clippy::print_stdout
+)]
+
+use std::time::{Duration, Instant};
+
+use meshara_core::net::{Bridge, PeerAddr, Timeouts};
+use meshara_core::{Capability, Identity, Node, NodeBuilder, NodeConfig, Transport};
+use meshara_i2p::I2pTransport;
+use meshara_i2p::testing::I2pd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn quick() -> bool {
+    std::env::var_os("PATHS_BENCH_QUICK").is_some()
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(60),
+        ..Timeouts::default()
+    }
+}
+
+fn quic_builder() -> NodeBuilder {
+    NodeBuilder::new()
+        .config(NodeConfig {
+            target_peers: 0,
+            timeouts: timeouts(),
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+}
+
+/// Answers every query with its body, on `node`, until the node stops.
+fn echo(node: &Node) {
+    let mut events = node.events();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(e) = events.next().await {
+            if let meshara_core::Event::Query(q) = e {
+                let body = q.body.clone();
+                let _ = q.respond(body);
+            }
+        }
+    });
+}
+
+/// Sinks every stream opened for "bench" on `node`, answering with one byte at the end.
+fn sink(node: &Node) {
+    let mut listener = node.listen_streams("bench");
+    tokio::spawn(async move {
+        while let Some(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut send, mut recv) = stream.into_split();
+                let mut buf = vec![0u8; 64 * 1024];
+                while recv.read(&mut buf).await.unwrap_or(0) > 0 {}
+                let _ = send.write_all(&[1]).await;
+                let _ = send.shutdown().await;
+            });
+        }
+    });
+}
+
+/// Query round trips (64-byte body) and one-way stream goodput from `a` to `b`.
+async fn measure(a: &Node, b: &Node, rounds: usize, bytes: usize) -> (Duration, Duration, f64) {
+    let peer = b.node_id();
+    // Warm up: connection, session, first stream.
+    for _ in 0..5 {
+        a.query(peer, "echo", vec![7u8; 64], Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.query(peer, "echo", vec![7u8; 64], Duration::from_secs(60))
+            .await
+            .unwrap();
+        samples.push(t.elapsed());
+    }
+    let p50 = percentile(&mut samples, 0.5);
+    let p99 = percentile(&mut samples, 0.99);
+    let stream = a.open_stream(peer, "bench").await.unwrap();
+    let (mut send, mut recv) = stream.into_split();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        send.write_all(&chunk[..n]).await.unwrap();
+        sent += n;
+    }
+    send.shutdown().await.unwrap();
+    let mut done = [0u8; 1];
+    recv.read_exact(&mut done).await.unwrap();
+    let mib_s = bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
+    (p50, p99, mib_s)
+}
+
+/// The raw primitive: a bare SAM stream from `ta` to `tb`, 64-byte echo round trips and a
+/// one-way transfer acknowledged by one byte.
+async fn raw_sam(
+    ta: &I2pTransport,
+    tb: &I2pTransport,
+    rounds: usize,
+    bytes: usize,
+) -> (Duration, Duration, f64) {
+    let server = tb.clone();
+    let echo = tokio::spawn(async move {
+        let (_, mut s) = server.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds + 5 {
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        }
+        let mut left = bytes;
+        let mut big = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = s.read(&mut big).await.unwrap();
+            assert!(n > 0);
+            left -= n;
+        }
+        s.write_all(&[1]).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut s = ta.connect(tb.b32()).await.unwrap();
+    let msg = [7u8; 64];
+    let mut buf = [0u8; 64];
+    for _ in 0..5 {
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    let chunk = vec![0x5au8; 64 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..n]).await.unwrap();
+        sent += n;
+    }
+    let mut done = [0u8; 1];
+    s.read_exact(&mut done).await.unwrap();
+    let mib_s = bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
+    echo.await.unwrap();
+    (
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+        mib_s,
+    )
+}
+
+fn row(path: &str, (p50, p99, mib_s): (Duration, Duration, f64)) {
+    println!("| {path} | {} | {} | {mib_s:.1} MiB/s |", ms(p50), ms(p99));
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (rounds, bytes) = if quick() {
+        (50, 4 << 20)
+    } else {
+        (500, 32 << 20)
+    };
+    let router = I2pd::start().await.expect("the benchmark needs i2pd");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ta, tb) = tokio::join!(
+        I2pTransport::start(router.config(da.path())),
+        I2pTransport::start(router.config(db.path())),
+    );
+    let (ta, tb) = (ta.unwrap(), tb.unwrap());
+
+    println!("| path | query RTT p50 | p99 | stream goodput (one way) |");
+    println!("|---|---|---|---|");
+    // Direct QUIC.
+    let a = quic_builder().start().await.unwrap();
+    let b = quic_builder().start().await.unwrap();
+    echo(&b);
+    sink(&b);
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    row(
+        "direct QUIC (baseline)",
+        measure(&a, &b, rounds, bytes).await,
+    );
+
+    // A bridge circuit over QUIC.
+    let bridge = NodeBuilder::new()
+        .config(NodeConfig {
+            target_peers: 0,
+            timeouts: timeouts(),
+            bridge: Bridge {
+                enabled: true,
+                bytes_per_sec: 1 << 40,
+                ..Bridge::default()
+            },
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .capability(Capability::BridgeI2p)
+        .start()
+        .await
+        .unwrap();
+    let c = quic_builder().start().await.unwrap();
+    echo(&c);
+    sink(&c);
+    c.connect(&bridge.quic_addr().unwrap()).await.unwrap();
+    let d = quic_builder().start().await.unwrap();
+    d.connect(&bridge.quic_addr().unwrap()).await.unwrap();
+    d.connect_via(bridge.node_id(), c.node_id()).await.unwrap();
+    row(
+        "bridge circuit over QUIC",
+        measure(&d, &c, rounds, bytes).await,
+    );
+
+    // Meshara over I2P.
+    let i2p_node = |t: &I2pTransport, boot: Option<PeerAddr>| {
+        NodeBuilder::new()
+            .config(NodeConfig {
+                listen_quic: None,
+                advertise: vec![t.address()],
+                bootstrap: boot.into_iter().collect(),
+                target_peers: 0,
+                timeouts: timeouts(),
+                ..NodeConfig::default()
+            })
+            .identity(Identity::generate())
+            .dialer(Transport::I2p, t.dialer())
+            .start()
+    };
+    let nb = i2p_node(&tb, None).await.unwrap();
+    echo(&nb);
+    sink(&nb);
+    let _serving = tb.serve(nb.clone());
+    let na = i2p_node(&ta, None).await.unwrap();
+    na.connect(&PeerAddr {
+        node: Some(nb.node_id()),
+        address: tb.address(),
+    })
+    .await
+    .unwrap();
+    row(
+        "Meshara over I2P (one i2pd, 0-hop tunnels)",
+        measure(&na, &nb, rounds, bytes).await,
+    );
+    drop(_serving);
+    row(
+        "raw SAM stream, same sessions (primitive)",
+        raw_sam(&ta, &tb, rounds, bytes).await,
+    );
+
+    for n in [a, b, bridge, c, d, na, nb] {
+        n.stop().await;
+    }
+    router.stop().await;
+}
