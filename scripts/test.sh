@@ -3,8 +3,9 @@
 # needs, idempotently: formatting, lints, unit + integration + property + doc tests, rustdoc,
 # the test-vector check and a bounded fuzz smoke run of every fuzz target.
 #
-# Also starts a throwaway PostgreSQL (scripts/postgres.sh) for the authority server's tests and
-# installs Debian's chromium plus playwright-core for its dashboard test.
+# Also starts a throwaway PostgreSQL (scripts/postgres.sh) for the authority server's tests,
+# installs Debian's chromium plus playwright-core for its dashboard test, and installs i2pd,
+# which the I2P transport and bridge tests start themselves (one router each, on loopback).
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 15; 0 skips fuzzing)
@@ -28,6 +29,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # The authority server's PostgreSQL tests.
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+# The I2P transport's and the bridge's tests run a real i2pd router.
+[ -x /usr/sbin/i2pd ] || need+=(i2pd)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -52,6 +55,8 @@ MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
 export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
 (cd authority-server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 export MESHARA_REQUIRE_BROWSER=1
+# Tests that need i2pd fail (rather than skip) if it is missing.
+export MESHARA_REQUIRE_I2PD=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked
