@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The main job (README.md): a local Meshara devnet on loopback: an authority server (with its
-# embedded SQLite store, admin API and dashboard) and a mesh of nodes that follow its
+# embedded SQLite store, admin API and dashboard), a bridge node on QUIC and I2P (with its own
+# i2pd router, when i2pd is installed) and a mesh of nodes that follow the authority's
 # releases. Arguments go to `meshara devnet` (try --help).
 #
 # Environment: MESHARA_DEVNET_DIR (state; default a fresh directory under /tmp),
-# AUTHORITY_HTTP (default 127.0.0.1:8600), AUTHORITY_QUIC (default 127.0.0.1:7700).
+# AUTHORITY_HTTP (default 127.0.0.1:8600), AUTHORITY_QUIC (default 127.0.0.1:7700),
+# BRIDGE_HTTP (default 127.0.0.1:8700), BRIDGE_QUIC (default 127.0.0.1:7340).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -q --release --locked -p meshara-core --bin meshara -p meshara-authority --bin meshara-authority
+cargo build -q --release --locked -p meshara-core --bin meshara -p meshara-authority --bin meshara-authority \
+  -p meshara-bridge --bin meshara-bridge
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 dir=${MESHARA_DEVNET_DIR:-$(mktemp -d /tmp/meshara-devnet.XXXXXX)}
@@ -26,7 +29,8 @@ MESHARA_AUTHORITY_HTTP_LISTEN="${AUTHORITY_HTTP:-127.0.0.1:8600}" \
 MESHARA_AUTHORITY_QUIC_LISTEN="${AUTHORITY_QUIC:-127.0.0.1:7700}" \
   "$bin/meshara-authority" serve >"$dir/authority.out" 2>"$dir/authority.log" &
 authority_pid=$!
-trap 'kill $authority_pid 2>/dev/null; wait $authority_pid 2>/dev/null || true' EXIT
+pids=("$authority_pid")
+trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
 
 node_line=""
 for _ in $(seq 1 100); do
@@ -54,5 +58,93 @@ Meshara authority server
     curl -s -H "Authorization: Bearer \$T" -H 'Content-Type: application/json' -d '{}' \$A/api/v1/releases/\$ID/publish
 
 INFO
+
+# The bridge: its own i2pd router (offline: no reseeding, zero-hop tunnels, as in
+# ../shared/RECIPES.md) and meshara-bridge joining the mesh through the authority node.
+bridge_http=${BRIDGE_HTTP:-127.0.0.1:8700}
+bridge_quic=${BRIDGE_QUIC:-127.0.0.1:7340}
+if [ -x /usr/sbin/i2pd ]; then
+  i2p="$dir/i2pd"; mkdir -p "$i2p"
+  cat >"$i2p/i2pd.conf" <<CONF
+log = file
+logfile = $i2p/i2pd.log
+loglevel = warn
+daemon = false
+ipv4 = true
+ipv6 = false
+host = 127.0.0.1
+address4 = 127.0.0.1
+port = 17657
+nat = false
+netid = 77
+reservedrange = false
+floodfill = true
+[ntcp2]
+enabled = true
+published = true
+port = 17657
+[ssu2]
+enabled = false
+[http]
+enabled = false
+[httpproxy]
+enabled = false
+[socksproxy]
+enabled = false
+[sam]
+enabled = true
+address = 127.0.0.1
+port = 17656
+[bob]
+enabled = false
+[i2cp]
+enabled = false
+[i2pcontrol]
+enabled = false
+[upnp]
+enabled = false
+[addressbook]
+enabled = true
+defaulturl =
+subscriptions =
+[nettime]
+enabled = false
+[reseed]
+verify = false
+threshold = 0
+urls = https://127.0.0.1:9/
+yggurls =
+[exploratory]
+inbound.length = 0
+outbound.length = 0
+CONF
+  /usr/sbin/i2pd --datadir="$i2p" --conf="$i2p/i2pd.conf" >/dev/null 2>&1 &
+  pids+=($!)
+  mkdir -p "$dir/bridge" && chmod 700 "$dir/bridge"
+  cat >"$dir/bridge/bridge.toml" <<CONF
+data_dir = "$dir/bridge"
+http_listen = "$bridge_http"
+[node]
+listen_quic = "$bridge_quic"
+bootstrap = ["$node_id@quic://$quic"]
+[i2p]
+enabled = true
+sam = "127.0.0.1:17656"
+session_options = ["inbound.length=0", "outbound.length=0", "i2cp.leaseSetType=1", "i2cp.leaseSetEncType=0"]
+CONF
+  MESHARA_BRIDGE_PASSPHRASE="devnet passphrase (not for production)" \
+    "$bin/meshara-bridge" --config "$dir/bridge/bridge.toml" >"$dir/bridge.log" 2>&1 &
+  pids+=($!)
+  cat <<INFO
+Meshara bridge (QUIC and I2P; relays circuits between them)
+  node:         quic://$bridge_quic and a .b32.i2p address (printed in its log once ready)
+  health:       http://$bridge_http/healthz   ready: http://$bridge_http/readyz (once its I2P session is up, ~20 s)
+  metrics:      http://$bridge_http/metrics   log: $dir/bridge.log
+
+INFO
+else
+  echo "No bridge: i2pd is not installed (apt-get install i2pd to add one to the devnet)."
+  echo
+fi
 
 "$bin/meshara" devnet --dir "$dir/nodes" --bootstrap "$node_id@quic://$quic" --update-root "$auth/root.pb" "$@"

@@ -6,7 +6,8 @@
 //! http_listen = "127.0.0.1:8700"         # /healthz, /readyz, /metrics
 //!
 //! [node]                                  # every NodeConfig key (meshara run's format)
-//! listen_quic = "0.0.0.0:7340"
+//! listen_quic = "0.0.0.0:7340"            # the default, also when [node] omits it
+//! advertise = ["quic://203.0.113.9:7340"] # public addresses (the I2P one is added)
 //! bootstrap = ["quic://203.0.113.7:7340"]
 //!
 //! [node.bridge]                           # relay policy (enabled is implied)
@@ -106,9 +107,12 @@ fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8700))
 }
 
+/// The bridge's QUIC port unless configured.
+const DEFAULT_QUIC: &str = "0.0.0.0:7340";
+
 fn default_node() -> NodeConfig {
     NodeConfig {
-        listen_quic: Some(SocketAddr::from(([0, 0, 0, 0], 7340))),
+        listen_quic: DEFAULT_QUIC.parse().ok(),
         ..NodeConfig::default()
     }
 }
@@ -136,10 +140,22 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                let parse = |message: String| ConfigError::Parse {
                     path: path.to_owned(),
-                    message: e.to_string(),
-                })?
+                    message,
+                };
+                let mut table =
+                    toml::from_str::<toml::Table>(&text).map_err(|e| parse(e.to_string()))?;
+                // A `[node]` table replaces the whole NodeConfig default, whose QUIC port is
+                // random; a bridge listens on its well-known port unless told otherwise.
+                if let Some(toml::Value::Table(node)) = table.get_mut("node") {
+                    if !node.contains_key("listen_quic") && !node.contains_key("listen_tcp") {
+                        node.insert("listen_quic".into(), DEFAULT_QUIC.into());
+                    }
+                }
+                table
+                    .try_into::<Config>()
+                    .map_err(|e| parse(e.to_string()))?
             }
             None => Config::with_data_dir(""),
         };
@@ -173,6 +189,19 @@ impl Config {
                     config.node.bootstrap = list(&value)
                         .iter()
                         .map(|s| s.parse::<PeerAddr>().map_err(|e| bad(&e.to_string())))
+                        .collect::<Result<_, _>>()?
+                }
+                "ADVERTISE" => {
+                    config.node.advertise = list(&value)
+                        .iter()
+                        .map(|s| {
+                            s.parse::<PeerAddr>()
+                                .map_err(|e| bad(&e.to_string()))
+                                .and_then(|p| match p.node {
+                                    None => Ok(p.address),
+                                    Some(_) => Err(bad("an address, without a NodeId")),
+                                })
+                        })
                         .collect::<Result<_, _>>()?
                 }
                 "ALLOW" => {
@@ -298,6 +327,20 @@ sam = "127.0.0.1:7656"
         assert!(c.node.bridge.enabled);
         assert_eq!(c.http_listen.port(), 9999);
         assert_eq!(c.keystore_path(), PathBuf::from("/var/lib/b/identity.key"));
+        // A [node] table without listeners keeps the bridge's port.
+        std::fs::write(
+            &path,
+            "data_dir = \"/d\"\n[node.bridge]\nmax_circuits = 2\n[i2p]\nenabled = true\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("MESHARA_BRIDGE_ADVERTISE", "quic://203.0.113.9:7340")]),
+        )
+        .unwrap();
+        assert_eq!(c.node.listen_quic, "0.0.0.0:7340".parse().ok());
+        assert_eq!(c.node.bridge.max_circuits, 2);
+        assert_eq!(c.node.advertise.len(), 1);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`Config`]: TOML + `MESHARA_BRIDGE_*` environment, validated before anything starts.
 //! - [`Bridge::start`]: the HTTP endpoints first (so `/healthz` answers while the I2P session
 //!   builds its tunnels), then the I2P session, then the node and the I2P accept loop.
-//! - `/healthz` (the process is serving), `/readyz` (the node runs and the I2P session is up),
+//! - `/healthz` (the process serves and has not lost its I2P session), `/readyz` (the node
+//!   runs and the I2P session is up),
 //!   `/metrics` (the node's Prometheus metrics and `meshara_bridge_i2p_up`).
 //! - [`Bridge::shutdown`]: stops accepting, closes every connection with a reason, ends the
 //!   I2P session, stops the HTTP server.
@@ -29,7 +30,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use meshara_core::{Identity, Node, NodeBuilder, Transport};
+use meshara_core::{Identity, KdfParams, Keystore, Node, NodeBuilder, Transport};
 use meshara_i2p::{I2pConfig, I2pTransport, SamError, ServeHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,9 +53,30 @@ pub enum StartError {
     /// The I2P session could not be created.
     #[error("I2P: {0}")]
     I2p(#[from] SamError),
-    /// The node did not start (identity, listeners, configuration).
+    /// The node did not start (listeners, configuration).
     #[error("node: {0}")]
     Node(#[from] meshara_core::StartError),
+    /// The keystore could not be opened (wrong passphrase, damaged file).
+    #[error("keystore: {0}")]
+    Keystore(#[from] meshara_core::KeystoreError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates `dir` (mode 0700 on Unix) if it does not exist.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Where the bridge's identity comes from.
@@ -101,7 +123,7 @@ impl Bridge {
         })?;
         let stop_http = CancellationToken::new();
         let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(shared.clone());
@@ -137,6 +159,29 @@ impl Bridge {
         identity: IdentitySource,
         shared: &Arc<Shared>,
     ) -> Result<ServeHandle, StartError> {
+        // The identity first: a wrong passphrase should fail at once, not after the I2P
+        // session spent minutes building tunnels.
+        let identity = match identity {
+            IdentitySource::Keystore(passphrase) => {
+                create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let (identity, created) = Keystore::new(config.keystore_path()).load_or_create(
+                    &passphrase,
+                    KdfParams::default(),
+                    now,
+                )?;
+                if created {
+                    tracing::info!(path = %config.keystore_path().display(), "created a new bridge identity");
+                }
+                identity
+            }
+            IdentitySource::Identity(identity) => *identity,
+        };
         let mut i2p_config = I2pConfig::new(config.i2p.sam, &config.data_dir);
         i2p_config.session_options = config.i2p.session_options.clone();
         i2p_config.port = config.i2p.port;
@@ -151,13 +196,7 @@ impl Bridge {
             .config(node_config)
             .dialer(Transport::I2p, i2p.dialer())
             .also_advertise(i2p.address());
-        let builder = match identity {
-            IdentitySource::Keystore(passphrase) => {
-                builder.keystore(config.keystore_path(), passphrase)
-            }
-            IdentitySource::Identity(identity) => builder.identity(*identity),
-        };
-        let node = match builder.start().await {
+        let node = match builder.identity(identity).start().await {
             Ok(node) => node,
             Err(e) => {
                 i2p.close().await;
@@ -210,13 +249,29 @@ impl Bridge {
     }
 }
 
+/// Liveness: the process serves, and the I2P session it started has not been lost (a lost
+/// session is not re-created in place; restarting the bridge restores it at the same address).
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    match shared.i2p.get() {
+        Some(i2p) if !i2p.is_up() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the I2P router ended the session; restart the bridge\n",
+        ),
+        _ => (StatusCode::OK, "ok\n"),
+    }
+}
+
+/// Readiness: the node runs and the I2P session is established.
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match (shared.node.get(), shared.i2p.get()) {
-        (Some(node), Some(_)) if node.is_running() => (StatusCode::OK, "ready\n".to_owned()),
-        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "node stopped\n".to_owned()),
+        (Some(node), Some(i2p)) if node.is_running() && i2p.is_up() => (StatusCode::OK, "ready\n"),
+        (Some(node), _) if !node.is_running() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "node stopped\n")
+        }
+        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "the I2P session is down\n"),
         (None, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: waiting for the I2P session\n".to_owned(),
+            "starting: waiting for the I2P session\n",
         ),
     }
 }
@@ -231,7 +286,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if let Some(stripped) = text.strip_suffix("# EOF\n") {
         text = stripped.to_owned();
     }
-    let up = u8::from(shared.i2p.get().is_some());
+    let up = u8::from(shared.i2p.get().is_some_and(I2pTransport::is_up));
     text.push_str(&format!(
         "# HELP meshara_bridge_i2p_up Whether the I2P session is established.\n\
          # TYPE meshara_bridge_i2p_up gauge\nmeshara_bridge_i2p_up {up}\n# EOF\n"

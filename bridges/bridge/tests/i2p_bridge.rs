@@ -181,3 +181,36 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     leaf.stop().await;
     router.stop().await;
 }
+
+/// A wrong passphrase fails the start at once, before any I2P session is attempted (the SAM
+/// address here has no router behind it).
+#[tokio::test]
+async fn a_wrong_passphrase_fails_before_i2p() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path().join("bridge"));
+    config.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.node.listen_quic = Some("127.0.0.1:0".parse().unwrap());
+    config.node.bridge.enabled = true;
+    config.i2p.enabled = true;
+    config.i2p.sam = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    meshara_core::Keystore::new(config.keystore_path())
+        .create(
+            &Identity::generate(),
+            b"right",
+            meshara_core::KdfParams::minimum(),
+            0,
+        )
+        .unwrap();
+    let err = Bridge::start(config, IdentitySource::Keystore(b"wrong".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, meshara_bridge::StartError::Keystore(_)),
+        "{err}"
+    );
+}

@@ -155,6 +155,25 @@ impl SamConnection {
         Ok(private)
     }
 
+    /// Holds the connection (and so a session created on it) open until the router closes
+    /// it; returns why it ended. Answers the router's keep-alive `PING`s (SAM 3.2) and
+    /// ignores anything else it sends, line by line within the usual limits.
+    pub async fn wait_closed(mut self) -> SamError {
+        loop {
+            let line = match sam::read_line(&mut self.io).await {
+                Ok(line) => line,
+                Err(e) => return e,
+            };
+            if let Some(rest) = line.strip_prefix(b"PING") {
+                let mut pong = b"PONG".to_vec();
+                pong.extend_from_slice(rest);
+                if let Err(e) = self.io.get_mut().write_all(&pong).await {
+                    return SamError::io(e);
+                }
+            }
+        }
+    }
+
     /// Resolves a name (`….b32.i2p`, `ME`) to a base64 destination.
     pub async fn naming_lookup(&mut self, name: &str) -> Result<String, SamError> {
         let line = format!("NAMING LOOKUP NAME={}", sam::command_value(name)?);

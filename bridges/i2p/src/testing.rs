@@ -24,6 +24,18 @@ pub const LOCAL_SESSION_OPTIONS: [&str; 4] = [
     "i2cp.leaseSetEncType=0",
 ];
 
+fn spawn(binary: &std::path::Path, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(binary)
+        .arg(format!("--datadir={}", dir.display()))
+        .arg(format!("--conf={}", dir.join("i2pd.conf").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// A running i2pd; killed on drop.
 #[derive(Debug)]
 pub struct I2pd {
@@ -87,19 +99,16 @@ impl I2pd {
              [exploratory]\ninbound.length = 0\noutbound.length = 0\n",
             log = dir.path().join("i2pd.log").display(),
         );
-        let conf_path = dir.path().join("i2pd.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = tokio::process::Command::new(binary)
-            .arg(format!("--datadir={}", dir.path().display()))
-            .arg(format!("--conf={}", conf_path.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        std::fs::write(dir.path().join("i2pd.conf"), conf).unwrap();
         let sam: SocketAddr = format!("127.0.0.1:{sam_port}").parse().unwrap();
+        let child = spawn(&binary, dir.path());
         let router = Self { child, sam, dir };
+        router.wait_ready().await;
+        Some(router)
+    }
+
+    async fn wait_ready(&self) {
+        let sam = self.sam;
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
                 if SamConnection::connect(sam, SamTimeouts::default())
@@ -115,9 +124,17 @@ impl I2pd {
         assert!(
             ready.is_ok(),
             "i2pd's SAM bridge did not come up: {}",
-            router.log()
+            self.log()
         );
-        Some(router)
+    }
+
+    /// Kills the router and starts it again on the same data directory and ports (its
+    /// sessions are gone; destinations come back only as their owners re-create them).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let binary = i2pd_binary().expect("i2pd was found before");
+        self.child = spawn(&binary, self.dir.path());
+        self.wait_ready().await;
     }
 
     /// The router's log so far (for failure messages).

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meshara_core::{Address, BoxedStream, Dialer, Node, Transport, TransportError, TransportKind};
@@ -58,8 +59,10 @@ struct Shared {
     id: String,
     private: String,
     b32: String,
-    /// The connection that holds the session open.
-    control: Mutex<Option<SamConnection>>,
+    /// Watches the connection that holds the session open; aborting it ends the session.
+    control: Mutex<Option<JoinHandle<()>>>,
+    /// Whether that connection is still open (the router keeps the session while it is).
+    up: Arc<AtomicBool>,
 }
 
 /// A running STREAM session on an I2P router. Cheap to clone.
@@ -107,6 +110,14 @@ impl I2pTransport {
         }
         let b32 = dest::b32_of(&private)?;
         tracing::info!(%b32, session = %id, sam = %config.sam, "I2P session ready");
+        let up = Arc::new(AtomicBool::new(true));
+        let watching = up.clone();
+        let session = id.clone();
+        let control = tokio::spawn(async move {
+            let why = control.wait_closed().await;
+            watching.store(false, Ordering::Relaxed);
+            tracing::error!(%session, reason = %why, "the I2P router ended the session");
+        });
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -114,8 +125,16 @@ impl I2pTransport {
                 private,
                 b32,
                 control: Mutex::new(Some(control)),
+                up,
             }),
         })
+    }
+
+    /// Whether the session is still established: false once the router closed the
+    /// connection holding it (a router restart), or after [`I2pTransport::close`]. A session
+    /// is not re-created by itself: restart the transport (the address stays the same).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
     }
 
     /// This node's `.b32.i2p` name.
@@ -199,7 +218,11 @@ impl I2pTransport {
 
     /// Ends the session (the router forgets it; the keys stay on disk).
     pub async fn close(&self) {
-        self.shared.control.lock().await.take();
+        if let Some(control) = self.shared.control.lock().await.take() {
+            control.abort();
+            let _ = control.await;
+        }
+        self.shared.up.store(false, Ordering::Relaxed);
     }
 }
 

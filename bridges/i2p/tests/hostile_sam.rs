@@ -211,3 +211,42 @@ async fn accept_loop_and_dialer_survive_a_broken_router() {
     assert!(node.is_running());
     node.stop().await;
 }
+
+/// The router closes the connection that holds the session (it restarted): the transport
+/// reports the session down instead of pretending.
+#[tokio::test]
+async fn a_lost_session_is_reported() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut io = BufReader::new(socket);
+        let mut line = String::new();
+        io.read_line(&mut line).await.unwrap();
+        io.get_mut()
+            .write_all(b"HELLO REPLY RESULT=OK VERSION=3.2\n")
+            .await
+            .unwrap();
+        line.clear();
+        io.read_line(&mut line).await.unwrap();
+        let reply = format!(
+            "SESSION STATUS RESULT=OK DESTINATION={}\n",
+            private_destination()
+        );
+        io.get_mut().write_all(reply.as_bytes()).await.unwrap();
+        // A keep-alive is answered.
+        io.get_mut().write_all(b"PING 1234\n").await.unwrap();
+        line.clear();
+        io.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "PONG 1234\n");
+        // Then the router goes away.
+    });
+    let transport = start(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while transport.is_up() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the lost session is noticed");
+}

@@ -220,6 +220,19 @@ impl Inner {
         }
     }
 
+    /// The newest ready connection to `peer` that is not itself a circuit (circuits do not
+    /// chain).
+    fn direct_conn(&self, peer: &NodeId) -> Option<Arc<dyn Connection>> {
+        let st = self.lock();
+        st.peers
+            .get(peer)?
+            .conns
+            .iter()
+            .rev()
+            .find(|c| c.ready && c.conn.kind() != TransportKind::Relayed)
+            .map(|c| c.conn.clone())
+    }
+
     /// Takes a connection slot, runs `handshake` within the connect timeout and registers the
     /// connection; the slot is given back if the handshake fails, times out or is cancelled.
     /// `expect` is the NodeId the handshake must have authenticated, when known.
@@ -260,22 +273,24 @@ impl Inner {
                 "a circuit needs a bridge, a target and this node to be three nodes".into(),
             ));
         }
-        let conn = self.ready_conn(bridge).await.map_err(|e| match e {
+        self.ready_conn(bridge).await.map_err(|e| match e {
             SendError::Transport(t) => t,
             other => TransportError::Connect(format!("cannot reach bridge {bridge}: {other}")),
         })?;
-        if conn.kind() == TransportKind::Relayed {
-            return Err(TransportError::Connect(format!(
-                "bridge {bridge} is itself reached through a circuit"
-            )));
-        }
+        let conn = self.direct_conn(&bridge).ok_or_else(|| {
+            TransportError::Connect(format!(
+                "bridge {bridge} is reached only through another circuit"
+            ))
+        })?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let mut header = Vec::with_capacity(34);
         header.extend_from_slice(&[STREAM_CIRCUIT, OP_CONNECT]);
         header.extend_from_slice(target.as_bytes());
         send.write_all(&header).await?;
         send.flush().await?;
-        let timeout = self.config.timeouts.connect;
+        // The bridge may take a connect timeout to reach the target and another for the
+        // target's answer.
+        let timeout = self.config.timeouts.connect * 3;
         match tokio::time::timeout(timeout, read_status(&mut recv)).await {
             Err(_) => return Err(TransportError::Timeout(timeout)),
             Ok(Err(e)) => return Err(e.into()),
@@ -384,12 +399,17 @@ impl Inner {
         let mut header = [0u8; 33];
         let read =
             tokio::time::timeout(self.config.timeouts.connect, recv.read_exact(&mut header)).await;
-        let other = match read {
-            Ok(Ok(_)) => NodeId::from_slice(&header[1..]).ok(),
-            _ => None,
-        };
-        let Some(other) = other else {
+        if !matches!(read, Ok(Ok(_))) {
             self.count_drop(DropReason::Bridge, Some(&peer), "truncated circuit request");
+            return;
+        }
+        let Ok(other) = NodeId::from_slice(&header[1..]) else {
+            let _ = write_status(&mut send, Status::BadRequest, "not a NodeId").await;
+            self.count_drop(
+                DropReason::Bridge,
+                Some(&peer),
+                "circuit request with a bad NodeId",
+            );
             return;
         };
         match header[0] {
@@ -422,6 +442,22 @@ impl Inner {
                 DropReason::Banned,
                 Some(&source),
                 "circuit from a banned peer",
+            );
+            return;
+        }
+        // Refuse plainly while full, rather than accepting and then dropping the stream
+        // (`register_stream` checks again, atomically).
+        if self.lock().total_conns >= self.config.limits.max_connections {
+            let _ = write_status(
+                &mut send,
+                Status::Capacity,
+                "target at its connection limit",
+            )
+            .await;
+            self.count_drop(
+                DropReason::MaxConnections,
+                Some(&source),
+                "incoming circuit",
             );
             return;
         }
@@ -582,13 +618,12 @@ impl Inner {
         from: NodeId,
         target: NodeId,
     ) -> Result<(SendHalf, RecvHalf), String> {
-        let conn = self
-            .ready_conn(target)
+        self.ready_conn(target)
             .await
             .map_err(|e| format!("cannot reach {target}: {e}"))?;
-        if conn.kind() == TransportKind::Relayed {
-            return Err(format!("{target} is reachable only through another bridge"));
-        }
+        let conn = self
+            .direct_conn(&target)
+            .ok_or_else(|| format!("{target} is reachable only through another bridge"))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut header = Vec::with_capacity(34);
         header.extend_from_slice(&[STREAM_CIRCUIT, OP_INCOMING]);
