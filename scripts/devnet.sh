@@ -30,7 +30,9 @@ MESHARA_AUTHORITY_QUIC_LISTEN="${AUTHORITY_QUIC:-127.0.0.1:7700}" \
   "$bin/meshara-authority" serve >"$dir/authority.out" 2>"$dir/authority.log" &
 authority_pid=$!
 pids=("$authority_pid")
-trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
+# i2pd shuts down gracefully for minutes after SIGTERM; the devnet router holds nothing to keep.
+router_pid=""
+trap 'kill "${pids[@]}" 2>/dev/null; [ -z "$router_pid" ] || kill -9 "$router_pid" 2>/dev/null; wait "${pids[@]}" $router_pid 2>/dev/null || true' EXIT
 
 node_line=""
 for _ in $(seq 1 100); do
@@ -119,7 +121,7 @@ inbound.length = 0
 outbound.length = 0
 CONF
   /usr/sbin/i2pd --datadir="$i2p" --conf="$i2p/i2pd.conf" >/dev/null 2>&1 &
-  pids+=($!)
+  router_pid=$!
   mkdir -p "$dir/bridge" && chmod 700 "$dir/bridge"
   cat >"$dir/bridge/bridge.toml" <<CONF
 data_dir = "$dir/bridge"
