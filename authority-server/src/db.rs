@@ -222,6 +222,8 @@ pub struct QueryCount {
     pub last_at: i64,
 }
 
+// Dynamic SQL below is built only from this module's constants (column lists, table names),
+// never from input: that is what each `AssertSqlSafe` asserts.
 const RELEASE_COLUMNS: &str = "id, package, channel, semver, sequence, content_hash, size, body, \
      rollout_percent, expires_at, status, publish_at, created_at, created_by, published_at";
 
@@ -321,7 +323,7 @@ impl Db {
             }
             let mut tx = self.pool.begin().await?;
             let run = async {
-                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO meshara_migrations (version, applied_at) VALUES ($1, $2)")
                     .bind(*version)
                     .bind(crate::now())
@@ -497,11 +499,11 @@ impl Db {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO releases (package, channel, semver, sequence, content_hash, size, body, \
              rollout_percent, expires_at, status, publish_at, created_at, created_by, published_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'draft', NULL, $10, $11, NULL) RETURNING {RELEASE_COLUMNS}"
-        ))
+        )))
         .bind(new.package)
         .bind(new.channel)
         .bind(new.semver)
@@ -522,9 +524,9 @@ impl Db {
 
     /// Every release, newest first.
     pub async fn releases(&self) -> Result<Vec<ReleaseRow>, DbError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases ORDER BY id DESC"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(release).collect::<Result<_, _>>()?)
@@ -532,9 +534,9 @@ impl Db {
 
     /// One release.
     pub async fn release(&self, id: i64) -> Result<Option<ReleaseRow>, DbError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1"
-        ))
+        )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -543,9 +545,9 @@ impl Db {
 
     /// Scheduled releases due at `now`.
     pub async fn due(&self, now: i64) -> Result<Vec<ReleaseRow>, DbError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'scheduled' AND publish_at <= $1 ORDER BY publish_at, id"
-        ))
+        )))
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -621,16 +623,16 @@ impl Db {
         signer: &str,
     ) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE {owner} = $1 AND public_key = $2"
-        ))
+        )))
         .bind(id)
         .bind(public_key)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} ({owner}, public_key, signature, signer, added_at) VALUES ($1, $2, $3, $4, $5)"
-        ))
+        )))
         .bind(id)
         .bind(public_key)
         .bind(signature)

@@ -47,7 +47,8 @@ pub async fn postgres_url() -> Option<String> {
     let admin = sqlx::AnyPool::connect(&format!("{base}/postgres"))
         .await
         .expect("connecting to the test PostgreSQL");
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+    // `name` is hex digits we generated.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
         .unwrap();
