@@ -4,8 +4,9 @@
 # the test-vector check and a bounded fuzz smoke run of every fuzz target.
 #
 # Also starts a throwaway PostgreSQL (scripts/postgres.sh) for the authority server's tests,
-# installs Debian's chromium plus playwright-core for its dashboard test, and installs i2pd,
-# which the I2P transport and bridge tests start themselves (one router each, on loopback).
+# installs Debian's chromium plus playwright-core for its dashboard test, installs i2pd,
+# which the I2P transport and bridge tests start themselves (one router each, on loopback),
+# and tor, of which the Tor transport's tests start a private network on loopback.
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 15; 0 skips fuzzing)
@@ -31,6 +32,8 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 # The I2P transport's and the bridge's tests run a real i2pd router.
 [ -x /usr/sbin/i2pd ] || need+=(i2pd)
+# The Tor transport's tests start a private Tor network of C tor relays (tor, tor-gencert).
+command -v tor-gencert >/dev/null 2>&1 || need+=(tor)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -57,6 +60,8 @@ export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
 export MESHARA_REQUIRE_BROWSER=1
 # Tests that need i2pd fail (rather than skip) if it is missing.
 export MESHARA_REQUIRE_I2PD=1
+# Likewise for tor.
+export MESHARA_REQUIRE_TOR=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arti_client::config::dir::{AuthorityContacts, FallbackDir};
 use arti_client::config::TorClientConfigBuilder;
+use arti_client::config::dir::{AuthorityContacts, FallbackDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tor_llcrypto::pk::ed25519::Ed25519Identity;
 use tor_llcrypto::pk::rsa::RsaIdentity;
@@ -125,7 +125,10 @@ impl TorNet {
     /// onion service directories. `None` when tor is not installed and not [`required`].
     pub async fn start() -> Option<Self> {
         let (Some(tor), Some(gencert)) = (binary("tor"), binary("tor-gencert")) else {
-            assert!(!required(), "MESHARA_REQUIRE_TOR=1 but tor is not installed");
+            assert!(
+                !required(),
+                "MESHARA_REQUIRE_TOR=1 but tor is not installed"
+            );
             eprintln!("SKIPPED: tor is not installed (apt-get install tor)");
             return None;
         };
@@ -150,7 +153,12 @@ impl TorNet {
                     .args(["--create-identity-key", "--passphrase-fd", "0", "-m", "12"])
                     .arg("-a")
                     .arg(format!("127.0.0.1:{}", relay.dir_port))
-                    .args(["-i", "authority_identity_key", "-s", "authority_signing_key"])
+                    .args([
+                        "-i",
+                        "authority_identity_key",
+                        "-s",
+                        "authority_signing_key",
+                    ])
                     .args(["-c", "authority_certificate"]),
                 "tor-gencert",
             );
@@ -202,7 +210,7 @@ impl TorNet {
             } else {
                 torrc.push_str(
                     "ExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicyRejectLocalInterfaces 0\n\
-                     ExitPolicy accept 127.0.0.0/8:*\nExitPolicy reject *:*\n\
+                     ExitPolicy accept 127.0.0.0/8:*\nExitPolicy accept *:*\n\
                      ServerDNSDetectHijacking 0\nServerDNSTestAddresses\n\
                      ServerDNSResolvConfFile /dev/null\n",
                 );
@@ -243,10 +251,7 @@ impl TorNet {
                     let exit = flags.iter().any(|l| l.contains(" Exit"));
                     let hsdirs = flags.iter().filter(|l| l.contains(" HSDir")).count();
                     if listed == NODES.len() && exit && hsdirs >= 3 {
-                        eprintln!(
-                            "private Tor network ready in {:.0?}",
-                            started.elapsed()
-                        );
+                        eprintln!("private Tor network ready in {:.0?}", started.elapsed());
                         return;
                     }
                 }

@@ -33,9 +33,8 @@ type Requests = Pin<Box<dyn Stream<Item = StreamRequest> + Send>>;
 /// Whether a host is a v3 onion name: 56 base32 characters and `.onion`. (arti checks the
 /// checksum and version when it connects.)
 pub fn is_onion_host(host: &str) -> bool {
-    host.strip_suffix(".onion").is_some_and(|h| {
-        h.len() == 56 && h.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
-    })
+    host.strip_suffix(".onion")
+        .is_some_and(|h| h.len() == 56 && h.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')))
 }
 
 /// Where the Tor state lives, which network to join, whether to host an onion service.
@@ -107,9 +106,18 @@ pub struct TorStatus {
 }
 
 impl TorStatus {
-    /// Bootstrapped, and the onion service (if hosted) is reachable.
+    /// Bootstrapped, and the onion service (if hosted) running: starting, reachable or
+    /// degraded, but not stopped or unreachable. (arti can report a published service as
+    /// still starting for a long time, on small networks especially.)
     pub fn is_up(&self) -> bool {
-        self.bootstrapped && matches!(self.onion, OnionState::NotHosted | OnionState::Reachable)
+        self.bootstrapped
+            && matches!(
+                self.onion,
+                OnionState::NotHosted
+                    | OnionState::Starting
+                    | OnionState::Reachable
+                    | OnionState::Degraded
+            )
     }
 }
 
@@ -166,9 +174,7 @@ impl TorTransport {
             .storage()
             .state_dir(CfgPath::new_literal(state))
             .cache_dir(CfgPath::new_literal(cache));
-        let client_config = builder
-            .build()
-            .map_err(|e| TorError::Config(report(&e)))?;
+        let client_config = builder.build().map_err(|e| TorError::Config(report(&e)))?;
         let client = TorClient::builder()
             .config(client_config)
             .create_unbootstrapped()
@@ -195,7 +201,9 @@ impl TorTransport {
             let (service, rend) = client
                 .launch_onion_service(service_config)
                 .map_err(|e| TorError::OnionService(report(&e)))?
-                .ok_or(TorError::OnionService("disabled in the configuration".into()))?;
+                .ok_or(TorError::OnionService(
+                    "disabled in the configuration".into(),
+                ))?;
             let onion = service
                 .onion_address()
                 .ok_or(TorError::OnionService("the keystore holds no key".into()))?
@@ -254,8 +262,8 @@ impl TorTransport {
                 match service.status().state() {
                     State::Running => OnionState::Reachable,
                     State::DegradedReachable => OnionState::Degraded,
-                    State::Bootstrapping => OnionState::Starting,
-                    State::Shutdown => OnionState::Stopped,
+                    // `Shutdown` until its components first report: still starting.
+                    State::Bootstrapping | State::Shutdown => OnionState::Starting,
                     _ => OnionState::Unreachable,
                 }
             }
@@ -266,14 +274,19 @@ impl TorTransport {
         }
     }
 
-    /// Whether the client can build circuits and the onion service (if any) is reachable.
+    /// Whether the client can build circuits and the onion service (if any) runs
+    /// ([`TorStatus::is_up`]).
     pub fn is_up(&self) -> bool {
         self.status().is_up()
     }
 
-    /// Waits until the onion service is published and reachable (or degraded but reachable).
+    /// Waits until arti reports the onion service fully reachable (or degraded but
+    /// reachable). On timeout the error tells arti's last state and problem. On the public
+    /// network this follows the descriptor upload; on a small test network arti may keep
+    /// reporting "bootstrapping" while clients already reach the service, so tests there
+    /// should rather retry connecting.
     pub async fn wait_reachable(&self, timeout: Duration) -> Result<(), TorError> {
-        tokio::time::timeout(timeout, async {
+        let waited = tokio::time::timeout(timeout, async {
             loop {
                 match self.status().onion {
                     OnionState::Reachable | OnionState::Degraded => return Ok(()),
@@ -285,11 +298,26 @@ impl TorTransport {
                 }
             }
         })
-        .await
-        .map_err(|_| TorError::Timeout {
-            step: "onion service publication",
-            after: timeout,
-        })?
+        .await;
+        match waited {
+            Ok(done) => done,
+            Err(_) => {
+                let detail = match self.service() {
+                    Some(service) => {
+                        let status = service.status();
+                        format!(
+                            "state {:?}, problem: {:?}",
+                            status.state(),
+                            status.current_problem()
+                        )
+                    }
+                    None => "stopped".to_owned(),
+                };
+                Err(TorError::OnionService(format!(
+                    "not reachable after {timeout:?} ({detail})"
+                )))
+            }
+        }
     }
 
     /// A dialer for [`NodeBuilder::dialer`](meshara_core::NodeBuilder::dialer): onion
