@@ -2,7 +2,7 @@
 //! whole before anything starts.
 //!
 //! ```toml
-//! data_dir = "/var/lib/meshara-bridge"   # identity.key, i2p-destination.key
+//! data_dir = "/var/lib/meshara-bridge"   # identity.key, i2p-destination.key, tor/
 //! http_listen = "127.0.0.1:8700"         # /healthz, /readyz, /metrics
 //!
 //! [node]                                  # every NodeConfig key (meshara run's format)
@@ -21,6 +21,11 @@
 //! enabled = true
 //! sam = "127.0.0.1:7656"
 //! session_options = ["inbound.length=3", "outbound.length=3"]
+//!
+//! [tor]                                   # embedded arti: no Tor daemon needed
+//! enabled = true
+//! port = 7340                             # the onion service's virtual port
+//! [tor.arti]                              # optional: arti's own options (bridges, …)
 //! ```
 
 use std::net::SocketAddr;
@@ -76,6 +81,34 @@ pub struct Config {
     /// The I2P side.
     #[serde(default)]
     pub i2p: I2pSection,
+    /// The Tor side.
+    #[serde(default)]
+    pub tor: TorSection,
+}
+
+/// `[tor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TorSection {
+    /// Serve Tor peers: join Tor with the embedded client and host the bridge as an onion
+    /// service (keys in `data_dir/tor/state`).
+    pub enabled: bool,
+    /// The onion service's virtual port, published with the `.onion` address.
+    pub port: u16,
+    /// arti's configuration, in arti's own format (`[tor.arti.bridges]`, `[tor.arti.
+    /// tor_network]`, …); empty for the public Tor network. Its storage directories are
+    /// always under `data_dir`.
+    pub arti: meshara_tor::arti_config::TorClientConfigBuilder,
+}
+
+impl Default for TorSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: meshara_tor::DEFAULT_PORT,
+            arti: Default::default(),
+        }
+    }
 }
 
 /// `[i2p]`.
@@ -125,6 +158,7 @@ impl Config {
             http_listen: default_http(),
             node: default_node(),
             i2p: I2pSection::default(),
+            tor: TorSection::default(),
         }
     }
 
@@ -221,6 +255,10 @@ impl Config {
                     config.i2p.enabled = value.parse().map_err(|_| bad("true or false"))?
                 }
                 "I2P_SAM" => config.i2p.sam = value.parse().map_err(|_| bad("not an address"))?,
+                "TOR_ENABLED" => {
+                    config.tor.enabled = value.parse().map_err(|_| bad("true or false"))?
+                }
+                "TOR_PORT" => config.tor.port = value.parse().map_err(|_| bad("not a port"))?,
                 // Secrets and log settings are read where they are used.
                 "PASSPHRASE" | "LOG" => {}
                 _ => return Err(bad("unknown setting")),
@@ -262,14 +300,19 @@ impl Config {
                 "a bridge relays circuits".into(),
             ));
         }
-        if !self.i2p.enabled {
+        if !self.i2p.enabled && !self.tor.enabled {
             return Err(bad(
                 "i2p.enabled",
-                "no overlay network is enabled; a bridge needs at least one (i2p)".into(),
+                "no overlay network is enabled; a bridge needs at least one (tor.enabled, \
+                 i2p.enabled)"
+                    .into(),
             ));
         }
         if self.i2p.port == 0 {
             return Err(bad("i2p.port", "must be 1..=65535".into()));
+        }
+        if self.tor.port == 0 {
+            return Err(bad("tor.port", "must be 1..=65535".into()));
         }
         self.node.validate().map_err(|reason| bad("node", reason))?;
         Ok(())
@@ -341,6 +384,26 @@ sam = "127.0.0.1:7656"
         assert_eq!(c.node.listen_quic, "0.0.0.0:7340".parse().ok());
         assert_eq!(c.node.bridge.max_circuits, 2);
         assert_eq!(c.node.advertise.len(), 1);
+        // Tor alone is enough, and arti's own options pass through.
+        std::fs::write(
+            &path,
+            "data_dir = \"/d\"\n[tor]\nenabled = true\nport = 7400\n\
+             [tor.arti.address_filter]\nallow_local_addrs = true\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert!(c.tor.enabled && !c.i2p.enabled);
+        assert_eq!(c.tor.port, 7400);
+        let c = Config::load(
+            None,
+            env(&[
+                ("MESHARA_BRIDGE_DATA_DIR", "/d"),
+                ("MESHARA_BRIDGE_TOR_ENABLED", "true"),
+                ("MESHARA_BRIDGE_TOR_PORT", "7500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tor.port, 7500);
     }
 
     #[test]
@@ -356,6 +419,7 @@ sam = "127.0.0.1:7656"
             ("MESHARA_BRIDGE_BOOTSTRAP", "nowhere", "BOOTSTRAP"),
             ("MESHARA_BRIDGE_COLOUR", "red", "COLOUR"),
             ("MESHARA_BRIDGE_I2P_ENABLED", "false", "i2p.enabled"),
+            ("MESHARA_BRIDGE_TOR_PORT", "0", "tor.port"),
         ] {
             let mut vars = env(&base);
             vars.extend(env(&[(k, v)]));

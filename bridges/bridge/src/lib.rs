@@ -1,22 +1,25 @@
-//! The Meshara bridge: one node on clearnet QUIC and on I2P at once, relaying circuits
+//! The Meshara bridge: one node on clearnet QUIC, on Tor and on I2P at once, relaying circuits
 //! between peers that cannot reach each other (docs/operations/bridges.md).
 //!
-//! A clearnet peer that wants an I2P-only peer finds the bridge through peer exchange or the
-//! DHT (its record lists the `bridge_i2p` capability), asks it for a circuit, and runs TLS end
-//! to end with the I2P peer through it; the bridge reaches the I2P peer over its own I2P
-//! session. It works the other way round too: an I2P-only peer reaches clearnet peers through
-//! the bridge's `.b32.i2p` address. The relay policy (`[node.bridge]`: allow list, circuit
+//! A clearnet peer that wants an onion-only or I2P-only peer finds the bridge through peer
+//! exchange or the DHT (its record lists the `bridge_tor` or `bridge_i2p` capability), asks it
+//! for a circuit, and runs TLS end to end with that peer through it; the bridge reaches the
+//! peer over its own Tor client or I2P session. It works the other way round too: an
+//! onion-only or I2P-only peer reaches clearnet peers through the bridge's `.onion` or
+//! `.b32.i2p` address. The relay policy (`[node.bridge]`: allow list, circuit
 //! rate, circuit caps, bandwidth) is enforced by the node itself.
 //!
 //! # Layout
 //! - [`Config`]: TOML + `MESHARA_BRIDGE_*` environment, validated before anything starts.
 //! - [`Bridge::start`]: the HTTP endpoints first (so `/healthz` answers while the I2P session
-//!   builds its tunnels), then the I2P session, then the node and the I2P accept loop.
-//! - `/healthz` (the process serves and has not lost its I2P session), `/readyz` (the node
-//!   runs and the I2P session is up),
-//!   `/metrics` (the node's Prometheus metrics and `meshara_bridge_i2p_up`).
+//!   builds its tunnels and Tor bootstraps), then the Tor client and onion service and the I2P
+//!   session (at the same time), then the node and the accept loops.
+//! - `/healthz` (the process serves, has not lost its I2P session, and its onion service has
+//!   not stopped), `/readyz` (the node runs, the I2P session is up, Tor is bootstrapped),
+//!   `/metrics` (the node's Prometheus metrics, `meshara_bridge_i2p_up`,
+//!   `meshara_bridge_tor_up`).
 //! - [`Bridge::shutdown`]: stops accepting, closes every connection with a reason, ends the
-//!   I2P session, stops the HTTP server.
+//!   I2P session and the onion service, stops the HTTP server.
 
 #![deny(missing_docs)]
 
@@ -31,11 +34,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use meshara_core::{Identity, KdfParams, Keystore, Node, NodeBuilder, Transport};
-use meshara_i2p::{I2pConfig, I2pTransport, SamError, ServeHandle};
+use meshara_i2p::{I2pConfig, I2pTransport, SamError};
+use meshara_tor::{TorConfig, TorError, TorTransport};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, I2pSection};
+pub use config::{Config, ConfigError, I2pSection, TorSection};
 
 /// Why the bridge did not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub enum StartError {
     /// The I2P session could not be created.
     #[error("I2P: {0}")]
     I2p(#[from] SamError),
+    /// The Tor client could not join the network, or the onion service did not launch.
+    #[error("Tor: {0}")]
+    Tor(#[from] TorError),
     /// The node did not start (listeners, configuration).
     #[error("node: {0}")]
     Node(#[from] meshara_core::StartError),
@@ -93,6 +100,14 @@ pub enum IdentitySource {
 struct Shared {
     node: OnceLock<Node>,
     i2p: OnceLock<I2pTransport>,
+    tor: OnceLock<TorTransport>,
+}
+
+/// The accept loops; dropping them stops accepting.
+#[derive(Debug)]
+struct Accepting {
+    _i2p: Option<meshara_i2p::ServeHandle>,
+    _tor: Option<meshara_tor::ServeHandle>,
 }
 
 /// A running bridge.
@@ -102,13 +117,14 @@ pub struct Bridge {
     http_addr: SocketAddr,
     http: JoinHandle<()>,
     stop_http: CancellationToken,
-    accepting: Option<ServeHandle>,
+    accepting: Option<Accepting>,
 }
 
 impl Bridge {
-    /// Starts the bridge: HTTP endpoints, the I2P session (this waits for the router to build
-    /// tunnels), then the node, which advertises its QUIC and `.b32.i2p` addresses and the
-    /// `bridge_i2p` capability.
+    /// Starts the bridge: HTTP endpoints, the Tor client with its onion service and the I2P
+    /// session, whichever are enabled (this waits for Tor to bootstrap and the router to build
+    /// tunnels), then the node, which advertises its QUIC, `.onion` and `.b32.i2p` addresses
+    /// and the `bridge_tor` and `bridge_i2p` capabilities.
     pub async fn start(config: Config, identity: IdentitySource) -> Result<Self, StartError> {
         let shared = Arc::new(Shared::default());
         let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -158,7 +174,7 @@ impl Bridge {
         config: &Config,
         identity: IdentitySource,
         shared: &Arc<Shared>,
-    ) -> Result<ServeHandle, StartError> {
+    ) -> Result<Accepting, StartError> {
         // The identity first: a wrong passphrase should fail at once, not after the I2P
         // session spent minutes building tunnels.
         let identity = match identity {
@@ -182,35 +198,95 @@ impl Bridge {
             }
             IdentitySource::Identity(identity) => *identity,
         };
-        let mut i2p_config = I2pConfig::new(config.i2p.sam, &config.data_dir);
-        i2p_config.session_options = config.i2p.session_options.clone();
-        i2p_config.port = config.i2p.port;
-        let i2p = I2pTransport::start(i2p_config).await?;
+        let start_i2p = async {
+            if !config.i2p.enabled {
+                return Ok(None);
+            }
+            let mut i2p_config = I2pConfig::new(config.i2p.sam, &config.data_dir);
+            i2p_config.session_options = config.i2p.session_options.clone();
+            i2p_config.port = config.i2p.port;
+            I2pTransport::start(i2p_config).await.map(Some)
+        };
+        let start_tor = async {
+            if !config.tor.enabled {
+                return Ok(None);
+            }
+            let mut tor_config = TorConfig::new(&config.data_dir);
+            tor_config.client = config.tor.arti.clone();
+            tor_config.port = config.tor.port;
+            TorTransport::start(tor_config).await.map(Some)
+        };
+        let (i2p, tor) = tokio::join!(start_i2p, start_tor);
+        // One side failed: end the other before reporting.
+        let i2p = match i2p {
+            Ok(i2p) => i2p,
+            Err(e) => {
+                if let Ok(Some(tor)) = &tor {
+                    tor.close();
+                }
+                return Err(e.into());
+            }
+        };
+        let tor = match tor {
+            Ok(tor) => tor,
+            Err(e) => {
+                if let Some(i2p) = &i2p {
+                    i2p.close().await;
+                }
+                return Err(e.into());
+            }
+        };
         let mut node_config = config.node.clone();
         node_config
             .data_dir
             .get_or_insert_with(|| config.data_dir.clone());
         // The clearnet addresses (the bound sockets unless the operator listed its public
-        // ones) and the I2P destination.
-        let builder = NodeBuilder::new()
-            .config(node_config)
-            .dialer(Transport::I2p, i2p.dialer())
-            .also_advertise(i2p.address());
+        // ones), the onion address and the I2P destination.
+        let mut builder = NodeBuilder::new().config(node_config);
+        if let Some(i2p) = &i2p {
+            builder = builder
+                .dialer(Transport::I2p, i2p.dialer())
+                .also_advertise(i2p.address());
+        }
+        if let Some(tor) = &tor {
+            builder = builder.dialer(Transport::Tor, tor.dialer());
+            if let Some(onion) = tor.address() {
+                builder = builder.also_advertise(onion);
+            }
+        }
         let node = match builder.identity(identity).start().await {
             Ok(node) => node,
             Err(e) => {
-                i2p.close().await;
+                if let Some(i2p) = &i2p {
+                    i2p.close().await;
+                }
+                if let Some(tor) = &tor {
+                    tor.close();
+                }
                 return Err(e.into());
             }
         };
-        let accepting = i2p.serve(node.clone());
+        let tor_accepting = match &tor {
+            Some(tor) => Some(tor.serve(node.clone())?),
+            None => None,
+        };
+        let accepting = Accepting {
+            _i2p: i2p.as_ref().map(|i2p| i2p.serve(node.clone())),
+            _tor: tor_accepting,
+        };
         tracing::info!(
             node = %node.node_id(),
             quic = ?node.quic_addr().map(|a| a.to_string()),
-            i2p = %i2p.b32(),
+            i2p = ?i2p.as_ref().map(|i| i.b32().to_owned()),
+            onion = ?tor.as_ref().and_then(|t| t.onion().map(str::to_owned)),
             "bridge running"
         );
-        let _ = shared.i2p.set(i2p);
+        if let Some(i2p) = i2p {
+            let _ = shared.i2p.set(i2p);
+        }
+        if let Some(tor) = tor {
+            let _ = shared.tor.set(tor);
+        }
         let _ = shared.node.set(node);
         Ok(accepting)
     }
@@ -224,9 +300,14 @@ impl Bridge {
             .unwrap_or_else(|| unreachable!("the node is set before Bridge::start returns"))
     }
 
-    /// The I2P session.
+    /// The I2P session, if enabled.
     pub fn i2p(&self) -> Option<&I2pTransport> {
         self.shared.i2p.get()
+    }
+
+    /// The Tor client and onion service, if enabled.
+    pub fn tor(&self) -> Option<&TorTransport> {
+        self.shared.tor.get()
     }
 
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -234,8 +315,8 @@ impl Bridge {
         self.http_addr
     }
 
-    /// Stops gracefully: no new I2P streams, every connection closed with a reason, the I2P
-    /// session ended, the HTTP server stopped.
+    /// Stops gracefully: no new Tor or I2P streams, every connection closed with a reason,
+    /// the I2P session and the onion service ended, the HTTP server stopped.
     pub async fn shutdown(mut self) {
         drop(self.accepting.take());
         if let Some(node) = self.shared.node.get() {
@@ -244,36 +325,59 @@ impl Bridge {
         if let Some(i2p) = self.shared.i2p.get() {
             i2p.close().await;
         }
+        if let Some(tor) = self.shared.tor.get() {
+            tor.close();
+        }
         self.stop_http.cancel();
         let _ = (&mut self.http).await;
     }
 }
 
-/// Liveness: the process serves, and the I2P session it started has not been lost (a lost
-/// session is not re-created in place; restarting the bridge restores it at the same address).
+/// Liveness: the process serves, the I2P session it started has not been lost and its onion
+/// service has not stopped (neither is re-created in place; restarting the bridge restores
+/// both at the same addresses).
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match shared.i2p.get() {
-        Some(i2p) if !i2p.is_up() => (
+    if shared.i2p.get().is_some_and(|i2p| !i2p.is_up()) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the I2P router ended the session; restart the bridge\n",
-        ),
-        _ => (StatusCode::OK, "ok\n"),
+        );
     }
+    if shared
+        .tor
+        .get()
+        .is_some_and(|tor| tor.status().onion == meshara_tor::OnionState::Stopped)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the onion service stopped; restart the bridge\n",
+        );
+    }
+    (StatusCode::OK, "ok\n")
 }
 
-/// Readiness: the node runs and the I2P session is established.
+/// Readiness: the node runs, the I2P session is established and Tor can build circuits (for
+/// the sides that are enabled).
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match (shared.node.get(), shared.i2p.get()) {
-        (Some(node), Some(i2p)) if node.is_running() && i2p.is_up() => (StatusCode::OK, "ready\n"),
-        (Some(node), _) if !node.is_running() => {
-            (StatusCode::SERVICE_UNAVAILABLE, "node stopped\n")
-        }
-        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "the I2P session is down\n"),
-        (None, _) => (
+    let Some(node) = shared.node.get() else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: waiting for the I2P session\n",
-        ),
+            "starting: waiting for Tor and I2P\n",
+        );
+    };
+    if !node.is_running() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node stopped\n");
     }
+    if shared.i2p.get().is_some_and(|i2p| !i2p.is_up()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the I2P session is down\n");
+    }
+    if shared.tor.get().is_some_and(|tor| !tor.is_up()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Tor is not bootstrapped or the onion service is unreachable\n",
+        );
+    }
+    (StatusCode::OK, "ready\n")
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -286,10 +390,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if let Some(stripped) = text.strip_suffix("# EOF\n") {
         text = stripped.to_owned();
     }
-    let up = u8::from(shared.i2p.get().is_some_and(I2pTransport::is_up));
+    let i2p = u8::from(shared.i2p.get().is_some_and(I2pTransport::is_up));
+    let tor = u8::from(shared.tor.get().is_some_and(TorTransport::is_up));
     text.push_str(&format!(
         "# HELP meshara_bridge_i2p_up Whether the I2P session is established.\n\
-         # TYPE meshara_bridge_i2p_up gauge\nmeshara_bridge_i2p_up {up}\n# EOF\n"
+         # TYPE meshara_bridge_i2p_up gauge\nmeshara_bridge_i2p_up {i2p}\n\
+         # HELP meshara_bridge_tor_up Whether Tor is bootstrapped and the onion service runs.\n\
+         # TYPE meshara_bridge_tor_up gauge\nmeshara_bridge_tor_up {tor}\n# EOF\n"
     ));
     (
         [(

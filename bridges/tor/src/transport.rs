@@ -340,6 +340,11 @@ impl TorTransport {
             });
         }
         let mut prefs = StreamPrefs::new();
+        // Every Meshara connection on circuits of its own: connections to different peers are
+        // not linkable by a shared circuit, and a retry never joins an earlier attempt that
+        // is stuck (arti shares a pending onion connect among streams of one isolation
+        // group; one that raced the service's restart waits minutes for its rendezvous).
+        prefs.new_isolation_group();
         if is_onion_host(host) {
             prefs.connect_to_onion_services(BoolOrAuto::Explicit(true));
         }
