@@ -343,14 +343,15 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "the I2P router ended the session; restart the bridge\n",
         );
     }
-    if shared
-        .tor
-        .get()
-        .is_some_and(|tor| tor.status().onion == meshara_tor::OnionState::Stopped)
-    {
+    if shared.tor.get().is_some_and(|tor| {
+        matches!(
+            tor.status().onion,
+            meshara_tor::OnionState::Stopped | meshara_tor::OnionState::Broken
+        )
+    }) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the onion service stopped; restart the bridge\n",
+            "the onion service stopped or broke; restart the bridge\n",
         );
     }
     (StatusCode::OK, "ok\n")
@@ -374,7 +375,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.tor.get().is_some_and(|tor| !tor.is_up()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Tor is not bootstrapped or the onion service is unreachable\n",
+            "Tor is not bootstrapped or the onion service is down\n",
         );
     }
     (StatusCode::OK, "ready\n")
@@ -391,12 +392,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         text = stripped.to_owned();
     }
     let i2p = u8::from(shared.i2p.get().is_some_and(I2pTransport::is_up));
-    let tor = u8::from(shared.tor.get().is_some_and(TorTransport::is_up));
+    let tor_status = shared.tor.get().map(TorTransport::status);
+    let tor = u8::from(tor_status.is_some_and(|s| s.is_up()));
+    let published = u8::from(tor_status.is_some_and(|s| s.published()));
     text.push_str(&format!(
         "# HELP meshara_bridge_i2p_up Whether the I2P session is established.\n\
          # TYPE meshara_bridge_i2p_up gauge\nmeshara_bridge_i2p_up {i2p}\n\
          # HELP meshara_bridge_tor_up Whether Tor is bootstrapped and the onion service runs.\n\
-         # TYPE meshara_bridge_tor_up gauge\nmeshara_bridge_tor_up {tor}\n# EOF\n"
+         # TYPE meshara_bridge_tor_up gauge\nmeshara_bridge_tor_up {tor}\n\
+         # HELP meshara_bridge_tor_onion_published Whether arti believes the onion service \
+         published and reachable.\n\
+         # TYPE meshara_bridge_tor_onion_published gauge\n\
+         meshara_bridge_tor_onion_published {published}\n# EOF\n"
     ));
     (
         [(

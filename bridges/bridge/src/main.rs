@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use meshara_bridge::{Bridge, Config, IdentitySource};
 
-/// A Meshara bridge node: clearnet QUIC and I2P, relaying circuits between them.
+/// A Meshara bridge node: clearnet QUIC, Tor and I2P, relaying circuits between them.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {

@@ -4,58 +4,15 @@
 //! it shuts down gracefully.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
+mod common;
 
+use common::{http_get, timeouts, via, wait_until};
 use meshara_bridge::{Bridge, Config, IdentitySource};
+use meshara_core::net::PeerAddr;
 use meshara_core::net::testing::exchange_traffic;
-use meshara_core::net::{PeerAddr, Timeouts};
-use meshara_core::{Capability, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind};
+use meshara_core::{Capability, Identity, NodeBuilder, NodeConfig, Transport, TransportKind};
 use meshara_i2p::I2pTransport;
 use meshara_i2p::testing::{I2pd, LOCAL_SESSION_OPTIONS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn timeouts() -> Timeouts {
-    Timeouts {
-        connect: Duration::from_secs(30),
-        ack: Duration::from_secs(5),
-        reconnect_min: Duration::from_millis(200),
-        reconnect_max: Duration::from_secs(2),
-        peer_exchange: Duration::from_millis(500),
-        ..Timeouts::default()
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
@@ -147,12 +104,6 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
             .all(|a| a.transport == Transport::I2p)
     );
     exchange_traffic(&clear, &leaf, 2 << 20).await;
-    let via = |n: &Node, peer| {
-        n.peers()
-            .into_iter()
-            .find(|p| p.node_id == peer)
-            .map(|p| p.transport)
-    };
     assert_eq!(via(&clear, leaf_id), Some(TransportKind::Relayed));
     assert_eq!(via(&leaf, clear_id), Some(TransportKind::Relayed));
     assert_eq!(

@@ -88,10 +88,13 @@ pub enum OnionState {
     Starting,
     /// Published and reachable.
     Reachable,
-    /// Reachable, with fewer introduction points than wanted.
+    /// Reachable, with fewer introduction points than wanted, or replacing one.
     Degraded,
-    /// Not reachable: descriptor uploads fail, or it hit an error it may recover from.
+    /// Running, but some descriptor uploads failed: arti believes it unlikely to be
+    /// reachable (on small networks it often is; the uploads are retried).
     Unreachable,
+    /// Failed in a way arti does not recover from (or has tried to for long).
+    Broken,
     /// Stopped ([`TorTransport::close`]).
     Stopped,
 }
@@ -106,18 +109,18 @@ pub struct TorStatus {
 }
 
 impl TorStatus {
-    /// Bootstrapped, and the onion service (if hosted) running: starting, reachable or
-    /// degraded, but not stopped or unreachable. (arti can report a published service as
-    /// still starting for a long time, on small networks especially.)
+    /// Bootstrapped, and the onion service (if hosted) running: neither stopped nor broken.
+    /// arti's finer judgement ([`OnionState::Reachable`] and the rest) lags on small networks,
+    /// where it can report "starting" or "unreachable" for minutes while clients reach the
+    /// service, so it does not count here; [`TorStatus::published`] tells it.
     pub fn is_up(&self) -> bool {
-        self.bootstrapped
-            && matches!(
-                self.onion,
-                OnionState::NotHosted
-                    | OnionState::Starting
-                    | OnionState::Reachable
-                    | OnionState::Degraded
-            )
+        self.bootstrapped && !matches!(self.onion, OnionState::Stopped | OnionState::Broken)
+    }
+
+    /// Whether arti believes the onion service reachable (published, with introduction
+    /// points): [`OnionState::Reachable`] or [`OnionState::Degraded`].
+    pub fn published(&self) -> bool {
+        matches!(self.onion, OnionState::Reachable | OnionState::Degraded)
     }
 }
 
@@ -261,9 +264,12 @@ impl TorTransport {
                 use tor_hsservice::status::State;
                 match service.status().state() {
                     State::Running => OnionState::Reachable,
-                    State::DegradedReachable => OnionState::Degraded,
+                    // Recovering: an introduction point died and is being replaced; the
+                    // others still work.
+                    State::DegradedReachable | State::Recovering => OnionState::Degraded,
                     // `Shutdown` until its components first report: still starting.
                     State::Bootstrapping | State::Shutdown => OnionState::Starting,
+                    State::Broken => OnionState::Broken,
                     _ => OnionState::Unreachable,
                 }
             }
@@ -274,8 +280,8 @@ impl TorTransport {
         }
     }
 
-    /// Whether the client can build circuits and the onion service (if any) runs
-    /// ([`TorStatus::is_up`]).
+    /// Whether the client can build circuits and the onion service (if any) runs, neither
+    /// stopped nor broken ([`TorStatus::is_up`]).
     pub fn is_up(&self) -> bool {
         self.status().is_up()
     }
@@ -294,6 +300,13 @@ impl TorTransport {
                         return Err(TorError::NoOnionService("none was launched"));
                     }
                     OnionState::Stopped => return Err(TorError::NoOnionService("it stopped")),
+                    OnionState::Broken => {
+                        return Err(TorError::OnionService(format!(
+                            "broken: {:?}",
+                            self.service()
+                                .map(|s| s.status().current_problem().cloned())
+                        )));
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
