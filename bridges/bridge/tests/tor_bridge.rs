@@ -9,11 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, via, wait_until};
+use common::{http_get, meet_through_bridge};
 use meshara_bridge::{Bridge, Config, IdentitySource};
-use meshara_core::net::testing::exchange_traffic;
 use meshara_core::net::{PeerAddr, Timeouts};
-use meshara_core::{Capability, Identity, NodeBuilder, NodeConfig, Transport, TransportKind};
+use meshara_core::{Capability, Identity, NodeBuilder, NodeConfig, Transport};
 use meshara_tor::TorTransport;
 use meshara_tor::testing::TorNet;
 
@@ -82,64 +81,14 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
         .await
         .unwrap();
     let _leaf_serving = leaf_tor.serve(leaf.clone()).unwrap();
-    // The clearnet node knows only the bridge's QUIC address.
-    let clear = NodeBuilder::new()
-        .config(NodeConfig {
-            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
-            bootstrap: vec![bridge.node().quic_addr().unwrap()],
-            target_peers: 0,
-            timeouts: timeouts(),
-            ..NodeConfig::default()
-        })
-        .identity(Identity::generate())
-        .start()
-        .await
-        .unwrap();
-    let (leaf_id, clear_id) = (leaf.node_id(), clear.node_id());
-    wait_until(
-        "the nodes learn each other's records through the bridge",
-        || clear.record_of(&leaf_id).is_some() && leaf.record_of(&clear_id).is_some(),
+    meet_through_bridge(
+        bridge,
+        &leaf,
+        Transport::Tor,
+        10 << 20,
+        "meshara_bridge_tor_up",
+        timeouts(),
     )
     .await;
-    // The leaf's record offers nothing but its onion address, so the clearnet node needs the
-    // bridge; the leaf cannot dial QUIC, so it needs the bridge too.
-    assert!(
-        clear
-            .record_of(&leaf_id)
-            .unwrap()
-            .addresses()
-            .iter()
-            .all(|a| a.transport == Transport::Tor)
-    );
-    exchange_traffic(&clear, &leaf, 10 << 20).await;
-    assert_eq!(via(&clear, leaf_id), Some(TransportKind::Relayed));
-    assert_eq!(via(&leaf, clear_id), Some(TransportKind::Relayed));
-    assert_eq!(
-        via(&leaf, bridge.node().node_id()),
-        Some(TransportKind::Tor)
-    );
-    let (status, metrics) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(
-        metrics.contains("meshara_bridge_tor_up 1"),
-        "{metrics}\n{:?}",
-        bridge.tor().unwrap().status()
-    );
-    assert!(metrics.contains("meshara_bridge_i2p_up 0"), "{metrics}");
-    assert!(
-        metrics.contains("meshara_bridge_circuit_requests_total{result=\"ok\"}"),
-        "{metrics}"
-    );
-
-    // Graceful shutdown: peers are told, the HTTP server stops.
-    let mut leaf_events = leaf.events();
-    bridge.shutdown().await;
-    meshara_core::net::testing::wait_for(&mut leaf_events, |e| match e {
-        meshara_core::Event::PeerDisconnected { .. } => Some(()),
-        _ => None,
-    })
-    .await;
-    assert!(tokio::net::TcpStream::connect(http).await.is_err());
-    clear.stop().await;
     leaf.stop().await;
 }

@@ -9,8 +9,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshara_core::Node;
+use meshara_bridge::Bridge;
 use meshara_core::net::Timeouts;
+use meshara_core::net::testing::{exchange_traffic, wait_for};
+use meshara_core::{Event, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn timeouts() -> Timeouts {
@@ -61,4 +63,75 @@ pub fn via(n: &Node, peer: meshara_core::NodeId) -> Option<meshara_core::Transpo
         .into_iter()
         .find(|p| p.node_id == peer)
         .map(|p| p.transport)
+}
+
+/// The meeting both bridge tests show: a clearnet node that knows only the bridge's QUIC
+/// address and `leaf`, which is reachable only over `overlay` and dials nothing else, learn each
+/// other's records through the bridge and exchange every kind of traffic (a `stream_bytes`
+/// stream included) over bridge circuits, both ways; the bridge's metrics say `up_gauge 1` and
+/// count the circuits; on shutdown its peers are told and its HTTP server stops.
+pub async fn meet_through_bridge(
+    bridge: Bridge,
+    leaf: &Node,
+    overlay: Transport,
+    stream_bytes: usize,
+    up_gauge: &str,
+    timeouts: Timeouts,
+) {
+    let http = bridge.http_addr();
+    let clear = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            bootstrap: vec![bridge.node().quic_addr().unwrap()],
+            target_peers: 0,
+            timeouts,
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .start()
+        .await
+        .unwrap();
+    let (leaf_id, clear_id) = (leaf.node_id(), clear.node_id());
+    wait_until(
+        "the nodes learn each other's records through the bridge",
+        || clear.record_of(&leaf_id).is_some() && leaf.record_of(&clear_id).is_some(),
+    )
+    .await;
+    // The leaf's record offers nothing but the overlay, so the clearnet node needs the bridge;
+    // the leaf dials nothing but the overlay, so it needs the bridge too.
+    assert!(
+        clear
+            .record_of(&leaf_id)
+            .unwrap()
+            .addresses()
+            .iter()
+            .all(|a| a.transport == overlay)
+    );
+    exchange_traffic(&clear, leaf, stream_bytes).await;
+    assert_eq!(via(&clear, leaf_id), Some(TransportKind::Relayed));
+    assert_eq!(via(leaf, clear_id), Some(TransportKind::Relayed));
+    let overlay_kind = match overlay {
+        Transport::Tor => TransportKind::Tor,
+        _ => TransportKind::I2p,
+    };
+    assert_eq!(via(leaf, bridge.node().node_id()), Some(overlay_kind));
+    let (status, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains(&format!("{up_gauge} 1")), "{metrics}");
+    assert!(
+        metrics.contains("meshara_bridge_circuit_requests_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    // Graceful shutdown: peers are told, the HTTP server stops.
+    let mut leaf_events = leaf.events();
+    bridge.shutdown().await;
+    wait_for(&mut leaf_events, |e| match e {
+        Event::PeerDisconnected { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(tokio::net::TcpStream::connect(http).await.is_err());
+    clear.stop().await;
 }
