@@ -182,6 +182,20 @@ impl TorTransport {
             .config(client_config)
             .create_unbootstrapped()
             .map_err(|e| TorError::Config(report(&e)))?;
+        // The onion service's configuration is checked before the (slow) bootstrap.
+        let service_config = if config.onion_service {
+            let nickname = config
+                .nickname
+                .parse()
+                .map_err(|e| TorError::Config(format!("onion service nickname: {e}")))?;
+            let service_config = OnionServiceConfigBuilder::default()
+                .nickname(nickname)
+                .build()
+                .map_err(|e| TorError::Config(report(&e)))?;
+            Some(service_config)
+        } else {
+            None
+        };
         let step = "bootstrap";
         tokio::time::timeout(config.bootstrap_timeout, client.bootstrap())
             .await
@@ -192,15 +206,7 @@ impl TorTransport {
             .map_err(|e| TorError::Bootstrap(report(&e)))?;
         tracing::info!("joined the Tor network");
 
-        let (service, onion, requests) = if config.onion_service {
-            let nickname = config
-                .nickname
-                .parse()
-                .map_err(|e| TorError::Config(format!("onion service nickname: {e}")))?;
-            let service_config = OnionServiceConfigBuilder::default()
-                .nickname(nickname)
-                .build()
-                .map_err(|e| TorError::Config(report(&e)))?;
+        let (service, onion, requests) = if let Some(service_config) = service_config {
             let (service, rend) = client
                 .launch_onion_service(service_config)
                 .map_err(|e| TorError::OnionService(report(&e)))?
@@ -520,6 +526,16 @@ impl Dialer for TorDialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_bad_nickname_fails_before_joining_tor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TorConfig::new(dir.path());
+        config.nickname = "not a nickname!".into();
+        let err = TorTransport::start(config).await.unwrap_err();
+        assert!(matches!(err, TorError::Config(_)), "{err}");
+        assert!(err.to_string().contains("nickname"), "{err}");
+    }
 
     #[test]
     fn onion_hosts() {
