@@ -36,7 +36,10 @@ pub const HTTP_PROTOCOL: &str = "meshara-http/1";
 /// peers until the node stops. Every request carries the caller's [`VerifiedPeer`] in its
 /// extensions; request and response bodies stream. Spawn it:
 /// `tokio::spawn(meshara_axum::serve(node, app))`.
-pub async fn serve<S, B>(node: Node, service: S)
+///
+/// The node starts accepting HTTP streams when `serve` is called, before the returned future
+/// is first polled, so a request sent right after the spawn is never turned away.
+pub fn serve<S, B>(node: Node, service: S) -> impl Future<Output = ()> + Send + 'static
 where
     S: Service<Request, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -46,23 +49,27 @@ where
     B::Error: Into<BoxError>,
 {
     let mut listener = node.listen_streams(HTTP_PROTOCOL);
-    while let Some(stream) = listener.accept().await {
-        let peer = stream.peer();
-        let service = service
-            .clone()
-            .map_request(move |request: http::Request<Incoming>| {
-                let (mut parts, body) = request.into_parts();
-                parts.extensions.insert(VerifiedPeer(peer));
-                Request::from_parts(parts, Body::new(body))
+    async move {
+        while let Some(stream) = listener.accept().await {
+            let peer = stream.peer();
+            let service = service
+                .clone()
+                .map_request(move |request: http::Request<Incoming>| {
+                    let (mut parts, body) = request.into_parts();
+                    parts.extensions.insert(VerifiedPeer(peer));
+                    Request::from_parts(parts, Body::new(body))
+                });
+            tokio::spawn(async move {
+                let result = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .await;
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "HTTP over Meshara connection ended with an error");
+                }
             });
-        tokio::spawn(async move {
-            let result = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .await;
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "HTTP over Meshara connection ended with an error");
-            }
-        });
+        }
+        // Keeps the node's handle alive for as long as requests are served.
+        drop(node);
     }
 }
 

@@ -156,3 +156,33 @@ async fn any_tower_service_with_a_streamed_request_body() {
     client.stop().await;
     server.stop().await;
 }
+
+/// `serve` listens from the moment it is called: a request that reaches the node before the
+/// serving future first runs waits for it instead of being turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_a_serving_future_not_yet_polled() {
+    let server = node().await;
+    let client = node().await;
+    client.connect(&server.quic_addr().unwrap()).await.unwrap();
+    let app = Router::new().route("/whoami", get(whoami));
+    let serving = meshara_axum::serve(server.clone(), app);
+
+    let caller = MesharaClient::new(client.clone());
+    let to = server.node_id();
+    let request = tokio::spawn(async move {
+        caller
+            .request(to, Request::get("/whoami").body(Body::empty()).unwrap())
+            .await
+    });
+    // Let the request's stream reach the server while nothing serves it yet.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!request.is_finished());
+    tokio::spawn(serving);
+
+    let res = request.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, client.node_id().to_string().as_bytes());
+    client.stop().await;
+    server.stop().await;
+}
