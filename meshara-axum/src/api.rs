@@ -382,12 +382,10 @@ struct SendArgs {
 
 fn privacy(name: Option<&str>) -> Result<Privacy, ApiError> {
     match name.unwrap_or("") {
-        "" | "direct" => Ok(Privacy::Direct),
-        "onion" => Ok(Privacy::Onion),
-        other => Err(ApiError::BadRequest(
-            "invalid_privacy",
-            format!("privacy must be \"direct\" or \"onion\", not {other:?}"),
-        )),
+        "" => Ok(Privacy::Direct),
+        other => other.parse().map_err(|e: meshara_core::UnknownPrivacy| {
+            ApiError::BadRequest("invalid_privacy", e.to_string())
+        }),
     }
 }
 

@@ -60,6 +60,7 @@ fn send_status(e: &SendError) -> (StatusCode, &'static str) {
         SendError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "node_stopped"),
         SendError::TopicLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "topic_limit"),
         SendError::TooFewRelays { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_few_relays"),
+        SendError::NoTransport(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_transport"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "send_failed"),
     }
 }

@@ -234,6 +234,23 @@ fn bad_requests(a: &Node, b: &Node) -> Vec<(Request<Body>, StatusCode, &'static 
             "too_large",
         ),
         (
+            // Neither node has a Tor or an I2P transport: refused, never sent over QUIC.
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x", "privacy": "tor"}),
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_transport",
+        ),
+        (
+            post_json(
+                "/meshara/messages",
+                json!({"to": to, "content": "x", "privacy": "i2p"}),
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_transport",
+        ),
+        (
             post_json("/meshara/broadcasts", json!({"topic": "", "content": "x"})),
             StatusCode::BAD_REQUEST,
             "invalid_message",

@@ -42,7 +42,58 @@ pub enum Privacy {
     /// §15.14). Never sent directly or deposited with mailbox holders, and limited to what
     /// fits in one packet.
     Onion,
+    /// Only over Tor: a connection to the recipient's onion service, to its TCP address through
+    /// a Tor exit, or a bridge circuit whose first leg is a Tor connection. Neither the
+    /// recipient, the bridge nor the local network learns this node's IP address from it. Never
+    /// sent over a clearnet connection, forwarded by other nodes or deposited with mailbox
+    /// holders: with no Tor route the message waits for one and fails at its deadline. Needs a
+    /// Tor dialer on the node (`NodeBuilder::dialer`).
+    Tor,
+    /// Only over I2P: a connection to the recipient's I2P destination, or a bridge circuit whose
+    /// first leg is an I2P connection. Otherwise as [`Privacy::Tor`]; needs an I2P dialer.
+    I2p,
 }
+
+impl Privacy {
+    /// The transport every byte of such a message leaves this node on, for the routes that
+    /// name one ([`Privacy::Tor`], [`Privacy::I2p`]).
+    pub fn transport(self) -> Option<crate::record::Transport> {
+        match self {
+            Privacy::Tor => Some(crate::record::Transport::Tor),
+            Privacy::I2p => Some(crate::record::Transport::I2p),
+            Privacy::Direct | Privacy::Onion => None,
+        }
+    }
+
+    /// Lowercase name, as the HTTP API and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privacy::Direct => "direct",
+            Privacy::Onion => "onion",
+            Privacy::Tor => "tor",
+            Privacy::I2p => "i2p",
+        }
+    }
+}
+
+impl std::str::FromStr for Privacy {
+    type Err = UnknownPrivacy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(Privacy::Direct),
+            "onion" => Ok(Privacy::Onion),
+            "tor" => Ok(Privacy::Tor),
+            "i2p" => Ok(Privacy::I2p),
+            other => Err(UnknownPrivacy(other.chars().take(32).collect())),
+        }
+    }
+}
+
+/// A privacy level name that is none of `direct`, `onion`, `tor`, `i2p`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown privacy {0:?}: expected direct, onion, tor or i2p")]
+pub struct UnknownPrivacy(pub String);
 
 /// What the outbox asks the node to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,12 +260,13 @@ impl Outbox {
     }
 
     /// Everything due at `now`: sends for messages whose recipient `reachable` says can be
-    /// sent to (onion-routed messages need no connection to their recipient and are always
-    /// due), failures for messages out of attempts or past their deadline.
+    /// sent to the way the message travels (onion-routed messages need no connection to their
+    /// recipient and are always due), failures for messages out of attempts or past their
+    /// deadline.
     pub fn poll(
         &mut self,
         now: Instant,
-        mut reachable: impl FnMut(&NodeId) -> bool,
+        mut reachable: impl FnMut(&NodeId, Privacy) -> bool,
     ) -> Vec<OutboxAction> {
         let mut actions = Vec::new();
         let mut failed = Vec::new();
@@ -233,7 +285,7 @@ impl Outbox {
             }
             if entry.attempts >= self.policy.max_attempts && entry.deposited_until.is_none() {
                 failed.push(*id);
-            } else if entry.privacy == Privacy::Onion || reachable(&entry.peer) {
+            } else if entry.privacy == Privacy::Onion || reachable(&entry.peer, entry.privacy) {
                 actions.push(OutboxAction::Send {
                     id: *id,
                     peer: entry.peer,
@@ -255,12 +307,13 @@ impl Outbox {
         actions
     }
 
-    /// Direct messages to `peer` never sent yet (for flushing when a session becomes ready).
-    pub fn unsent_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes)> {
+    /// Messages to `peer` never sent yet that travel over a connection to it (direct, Tor,
+    /// I2P; not onion-routed), for flushing when a session becomes ready.
+    pub fn unsent_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes, Privacy)> {
         self.entries
             .iter()
-            .filter(|(_, e)| &e.peer == peer && e.attempts == 0 && e.privacy == Privacy::Direct)
-            .map(|(id, e)| (*id, e.payload.clone()))
+            .filter(|(_, e)| &e.peer == peer && e.attempts == 0 && e.privacy != Privacy::Onion)
+            .map(|(id, e)| (*id, e.payload.clone(), e.privacy))
             .collect()
     }
 
@@ -328,29 +381,29 @@ mod tests {
             .insert(id, peer, Bytes::from_static(b"x"), t0)
             .unwrap();
         // Not reachable: nothing to send, nothing failed.
-        assert!(outbox.poll(t0, |_| false).is_empty());
-        let actions = outbox.poll(t0, |_| true);
+        assert!(outbox.poll(t0, |_, _| false).is_empty());
+        let actions = outbox.poll(t0, |_, _| true);
         assert!(matches!(actions.as_slice(), [OutboxAction::Send { .. }]));
         outbox.mark_sent(&id, t0);
         assert!(
             outbox
-                .poll(t0 + Duration::from_millis(999), |_| true)
+                .poll(t0 + Duration::from_millis(999), |_, _| true)
                 .is_empty()
         );
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(outbox.poll(t1, |_| true).len(), 1);
+        assert_eq!(outbox.poll(t1, |_, _| true).len(), 1);
         outbox.mark_sent(&id, t1);
         // Second timeout is doubled.
         assert!(
             outbox
-                .poll(t1 + Duration::from_millis(1999), |_| true)
+                .poll(t1 + Duration::from_millis(1999), |_, _| true)
                 .is_empty()
         );
         let t2 = t1 + Duration::from_secs(2);
-        assert_eq!(outbox.poll(t2, |_| true).len(), 1);
+        assert_eq!(outbox.poll(t2, |_, _| true).len(), 1);
         outbox.mark_sent(&id, t2);
         let t3 = t2 + Duration::from_secs(4);
-        let actions = outbox.poll(t3, |_| true);
+        let actions = outbox.poll(t3, |_, _| true);
         assert_eq!(
             actions,
             vec![OutboxAction::Fail {
@@ -393,7 +446,7 @@ mod tests {
             Err(OutboxFull(1))
         );
         // Never reachable: fails at the deadline with zero attempts.
-        let actions = outbox.poll(t0 + Duration::from_secs(60), |_| false);
+        let actions = outbox.poll(t0 + Duration::from_secs(60), |_, _| false);
         assert!(matches!(
             actions.as_slice(),
             [OutboxAction::Fail { attempts: 0, .. }]
@@ -417,9 +470,9 @@ mod tests {
         // Out of attempts and past the normal deadline, it still waits for its recipient, and
         // is resent directly when the recipient is reachable.
         let later = t0 + Duration::from_secs(600);
-        assert!(outbox.poll(later, |_| false).is_empty());
+        assert!(outbox.poll(later, |_, _| false).is_empty());
         assert!(matches!(
-            outbox.poll(later, |_| true).as_slice(),
+            outbox.poll(later, |_, _| true).as_slice(),
             [OutboxAction::Send { .. }]
         ));
         // The acknowledgement then confirms it.
@@ -430,7 +483,7 @@ mod tests {
         outbox.mark_deposited(&id2, t0 + Duration::from_secs(3600));
         assert!(matches!(
             outbox
-                .poll(t0 + Duration::from_secs(3600), |_| false)
+                .poll(t0 + Duration::from_secs(3600), |_, _| false)
                 .as_slice(),
             [OutboxAction::Fail { .. }]
         ));
@@ -450,7 +503,7 @@ mod tests {
         assert!(outbox.undeposited_peers().is_empty());
         assert!(outbox.undeposited_for(&peer).is_empty());
         // Due although the recipient is not reachable directly; resends count attempts.
-        let actions = outbox.poll(t0, |_| false);
+        let actions = outbox.poll(t0, |_, _| false);
         assert!(matches!(
             actions.as_slice(),
             [OutboxAction::Send {
@@ -460,10 +513,56 @@ mod tests {
             }]
         ));
         outbox.mark_sent(&id, t0);
-        let actions = outbox.poll(t0 + Duration::from_secs(1), |_| false);
+        let actions = outbox.poll(t0 + Duration::from_secs(1), |_, _| false);
         assert!(matches!(
             actions.as_slice(),
             [OutboxAction::Send { attempt: 1, .. }]
         ));
+    }
+
+    #[test]
+    fn tor_and_i2p_messages_wait_for_their_own_transport_and_are_never_deposited() {
+        let peer = Identity::generate().node_id();
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new(policy(), 10);
+        outbox
+            .insert_with(MessageId([1; 32]), peer, Bytes::new(), Privacy::Tor, t0)
+            .unwrap();
+        outbox
+            .insert_with(MessageId([2; 32]), peer, Bytes::new(), Privacy::I2p, t0)
+            .unwrap();
+        // Flushed when a session is ready (on a connection of their transport), never
+        // deposited with mailbox holders.
+        let mut unsent: Vec<Privacy> = outbox.unsent_for(&peer).iter().map(|u| u.2).collect();
+        unsent.sort_by_key(|p| p.as_str());
+        assert_eq!(unsent, [Privacy::I2p, Privacy::Tor]);
+        assert!(outbox.undeposited_peers().is_empty());
+        assert!(outbox.undeposited_for(&peer).is_empty());
+        // Due only when the recipient is reachable the way each travels.
+        let actions = outbox.poll(t0, |_, privacy| privacy == Privacy::Tor);
+        assert!(matches!(
+            actions.as_slice(),
+            [OutboxAction::Send {
+                privacy: Privacy::Tor,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn privacy_names_round_trip() {
+        for p in [Privacy::Direct, Privacy::Onion, Privacy::Tor, Privacy::I2p] {
+            assert_eq!(p.as_str().parse::<Privacy>(), Ok(p));
+        }
+        assert_eq!(
+            Privacy::Tor.transport(),
+            Some(crate::record::Transport::Tor)
+        );
+        assert_eq!(Privacy::Direct.transport(), None);
+        let err = "garlic".parse::<Privacy>().unwrap_err();
+        assert!(err.to_string().contains("garlic"), "{err}");
+        // Hostile input is not echoed whole.
+        let long = "x".repeat(10_000).parse::<Privacy>().unwrap_err();
+        assert!(long.0.len() <= 32);
     }
 }

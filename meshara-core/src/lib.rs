@@ -74,7 +74,7 @@ pub use crypto::padding::Padding;
 pub use crypto::seal::{Opened, open, seal, seal_with_rng};
 pub use crypto::session::{self, HandshakeGuard, Initiator, Role, Session};
 pub use crypto::{CryptoError, MAX_PRIVATE_PAYLOAD};
-pub use delivery::Privacy;
+pub use delivery::{Privacy, UnknownPrivacy};
 pub use identity::{Fingerprint, Identity, IdentityError, NodeId};
 pub use keystore::{KdfParams, Keystore, KeystoreError, Unlocked};
 pub use message::{MessageError, MessageId, VerifiedBroadcast, sign_broadcast, verify_broadcast};

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use meshara_core::net::testing::{exchange_traffic, wait_for};
 use meshara_core::net::{DropReason, Limits, PeerAddr, Timeouts};
-use meshara_core::{Event, Identity, Node, NodeBuilder, NodeId, TransportError};
+use meshara_core::{
+    Event, Identity, Node, NodeBuilder, NodeId, Privacy, SendError, TransportError, TransportKind,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -231,6 +233,59 @@ async fn delivery_to_an_unreachable_peer_fails_after_retries() {
     .await;
     assert_eq!(failed, id);
     a.stop().await;
+}
+
+/// A message asked to travel over Tor or I2P is refused by a node that has neither, even
+/// with a QUIC connection to its recipient; what does arrive says which transport carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tor_and_i2p_messages_never_fall_back_to_clearnet() {
+    let a = node().await;
+    let b = node().await;
+    a.connect(&b.quic_addr().unwrap()).await.unwrap();
+    let mut events = b.events();
+    for privacy in [Privacy::Tor, Privacy::I2p] {
+        let err = a
+            .send_private_with(b.node_id(), "text/plain", "not over QUIC", privacy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SendError::NoTransport(p) if p == privacy),
+            "{err}"
+        );
+        assert!(err.to_string().contains(privacy.as_str()), "{err}");
+    }
+    let pending = a
+        .send_private(b.node_id(), "text/plain", "over QUIC")
+        .await
+        .unwrap();
+    let got = wait_for(&mut events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    // The first message b receives is the direct one: the refused ones never left a.
+    assert_eq!(&got.content[..], b"over QUIC");
+    assert_eq!(got.via, Some(TransportKind::Quic));
+    tokio::time::timeout(WAIT, pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Over TLS-over-TCP the message says so.
+    let c = node().await;
+    c.connect(&b.tcp_addr().unwrap()).await.unwrap();
+    c.send_private(b.node_id(), "text/plain", "over TCP")
+        .await
+        .unwrap();
+    let got = wait_for(&mut events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got.via, Some(TransportKind::Tcp));
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::config::PeerAddr;
 use super::core::Inner;
 use super::error::{SendError, TransportError};
 use super::events::PeerStream;
@@ -163,6 +164,15 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The connection kind of a Tor or I2P first hop.
+pub(crate) fn route_kind(transport: Transport) -> Option<TransportKind> {
+    match transport {
+        Transport::Tor => Some(TransportKind::Tor),
+        Transport::I2p => Some(TransportKind::I2p),
+        _ => None,
+    }
+}
+
 impl Inner {
     /// Whether this node can dial `transport` addresses itself (natively or through a dialer),
     /// given [`NodeConfig::route_all_via`](super::config::NodeConfig::route_all_via).
@@ -221,16 +231,189 @@ impl Inner {
     }
 
     /// The newest ready connection to `peer` that is not itself a circuit (circuits do not
-    /// chain).
-    fn direct_conn(&self, peer: &NodeId) -> Option<Arc<dyn Connection>> {
+    /// chain), of transport `kind` when one is named.
+    fn direct_conn_over(
+        &self,
+        peer: &NodeId,
+        kind: Option<TransportKind>,
+    ) -> Option<Arc<dyn Connection>> {
         let st = self.lock();
         st.peers
             .get(peer)?
             .conns
             .iter()
             .rev()
-            .find(|c| c.ready && c.conn.kind() != TransportKind::Relayed)
+            .find(|c| {
+                c.ready
+                    && c.conn.kind() != TransportKind::Relayed
+                    && kind.is_none_or(|k| c.conn.kind() == k)
+            })
             .map(|c| c.conn.clone())
+    }
+
+    /// The addresses of `peer`'s record this node can reach over `over`: its own addresses of
+    /// that transport, and for Tor its TCP addresses (through an exit).
+    fn addresses_over(&self, peer: &NodeId, over: Transport) -> Vec<PeerAddr> {
+        let st = self.lock();
+        let Some(record) = st.peer_record(peer) else {
+            return Vec::new();
+        };
+        let mut addrs: Vec<PeerAddr> = record
+            .addresses()
+            .iter()
+            .filter(|a| a.transport == over)
+            .chain(
+                record
+                    .addresses()
+                    .iter()
+                    .filter(|a| over == Transport::Tor && a.transport == Transport::Tcp),
+            )
+            .map(|a| PeerAddr {
+                node: Some(*peer),
+                address: a.clone(),
+            })
+            .collect();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Connects to `peer` itself over `over` (no circuit), trying each address that fits.
+    async fn dial_over(
+        self: &Arc<Self>,
+        peer: NodeId,
+        over: Transport,
+    ) -> Result<NodeId, TransportError> {
+        let addrs = self.addresses_over(&peer, over);
+        let mut last = TransportError::Connect(format!(
+            "{peer}'s record has no address reachable over {over:?}"
+        ));
+        for addr in addrs {
+            match self.connect_over(&addr, Some(over)).await {
+                Ok(node) => {
+                    // Wait for the record exchange, so that the route is ready for messages.
+                    let kind = route_kind(over);
+                    let mut topology = self.topology.subscribe();
+                    let deadline = tokio::time::Instant::now() + self.config.timeouts.connect;
+                    while !self.lock().is_ready_over(&node, kind) {
+                        tokio::select! {
+                            r = topology.changed() => if r.is_err() { break },
+                            () = tokio::time::sleep_until(deadline) => break,
+                        }
+                    }
+                    return Ok(node);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Starts making a connection to `peer` whose first hop is `over` (Tor or I2P), for the
+    /// messages that may travel only that way: to the peer's own address of that transport
+    /// (its TCP address through a Tor exit), else through a bridge this node reaches over it.
+    /// Never falls back to another transport. Backs off after a failure.
+    pub(crate) fn ensure_route(self: &Arc<Self>, peer: NodeId, over: Transport) {
+        let Some(kind) = route_kind(over) else {
+            return;
+        };
+        {
+            let mut st = self.lock();
+            if st.is_ready_over(&peer, Some(kind))
+                || st.banned.contains(&peer)
+                || st.route_dialing.contains(&(peer, over))
+                || !self.dialers.contains_key(&over)
+                || st
+                    .route_backoff
+                    .get(&(peer, over))
+                    .is_some_and(|(next, _)| Instant::now() < *next)
+            {
+                return;
+            }
+            if st.peer_record(&peer).is_none() {
+                // Learn where it is first (lookups and configured addresses); the outbox asks
+                // again on its next tick.
+                drop(st);
+                self.ensure_connected(peer);
+                return;
+            }
+            st.route_dialing.insert((peer, over));
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let mut result = inner.dial_over(peer, over).await;
+            if result.is_err() {
+                for bridge in inner.bridges_over(&peer, over) {
+                    result = inner.connect_via_over(bridge, peer, Some(over)).await;
+                    match &result {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::debug!(%peer, %bridge, ?over, error = %e, "circuit failed")
+                        }
+                    }
+                }
+            }
+            let mut st = inner.lock();
+            st.route_dialing.remove(&(peer, over));
+            match result {
+                Ok(_) => {
+                    st.route_backoff.remove(&(peer, over));
+                    drop(st);
+                    tracing::debug!(%peer, ?over, "route ready");
+                }
+                Err(e) => {
+                    let t = &inner.config.timeouts;
+                    let delay = st
+                        .route_backoff
+                        .get(&(peer, over))
+                        .map_or(t.reconnect_min, |(_, d)| (*d * 2).min(t.reconnect_max));
+                    st.route_backoff
+                        .insert((peer, over), (Instant::now() + delay, delay));
+                    drop(st);
+                    tracing::debug!(%peer, ?over, error = %e, "no route over this transport");
+                }
+            }
+        });
+    }
+
+    /// Bridges (nodes advertising a bridge capability) this node reaches over `over`, for a
+    /// circuit to `target`: those connected over it first, then those whose record has an
+    /// address reachable over it.
+    fn bridges_over(&self, target: &NodeId, over: Transport) -> Vec<NodeId> {
+        let Some(kind) = route_kind(over) else {
+            return Vec::new();
+        };
+        let me = self.identity.node_id();
+        let candidates: Vec<(NodeId, bool)> = {
+            let st = self.lock();
+            st.records
+                .iter()
+                .filter(|r| {
+                    r.has_capability(Capability::BridgeTor)
+                        || r.has_capability(Capability::BridgeI2p)
+                })
+                .map(|r| r.node_id())
+                .filter(|id| id != target && *id != me && !st.banned.contains(id))
+                .map(|id| {
+                    let connected = st
+                        .peers
+                        .get(&id)
+                        .is_some_and(|p| p.conns.iter().any(|c| c.ready && c.conn.kind() == kind));
+                    (id, connected)
+                })
+                .collect()
+        };
+        let mut ready: Vec<NodeId> = Vec::new();
+        let mut known: Vec<NodeId> = Vec::new();
+        for (id, connected) in candidates {
+            if connected {
+                ready.push(id);
+            } else if !self.addresses_over(&id, over).is_empty() {
+                known.push(id);
+            }
+        }
+        ready.extend(known);
+        ready.truncate(BRIDGES_TRIED);
+        ready
     }
 
     /// Takes a connection slot, runs `handshake` within the connect timeout and registers the
@@ -241,6 +424,7 @@ impl Inner {
         handshake: impl std::future::Future<Output = Result<StreamConnection, TransportError>>,
         inbound: bool,
         expect: Option<NodeId>,
+        first_hop: Option<TransportKind>,
     ) -> Result<NodeId, TransportError> {
         let slot = self.reserve_stream_slot()?;
         let timeout = self.config.timeouts.connect;
@@ -258,7 +442,7 @@ impl Inner {
         }
         slot.keep();
         self.metrics.attempt("stream", "ok");
-        self.establish(Arc::new(conn), inbound, None)?;
+        self.establish(Arc::new(conn), inbound, None, first_hop)?;
         Ok(peer)
     }
 
@@ -268,16 +452,38 @@ impl Inner {
         bridge: NodeId,
         target: NodeId,
     ) -> Result<NodeId, TransportError> {
+        self.connect_via_over(bridge, target, None).await
+    }
+
+    /// [`Inner::connect_via`] on a connection to the bridge whose transport is `over`, when one
+    /// is named (dialing the bridge over it first if needed).
+    pub(crate) async fn connect_via_over(
+        self: &Arc<Self>,
+        bridge: NodeId,
+        target: NodeId,
+        over: Option<Transport>,
+    ) -> Result<NodeId, TransportError> {
         if target == self.identity.node_id() || bridge == target {
             return Err(TransportError::Connect(
                 "a circuit needs a bridge, a target and this node to be three nodes".into(),
             ));
         }
-        self.ready_conn(bridge).await.map_err(|e| match e {
-            SendError::Transport(t) => t,
-            other => TransportError::Connect(format!("cannot reach bridge {bridge}: {other}")),
-        })?;
-        let conn = self.direct_conn(&bridge).ok_or_else(|| {
+        let kind = over.and_then(route_kind);
+        match over {
+            Some(over) if self.direct_conn_over(&bridge, kind).is_none() => {
+                self.dial_over(bridge, over).await?;
+            }
+            Some(_) => {}
+            None => {
+                self.ready_conn(bridge).await.map_err(|e| match e {
+                    SendError::Transport(t) => t,
+                    other => {
+                        TransportError::Connect(format!("cannot reach bridge {bridge}: {other}"))
+                    }
+                })?;
+            }
+        }
+        let conn = self.direct_conn_over(&bridge, kind).ok_or_else(|| {
             TransportError::Connect(format!(
                 "bridge {bridge} is reached only through another circuit"
             ))
@@ -305,7 +511,9 @@ impl Inner {
             TransportKind::Relayed,
             None,
         );
-        let peer = self.register_stream(handshake, false, Some(target)).await?;
+        let peer = self
+            .register_stream(handshake, false, Some(target), Some(conn.kind()))
+            .await?;
         tracing::debug!(%target, %bridge, "connected through a bridge");
         Ok(peer)
     }
@@ -414,7 +622,7 @@ impl Inner {
         };
         match header[0] {
             OP_CONNECT => self.relay(conn, other, send, recv).await,
-            OP_INCOMING => self.incoming(peer, other, send, recv).await,
+            OP_INCOMING => self.incoming(peer, conn.kind(), other, send, recv).await,
             _ => {
                 let _ =
                     write_status(&mut send, Status::BadRequest, "unknown circuit operation").await;
@@ -427,6 +635,7 @@ impl Inner {
     async fn incoming(
         self: &Arc<Self>,
         bridge: NodeId,
+        first_hop: TransportKind,
         source: NodeId,
         mut send: SendHalf,
         recv: RecvHalf,
@@ -467,7 +676,10 @@ impl Inner {
         let io = PeerStream::new(bridge, CIRCUIT_LABEL.into(), send, recv);
         let handshake =
             StreamConnection::accept(io, self.stream_tls.clone(), TransportKind::Relayed, None);
-        match self.register_stream(handshake, true, Some(source)).await {
+        match self
+            .register_stream(handshake, true, Some(source), Some(first_hop))
+            .await
+        {
             Ok(_) => tracing::debug!(%source, %bridge, "accepted a circuit"),
             Err(e) => tracing::debug!(%source, %bridge, error = %e, "incoming circuit failed"),
         }
@@ -622,7 +834,7 @@ impl Inner {
             .await
             .map_err(|e| format!("cannot reach {target}: {e}"))?;
         let conn = self
-            .direct_conn(&target)
+            .direct_conn_over(&target, None)
             .ok_or_else(|| format!("{target} is reachable only through another bridge"))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut header = Vec::with_capacity(34);

@@ -207,6 +207,9 @@ pub(crate) struct ConnEntry {
     pub(crate) writer: Writer,
     pub(crate) ready: bool,
     pub(crate) inbound: bool,
+    /// The transport of the first hop from this node: the connection's own kind, or for a
+    /// bridge circuit the kind of the connection to the bridge.
+    pub(crate) first_hop: TransportKind,
     pub(crate) ip: Option<IpAddr>,
     pub(crate) last_rx: Arc<AtomicU64>,
     pub(crate) last_ping: Instant,
@@ -268,6 +271,10 @@ pub(crate) struct State {
     pub(crate) dialing: HashSet<NodeId>,
     /// On-demand dials that failed: when the next attempt may start, and the current delay.
     pub(crate) dial_backoff: HashMap<NodeId, (Instant, Duration)>,
+    /// Dials for Tor or I2P routes under way ([`Privacy::Tor`], [`Privacy::I2p`]).
+    pub(crate) route_dialing: HashSet<(NodeId, Transport)>,
+    /// Route dials that failed, backing off like `dial_backoff`.
+    pub(crate) route_backoff: HashMap<(NodeId, Transport), (Instant, Duration)>,
     /// The DHT's routing table (keys: NodeIds whose signed records we verified).
     pub(crate) kad: RoutingTable<NodeId>,
     /// Our FindNode requests awaiting an answer: request id → (asked peer, answer slot).
@@ -380,6 +387,8 @@ impl State {
             banned: HashSet::new(),
             dialing: HashSet::new(),
             dial_backoff: HashMap::new(),
+            route_dialing: HashSet::new(),
+            route_backoff: HashMap::new(),
             kad: RoutingTable::new(*local.as_bytes(), KadConfig::default()),
             finds: HashMap::new(),
             looking_up: HashSet::new(),
@@ -403,19 +412,36 @@ impl State {
     }
 
     pub(crate) fn ready_writer(&self, peer: &NodeId) -> Option<Writer> {
+        self.writer_over(peer, None)
+    }
+
+    /// The newest ready connection's writer, among those whose first hop is `carrier` when
+    /// one is named.
+    pub(crate) fn writer_over(
+        &self,
+        peer: &NodeId,
+        carrier: Option<TransportKind>,
+    ) -> Option<Writer> {
         self.peers
             .get(peer)?
             .conns
             .iter()
             .rev()
-            .find(|c| c.ready)
+            .find(|c| c.ready && carrier.is_none_or(|k| c.first_hop == k))
             .map(|c| c.writer.clone())
     }
 
     pub(crate) fn is_ready(&self, peer: &NodeId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.conns.iter().any(|c| c.ready))
+        self.is_ready_over(peer, None)
+    }
+
+    /// Whether a ready connection to `peer` leaves this node on `carrier` (any, if `None`).
+    pub(crate) fn is_ready_over(&self, peer: &NodeId, carrier: Option<TransportKind>) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            p.conns
+                .iter()
+                .any(|c| c.ready && carrier.is_none_or(|k| c.first_hop == k))
+        })
     }
 
     pub(crate) fn peer_record(&self, peer: &NodeId) -> Option<NodeRecord> {
@@ -437,6 +463,11 @@ enum Sent {
     AwaitingSession,
     /// The connection's queue is full.
     QueueFull,
+}
+
+/// The first-hop transport a message of this privacy must leave on, if it names one.
+pub(crate) fn carrier(privacy: Privacy) -> Option<TransportKind> {
+    privacy.transport().and_then(super::circuit::route_kind)
 }
 
 /// An encoded end-to-end acknowledgement of `ids` (at most `wire::MAX_IDS`).
@@ -527,7 +558,20 @@ impl Inner {
     /// Encrypts `payload` for `peer` and queues it, starting a handshake if there is no usable
     /// session. Must be called with the state locked.
     fn send_payload(&self, st: &mut State, peer: &NodeId, payload: &[u8], now: Instant) -> Sent {
-        let Some(writer) = st.ready_writer(peer) else {
+        self.send_payload_over(st, peer, payload, now, None)
+    }
+
+    /// [`Inner::send_payload`] on a connection whose first hop is `carrier`, when one is named
+    /// (the handshake, if one is needed, goes there too).
+    fn send_payload_over(
+        &self,
+        st: &mut State,
+        peer: &NodeId,
+        payload: &[u8],
+        now: Instant,
+        carrier: Option<TransportKind>,
+    ) -> Sent {
+        let Some(writer) = st.writer_over(peer, carrier) else {
             return Sent::NoConnection;
         };
         let sessions = st.sessions.entry(*peer).or_default();
@@ -631,9 +675,11 @@ impl Inner {
                 }
             }
         }
-        for (id, payload) in st.outbox.unsent_for(peer) {
-            match self.send_payload(st, peer, &payload, now) {
+        for (id, payload, privacy) in st.outbox.unsent_for(peer) {
+            match self.send_payload_over(st, peer, &payload, now, carrier(privacy)) {
                 Sent::Queued => st.outbox.mark_sent(&id, now),
+                // Waits for a connection over its own transport.
+                Sent::NoConnection if privacy != Privacy::Direct => {}
                 _ => return,
             }
         }
@@ -706,11 +752,13 @@ impl Inner {
         if privacy == Privacy::Onion {
             return self.send_private_onion(id, peer, content_len, payload);
         }
+        let over = carrier(privacy);
         // Backpressure: wait for room on the peer's connection before queueing more.
         let writer = {
             let st = self.lock();
             self.check_peer(&st, &peer)?;
-            st.ready_writer(&peer)
+            self.check_carrier(&st, &peer, privacy)?;
+            st.writer_over(&peer, over)
         };
         // Padding can grow a message past the frame limit; refuse it now rather than letting
         // it wait in the outbox for a frame that can never be sent.
@@ -738,13 +786,13 @@ impl Inner {
             let mut st = self.lock();
             self.check_peer(&st, &peer)?;
             st.outbox
-                .insert(id, peer, Bytes::from(payload.clone()), now)
+                .insert_with(id, peer, Bytes::from(payload.clone()), privacy, now)
                 .map_err(|full| SendError::OutboxFull(full.0))?;
             st.waiters.insert(id, tx);
             self.metrics.outbox.set(st.outbox.len() as i64);
             // Release the reserved budget just before queueing so the frame can take it.
             drop(permit);
-            match self.send_payload(&mut st, &peer, &payload, now) {
+            match self.send_payload_over(&mut st, &peer, &payload, now, over) {
                 Sent::Queued => {
                     st.outbox.mark_sent(&id, now);
                     false
@@ -755,9 +803,24 @@ impl Inner {
         };
         self.metrics.message("out", "private");
         if need_dial {
-            self.ensure_connected(peer);
+            match privacy.transport() {
+                Some(transport) => self.ensure_route(peer, transport),
+                None => self.ensure_connected(peer),
+            }
         }
         Ok((id, rx))
+    }
+
+    /// A Tor or I2P message needs a connection over that transport, or a dialer to make one.
+    fn check_carrier(&self, st: &State, peer: &NodeId, privacy: Privacy) -> Result<(), SendError> {
+        let (Some(transport), Some(kind)) = (privacy.transport(), carrier(privacy)) else {
+            return Ok(());
+        };
+        if self.dialers.contains_key(&transport) || st.is_ready_over(peer, Some(kind)) {
+            Ok(())
+        } else {
+            Err(SendError::NoTransport(privacy))
+        }
     }
 
     /// Queues an onion-routed message and sends its first copy.
@@ -1041,6 +1104,16 @@ impl Inner {
         self: &Arc<Self>,
         addr: &PeerAddr,
     ) -> Result<NodeId, TransportError> {
+        self.connect_over(addr, None).await
+    }
+
+    /// [`Inner::connect`], through the `over` dialer when one is named (a TCP address over
+    /// Tor leaves through an exit).
+    pub(crate) async fn connect_over(
+        self: &Arc<Self>,
+        addr: &PeerAddr,
+        over: Option<Transport>,
+    ) -> Result<NodeId, TransportError> {
         if let Some(node) = addr.node {
             if node == self.identity.node_id() {
                 return Err(TransportError::Connect("that address is this node".into()));
@@ -1051,7 +1124,7 @@ impl Inner {
         }
         let started = Instant::now();
         let timeout = self.config.timeouts.connect;
-        let result = tokio::time::timeout(timeout, self.dial(addr)).await;
+        let result = tokio::time::timeout(timeout, self.dial(addr, over)).await;
         let conn = match result {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
@@ -1087,26 +1160,36 @@ impl Inner {
             }
             st.total_conns += 1;
         }
-        self.establish(conn, false, None)?;
+        self.establish(conn, false, None, None)?;
         Ok(peer)
     }
 
     async fn dial(
         self: &Arc<Self>,
         addr: &PeerAddr,
+        over: Option<Transport>,
     ) -> Result<Arc<dyn Connection>, TransportError> {
         let a = &addr.address;
         // Through a dialer: Tor and I2P addresses, and TCP ones when everything leaves
         // through Tor (no local name resolution then: the exit resolves).
-        let via = match (a.transport, self.config.route_all_via) {
-            (Transport::Tcp, Some(Transport::Tor)) => Some(Transport::Tor),
-            (Transport::Quic | Transport::Tcp, Some(via)) => {
+        let via = match (over, a.transport, self.config.route_all_via) {
+            (Some(Transport::Tor), Transport::Tcp, _) => Some(Transport::Tor),
+            (Some(over), t, _) if t == over => Some(t),
+            (Some(over), _, _) => {
                 return Err(TransportError::Connect(format!(
-                    "{a} cannot be dialled while every connection goes through {via:?}"
+                    "{a} cannot be reached over {over:?}"
                 )));
             }
-            (Transport::Quic | Transport::Tcp, None) => None,
-            (other, _) => Some(other),
+            (None, t, via) => match (t, via) {
+                (Transport::Tcp, Some(Transport::Tor)) => Some(Transport::Tor),
+                (Transport::Quic | Transport::Tcp, Some(via)) => {
+                    return Err(TransportError::Connect(format!(
+                        "{a} cannot be dialled while every connection goes through {via:?}"
+                    )));
+                }
+                (Transport::Quic | Transport::Tcp, None) => None,
+                (other, _) => Some(other),
+            },
         };
         if let Some(via) = via {
             let dialer = self.dialers.get(&via).ok_or_else(|| {
@@ -1240,7 +1323,7 @@ impl Inner {
         }
         self.inbound_seen.store(true, Ordering::Relaxed);
         self.metrics.attempt("in", "ok");
-        if let Err(e) = self.establish(conn, true, Some(ip)) {
+        if let Err(e) = self.establish(conn, true, Some(ip), None) {
             tracing::debug!(error = %e, "inbound connection not registered");
         }
     }
@@ -1252,8 +1335,10 @@ impl Inner {
         conn: Arc<dyn Connection>,
         inbound: bool,
         ip: Option<IpAddr>,
+        first_hop: Option<TransportKind>,
     ) -> Result<(), TransportError> {
         let peer = conn.peer();
+        let first_hop = first_hop.unwrap_or_else(|| conn.kind());
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -1326,6 +1411,7 @@ impl Inner {
                     writer: writer.clone(),
                     ready: false,
                     inbound,
+                    first_hop,
                     ip,
                     last_rx: last_rx.clone(),
                     last_ping: now,
@@ -2297,7 +2383,9 @@ impl Inner {
                 };
                 if let Some((sender, plain)) = decrypted {
                     match message::decode_payload(&plain) {
-                        Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
+                        Ok(payload) => {
+                            self.dispatch_payload(sender, Some(conn.kind()), payload, acks, now)
+                        }
                         Err(e) => {
                             self.count_drop(DropReason::Malformed, Some(&sender), &e.to_string())
                         }
@@ -2312,7 +2400,7 @@ impl Inner {
                         // way back to the sender.
                         let _ = self.lock().records.insert(opened.sender.clone());
                         match message::decode_payload(&opened.payload) {
-                            Ok(payload) => self.dispatch_payload(sender, payload, acks, now),
+                            Ok(payload) => self.dispatch_payload(sender, None, payload, acks, now),
                             Err(e) => self.count_drop(
                                 DropReason::Malformed,
                                 Some(&sender),
@@ -2329,6 +2417,7 @@ impl Inner {
     pub(crate) fn dispatch_payload(
         self: &Arc<Self>,
         sender: NodeId,
+        via: Option<TransportKind>,
         payload: proto::PrivatePayload,
         acks: &mut HashMap<NodeId, Vec<MessageId>>,
         now: Instant,
@@ -2358,6 +2447,7 @@ impl Inner {
                     content_type: m.content_type,
                     content: m.content,
                     sent_at_ms: m.sent_at_ms,
+                    via,
                 }));
             }
             B::Ack(ack) => {
@@ -2532,6 +2622,7 @@ impl Inner {
     fn tick(self: &Arc<Self>, now: Instant) {
         let t = &self.config.timeouts;
         let mut dial_peers = Vec::new();
+        let mut route_dials = Vec::new();
         let mut dial_wanted = Vec::new();
         let mut failed = Vec::new();
         let mut close = Vec::new();
@@ -2549,11 +2640,33 @@ impl Inner {
                 .filter(|(_, p)| p.conns.iter().any(|c| c.ready))
                 .map(|(id, _)| *id)
                 .collect();
-            let actions = st.outbox.poll(now, |peer| {
-                if !ready.contains(peer) {
-                    dial_peers.push(*peer);
+            // Tor and I2P messages wait for a connection over their own transport.
+            let ready_over: HashSet<(NodeId, TransportKind)> = st
+                .peers
+                .iter()
+                .flat_map(|(id, p)| {
+                    p.conns
+                        .iter()
+                        .filter(|c| c.ready)
+                        .map(move |c| (*id, c.first_hop))
+                })
+                .collect();
+            let actions = st.outbox.poll(now, |peer, privacy| {
+                match (carrier(privacy), privacy.transport()) {
+                    (Some(kind), Some(transport)) => {
+                        let ready = ready_over.contains(&(*peer, kind));
+                        if !ready {
+                            route_dials.push((*peer, transport));
+                        }
+                        ready
+                    }
+                    _ => {
+                        if !ready.contains(peer) {
+                            dial_peers.push(*peer);
+                        }
+                        ready.contains(peer)
+                    }
                 }
-                ready.contains(peer)
             });
             for action in actions {
                 match action {
@@ -2569,9 +2682,14 @@ impl Inner {
                         st.outbox.mark_sent(&id, now);
                     }
                     OutboxAction::Send {
-                        id, peer, payload, ..
+                        id,
+                        peer,
+                        payload,
+                        privacy,
+                        ..
                     } => {
-                        if self.send_payload(st, &peer, &payload, now) == Sent::Queued {
+                        let over = carrier(privacy);
+                        if self.send_payload_over(st, &peer, &payload, now, over) == Sent::Queued {
                             st.outbox.mark_sent(&id, now);
                         }
                     }
@@ -2748,6 +2866,10 @@ impl Inner {
         dial_peers.dedup();
         for peer in dial_peers {
             self.ensure_connected(peer);
+        }
+        let route_dials: HashSet<(NodeId, Transport)> = route_dials.into_iter().collect();
+        for (peer, transport) in route_dials {
+            self.ensure_route(peer, transport);
         }
         for addr in dial_wanted {
             let inner = self.clone();

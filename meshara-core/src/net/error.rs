@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::delivery::Privacy;
 use crate::identity::NodeId;
 use crate::message::MessageId;
 
@@ -197,6 +198,10 @@ pub enum SendError {
     /// A broadcast on a new topic while the node already carries `max_topics` topics.
     #[error("topic limit reached: this node already carries {0} topics")]
     TopicLimit(usize),
+    /// A message that may travel only over Tor or I2P ([`Privacy::Tor`], [`Privacy::I2p`]),
+    /// but this node has no such transport (no dialer for it) and no connection over it.
+    #[error("{} privacy needs a {} transport on this node, and it has none", .0.as_str(), .0.as_str())]
+    NoTransport(Privacy),
     /// An onion-routed message, but the node knows too few relays to build a circuit.
     #[error("onion routing needs {need} relays; this node knows {have}")]
     TooFewRelays {

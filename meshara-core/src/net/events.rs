@@ -140,6 +140,7 @@ impl Event {
                 "id": m.id.to_string(), "from": m.from.to_string(),
                 "content_type": m.content_type, "content": text(&m.content),
                 "content_base64": BASE64.encode(&m.content), "sent_at_ms": m.sent_at_ms,
+                "via": m.via.map(TransportKind::as_str),
             }),
             Event::Broadcast(b) => json!({
                 "id": b.broadcast.id.to_string(), "author": b.broadcast.author.to_string(),
@@ -201,6 +202,9 @@ pub struct ReceivedMessage {
     pub content: Bytes,
     /// The sender's clock when it was sent, Unix milliseconds.
     pub sent_at_ms: u64,
+    /// The transport of the connection the sender's session delivered it on (`Relayed` for a
+    /// bridge circuit); `None` when it came through a mailbox holder or an onion circuit.
+    pub via: Option<TransportKind>,
 }
 
 /// A verified broadcast and the neighbour that passed it on.

@@ -597,6 +597,13 @@ impl Node {
     /// gives [`SendError::TooLarge`] with the exact limit), and needs `onion.hops` known relays
     /// ([`SendError::TooFewRelays`]). Its acknowledgement comes back over a circuit of the
     /// recipient's.
+    ///
+    /// [`Privacy::Tor`] and [`Privacy::I2p`] send it only over a connection whose first hop
+    /// is that transport: to the recipient's `.onion` / `.b32.i2p` address (for Tor also its
+    /// TCP address through an exit), or through a bridge reached that way. The node dials such a
+    /// route when it has none, never falls back to another transport, and without a dialer for
+    /// it fails at once with [`SendError::NoTransport`]. The recipient sees the transport it
+    /// arrived on in [`ReceivedMessage::via`](crate::net::ReceivedMessage::via).
     pub async fn send_private_with(
         &self,
         peer: NodeId,
@@ -869,7 +876,9 @@ impl Node {
         kind: TransportKind,
     ) -> Result<NodeId, TransportError> {
         let handshake = StreamConnection::connect(io, &self.inner.identity, expected, kind, None);
-        self.inner.register_stream(handshake, false, None).await
+        self.inner
+            .register_stream(handshake, false, None, None)
+            .await
     }
 
     /// Runs TLS (server side) over a byte stream a peer opened to us (for example an incoming
@@ -885,7 +894,9 @@ impl Node {
         kind: TransportKind,
     ) -> Result<NodeId, TransportError> {
         let handshake = StreamConnection::accept(io, self.inner.stream_tls.clone(), kind, None);
-        self.inner.register_stream(handshake, true, None).await
+        self.inner
+            .register_stream(handshake, true, None, None)
+            .await
     }
 
     /// Connects to `target` through a circuit relayed by `bridge` (a node that sets

@@ -409,7 +409,7 @@ impl Inner {
             return;
         }
         let mut acks = std::collections::HashMap::new();
-        self.dispatch_payload(sender, payload, &mut acks, std::time::Instant::now());
+        self.dispatch_payload(sender, None, payload, &mut acks, std::time::Instant::now());
         // Acknowledge the way the message came: over a circuit of our own.
         for (peer, ids) in acks {
             for chunk in ids.chunks(crate::wire::MAX_IDS) {

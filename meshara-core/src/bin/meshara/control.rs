@@ -91,12 +91,9 @@ async fn execute(node: &Node, request: &Value) -> Result<Value> {
                 .and_then(Value::as_str)
                 .unwrap_or("text/plain");
             let text = field(request, "text")?;
-            let privacy = match request.get("privacy").and_then(Value::as_str) {
-                None | Some("direct") => Privacy::Direct,
-                Some("onion") => Privacy::Onion,
-                Some(other) => {
-                    anyhow::bail!("\"privacy\" must be \"direct\" or \"onion\", not {other:?}")
-                }
+            let privacy: Privacy = match request.get("privacy").and_then(Value::as_str) {
+                None => Privacy::Direct,
+                Some(name) => name.parse()?,
             };
             let pending = node
                 .send_private_with(to, content_type, text.to_owned(), privacy)
