@@ -33,14 +33,16 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
         .collect();
     config.validate().unwrap();
     // The bridge's and the I2P-only node's sessions build their tunnels at the same time.
-    let (bridge, leaf_i2p) = tokio::join!(
+    let dual_dir = tempfile::tempdir().unwrap();
+    let (bridge, leaf_i2p, dual_i2p) = tokio::join!(
         Bridge::start(
             config,
             IdentitySource::Identity(Box::new(Identity::generate()))
         ),
         I2pTransport::start(router.config(leaf_dir.path())),
+        I2pTransport::start(router.config(dual_dir.path())),
     );
-    let (bridge, leaf_i2p) = (bridge.unwrap(), leaf_i2p.unwrap());
+    let (bridge, leaf_i2p, dual_i2p) = (bridge.unwrap(), leaf_i2p.unwrap(), dual_i2p.unwrap());
     let http = bridge.http_addr();
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".to_owned()));
@@ -74,9 +76,19 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
         .await
         .unwrap();
     let _leaf_serving = leaf_i2p.serve(leaf.clone());
+    // On QUIC, and an I2P client for the messages that must go over I2P.
+    let dual = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .timeouts(timeouts())
+        .dialer(Transport::I2p, dual_i2p.dialer())
+        .start()
+        .await
+        .unwrap();
     meet_through_bridge(
         bridge,
         &leaf,
+        &dual,
         Transport::I2p,
         2 << 20,
         "meshara_bridge_i2p_up",
@@ -84,6 +96,7 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     )
     .await;
     leaf.stop().await;
+    dual.stop().await;
     router.stop().await;
 }
 

@@ -39,14 +39,16 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
     config.tor.enabled = true;
     config.tor.arti = net.client_config();
     config.validate().unwrap();
-    let (bridge, leaf_tor) = tokio::join!(
+    let dual_dir = tempfile::tempdir().unwrap();
+    let (bridge, leaf_tor, dual_tor) = tokio::join!(
         Bridge::start(
             config,
             IdentitySource::Identity(Box::new(Identity::generate()))
         ),
         TorTransport::start(net.config(leaf_dir.path())),
+        TorTransport::start(net.config(dual_dir.path())),
     );
-    let (bridge, leaf_tor) = (bridge.unwrap(), leaf_tor.unwrap());
+    let (bridge, leaf_tor, dual_tor) = (bridge.unwrap(), leaf_tor.unwrap(), dual_tor.unwrap());
     let http = bridge.http_addr();
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".to_owned()));
@@ -81,9 +83,19 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
         .await
         .unwrap();
     let _leaf_serving = leaf_tor.serve(leaf.clone()).unwrap();
+    // On QUIC, and a Tor client for the messages that must go over Tor.
+    let dual = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .timeouts(timeouts())
+        .dialer(Transport::Tor, dual_tor.dialer())
+        .start()
+        .await
+        .unwrap();
     meet_through_bridge(
         bridge,
         &leaf,
+        &dual,
         Transport::Tor,
         10 << 20,
         "meshara_bridge_tor_up",
@@ -91,4 +103,5 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
     )
     .await;
     leaf.stop().await;
+    dual.stop().await;
 }

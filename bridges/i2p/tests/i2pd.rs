@@ -1,13 +1,17 @@
 //! Meshara nodes over a real i2pd router started by the test: SAM STREAM sessions carry
 //! messages, queries and streams; the destination (and so the `.b32.i2p` address) survives a
-//! restart, and a node that knows only that address reaches the restarted node.
+//! restart, and a node that knows only that address reaches the restarted node. Messages sent
+//! with `Privacy::I2p` travel over I2P even between nodes connected over QUIC.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
 
 use meshara_core::net::testing::{exchange_traffic, wait_for};
 use meshara_core::net::{PeerAddr, Timeouts};
-use meshara_core::{Event, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind};
+use meshara_core::{
+    DeliveryError, Event, Identity, Node, NodeBuilder, NodeConfig, Privacy, Transport,
+    TransportKind,
+};
 use meshara_i2p::testing::I2pd;
 use meshara_i2p::{I2pTransport, ServeHandle};
 
@@ -142,5 +146,141 @@ async fn nodes_talk_over_i2p_and_keep_their_address() {
         .unwrap();
     c.stop().await;
     b2.stop().await;
+    router.stop().await;
+}
+
+/// A node on QUIC and I2P both: a QUIC listener, its `.b32.i2p` address in its record too.
+async fn dual_node(i2p: &I2pTransport, timeouts: Timeouts) -> (Node, ServeHandle) {
+    let node = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            target_peers: 0,
+            timeouts,
+            ..NodeConfig::default()
+        })
+        .identity(Identity::generate())
+        .also_advertise(i2p.address())
+        .dialer(Transport::I2p, i2p.dialer())
+        .start()
+        .await
+        .unwrap();
+    let serving = i2p.serve(node.clone());
+    (node, serving)
+}
+
+fn transports_to(n: &Node, peer: meshara_core::NodeId) -> (Option<TransportKind>, usize) {
+    n.peers()
+        .into_iter()
+        .find(|p| p.node_id == peer)
+        .map_or((None, 0), |p| (Some(p.transport), p.connections))
+}
+
+async fn next_message(
+    events: &mut meshara_core::EventStream,
+) -> meshara_core::net::ReceivedMessage {
+    wait_for(events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
+/// `Privacy::I2p` between nodes already connected over QUIC: the sender dials the recipient's
+/// `.b32.i2p` address for it and the message arrives over I2P, while direct messages keep
+/// taking QUIC. To a peer with no I2P address and no bridge, an I2P message waits and fails at
+/// its deadline: it is never sent over the QUIC connection that is right there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i2p_messages_travel_over_i2p_beside_quic() {
+    let Some(router) = I2pd::start().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (td, te, tg) = tokio::join!(
+        I2pTransport::start(router.config(dirs[0].path())),
+        I2pTransport::start(router.config(dirs[1].path())),
+        I2pTransport::start(router.config(dirs[2].path())),
+    );
+    let (td, te, tg) = (td.unwrap(), te.unwrap(), tg.unwrap());
+    let (d, _d_serving) = dual_node(&td, timeouts()).await;
+    let (e, _e_serving) = dual_node(&te, timeouts()).await;
+    d.connect(&e.quic_addr().unwrap()).await.unwrap();
+    assert_eq!(
+        transports_to(&d, e.node_id()),
+        (Some(TransportKind::Quic), 1)
+    );
+    let mut e_events = e.events();
+
+    let pending = d
+        .send_private_with(e.node_id(), "text/plain", "over i2p", Privacy::I2p)
+        .await
+        .unwrap();
+    let got = next_message(&mut e_events).await;
+    assert_eq!(&got.content[..], b"over i2p");
+    assert_eq!(got.via, Some(TransportKind::I2p));
+    tokio::time::timeout(Duration::from_secs(60), pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap();
+    // d now holds both connections; direct messages still take QUIC.
+    assert_eq!(
+        transports_to(&d, e.node_id()),
+        (Some(TransportKind::I2p), 2)
+    );
+    d.send_private(e.node_id(), "text/plain", "direct")
+        .await
+        .unwrap();
+    let got = next_message(&mut e_events).await;
+    assert_eq!(&got.content[..], b"direct");
+    assert_eq!(got.via, Some(TransportKind::Quic));
+    // A second I2P message reuses the I2P connection.
+    d.send_private_with(e.node_id(), "text/plain", "again", Privacy::I2p)
+        .await
+        .unwrap();
+    let got = next_message(&mut e_events).await;
+    assert_eq!(
+        (&got.content[..], got.via),
+        (&b"again"[..], Some(TransportKind::I2p))
+    );
+
+    // g has I2P, f only QUIC and no bridge exists: g's I2P message to f has no route.
+    let short = Timeouts {
+        delivery: Duration::from_secs(8),
+        ..timeouts()
+    };
+    let (g, _g_serving) = dual_node(&tg, short).await;
+    let f = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .timeouts(timeouts())
+        .start()
+        .await
+        .unwrap();
+    g.connect(&f.quic_addr().unwrap()).await.unwrap();
+    let mut f_events = f.events();
+    let pending = g
+        .send_private_with(f.node_id(), "text/plain", "nowhere", Privacy::I2p)
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Unacknowledged { .. }), "{err}");
+    // Over QUIC, f still hears from g, and the first message it gets is this one.
+    g.send_private(f.node_id(), "text/plain", "over quic")
+        .await
+        .unwrap();
+    let got = next_message(&mut f_events).await;
+    assert_eq!(
+        (&got.content[..], got.via),
+        (&b"over quic"[..], Some(TransportKind::Quic))
+    );
+    assert_eq!(
+        transports_to(&g, f.node_id()),
+        (Some(TransportKind::Quic), 1)
+    );
+    for n in [d, e, f, g] {
+        n.stop().await;
+    }
     router.stop().await;
 }

@@ -3,6 +3,8 @@
 //! exchange private messages, a query and a 10 MiB stream; after a restart the onion address
 //! is the same and the peer reconnects to it by itself; an onion service that accepts a
 //! stream and then says nothing gives a clear timeout, and the node keeps serving its peer.
+//! `Privacy::Tor` messages between clearnet nodes leave through the exit (to the recipient's TCP
+//! address) even beside a QUIC connection, and an onion-only node reaches a TCP address too.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use meshara_core::net::testing::{exchange_traffic, wait_for};
 use meshara_core::net::{PeerAddr, Timeouts};
 use meshara_core::{
-    Event, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportError, TransportKind,
+    Event, Identity, Node, NodeBuilder, NodeConfig, Privacy, Transport, TransportError,
+    TransportKind,
 };
 use meshara_tor::testing::TorNet;
 use meshara_tor::{ServeHandle, TorTransport};
@@ -185,6 +188,85 @@ async fn onion_services_talk_keep_their_address_and_survive_a_stalled_peer() {
         .unwrap();
     assert!(a.is_running());
     holder.abort();
-    a.stop().await;
-    b2.stop().await;
+
+    // Clearnet nodes: e listens on QUIC and TCP; f is on QUIC with a Tor client. Connected
+    // over QUIC, f's Tor message still goes through Tor: to e's TCP address via the exit, so
+    // e sees a TCP connection from the exit and f's QUIC connection carries only the rest.
+    let e = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .timeouts(timeouts())
+        .start()
+        .await
+        .unwrap();
+    let f = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .timeouts(timeouts())
+        .dialer(Transport::Tor, tc.dialer())
+        .start()
+        .await
+        .unwrap();
+    f.connect(&e.quic_addr().unwrap()).await.unwrap();
+    let mut e_events = e.events();
+    let pending = f
+        .send_private_with(e.node_id(), "text/plain", "through the exit", Privacy::Tor)
+        .await
+        .unwrap();
+    let got = wait_for(&mut e_events, |ev| match ev {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&got.content[..], b"through the exit");
+    assert_eq!(got.via, Some(TransportKind::Tcp));
+    tokio::time::timeout(Duration::from_secs(90), pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap();
+    let to_e = f
+        .peers()
+        .into_iter()
+        .find(|p| p.node_id == e.node_id())
+        .unwrap();
+    assert_eq!((to_e.transport, to_e.connections), (TransportKind::Tor, 2));
+    f.send_private(e.node_id(), "text/plain", "direct")
+        .await
+        .unwrap();
+    let got = wait_for(&mut e_events, |ev| match ev {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (&got.content[..], got.via),
+        (&b"direct"[..], Some(TransportKind::Quic))
+    );
+
+    // The onion-only a (every connection through Tor) reaches e at its TCP address through
+    // the exit; it never resolves or dials anything itself.
+    a.connect(&e.tcp_addr().unwrap()).await.unwrap();
+    let to_e = a
+        .peers()
+        .into_iter()
+        .find(|p| p.node_id == e.node_id())
+        .unwrap();
+    assert_eq!(to_e.transport, TransportKind::Tor);
+    a.send_private(e.node_id(), "text/plain", "from an onion-only node")
+        .await
+        .unwrap();
+    let got = wait_for(&mut e_events, |ev| match ev {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (&got.content[..], got.via),
+        (&b"from an onion-only node"[..], Some(TransportKind::Tcp))
+    );
+    assert!(a.connect(&e.quic_addr().unwrap()).await.is_err());
+    for n in [a, b2, e, f] {
+        n.stop().await;
+    }
 }

@@ -415,20 +415,29 @@ impl State {
         self.writer_over(peer, None)
     }
 
-    /// The newest ready connection's writer, among those whose first hop is `carrier` when
-    /// one is named.
+    /// The writer of the newest ready connection whose first hop is `carrier`, when one is
+    /// named. Otherwise the newest ready connection, a direct one (QUIC, TCP, a stream) before
+    /// one over Tor, I2P or a circuit: a Tor route dialled for one message does not slow down
+    /// the direct ones.
     pub(crate) fn writer_over(
         &self,
         peer: &NodeId,
         carrier: Option<TransportKind>,
     ) -> Option<Writer> {
-        self.peers
-            .get(peer)?
-            .conns
-            .iter()
-            .rev()
-            .find(|c| c.ready && carrier.is_none_or(|k| c.first_hop == k))
-            .map(|c| c.writer.clone())
+        let conns = &self.peers.get(peer)?.conns;
+        let ready = || conns.iter().rev().filter(|c| c.ready);
+        let entry = match carrier {
+            Some(k) => ready().find(|c| c.first_hop == k),
+            None => ready()
+                .find(|c| {
+                    matches!(
+                        c.conn.kind(),
+                        TransportKind::Quic | TransportKind::Tcp | TransportKind::Stream
+                    )
+                })
+                .or_else(|| ready().next()),
+        };
+        entry.map(|c| c.writer.clone())
     }
 
     pub(crate) fn is_ready(&self, peer: &NodeId) -> bool {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use meshara_bridge::Bridge;
 use meshara_core::net::Timeouts;
 use meshara_core::net::testing::{exchange_traffic, wait_for};
-use meshara_core::{Event, Identity, Node, NodeBuilder, NodeConfig, Transport, TransportKind};
+use meshara_core::{
+    Event, Identity, Node, NodeBuilder, NodeConfig, Privacy, SendError, Transport, TransportKind,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn timeouts() -> Timeouts {
@@ -70,9 +72,15 @@ pub fn via(n: &Node, peer: meshara_core::NodeId) -> Option<meshara_core::Transpo
 /// other's records through the bridge and exchange every kind of traffic (a `stream_bytes`
 /// stream included) over bridge circuits, both ways; the bridge's metrics say `up_gauge 1` and
 /// count the circuits; on shutdown its peers are told and its HTTP server stops.
+///
+/// Per-message routes over the overlay: `dual` (on QUIC, with a dialer for the overlay) is
+/// connected to the clearnet node over QUIC, yet its message sent with the overlay's privacy
+/// takes a circuit through the bridge, which it dials over the overlay for it; the leaf's rides
+/// its circuit; the clearnet node, which has no overlay, is refused at once.
 pub async fn meet_through_bridge(
     bridge: Bridge,
     leaf: &Node,
+    dual: &Node,
     overlay: Transport,
     stream_bytes: usize,
     up_gauge: &str,
@@ -115,6 +123,45 @@ pub async fn meet_through_bridge(
         _ => TransportKind::I2p,
     };
     assert_eq!(via(leaf, bridge.node().node_id()), Some(overlay_kind));
+
+    let privacy = match overlay {
+        Transport::Tor => Privacy::Tor,
+        _ => Privacy::I2p,
+    };
+    let bridge_id = bridge.node().node_id();
+    dual.connect(&bridge.node().quic_addr().unwrap())
+        .await
+        .unwrap();
+    dual.connect(&clear.quic_addr().unwrap()).await.unwrap();
+    assert_eq!(via(dual, clear_id), Some(TransportKind::Quic));
+    let mut clear_events = clear.events();
+    for (from, text) in [(dual, "from dual"), (leaf, "from leaf")] {
+        let pending = from
+            .send_private_with(clear_id, "text/plain", text, privacy)
+            .await
+            .unwrap();
+        let got = wait_for(&mut clear_events, |e| match e {
+            Event::Message(m) if m.from == from.node_id() => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&got.content[..], text.as_bytes());
+        assert_eq!(got.via, Some(TransportKind::Relayed), "{text}");
+        tokio::time::timeout(Duration::from_secs(120), pending.confirmed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The dual node reached the bridge over the overlay for it, beside its QUIC connection.
+    assert_eq!(via(dual, bridge_id), Some(overlay_kind));
+    let err = clear
+        .send_private_with(leaf_id, "text/plain", "no overlay here", privacy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SendError::NoTransport(p) if p == privacy),
+        "{err}"
+    );
     let (status, metrics) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains(&format!("{up_gauge} 1")), "{metrics}");
