@@ -15,6 +15,10 @@ use meshara_i2p::testing::{I2pd, LOCAL_SESSION_OPTIONS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let Some(router) = I2pd::start().await else {
         return;
     };
@@ -78,9 +82,15 @@ async fn clearnet_and_i2p_only_nodes_meet_through_the_bridge() {
     let _leaf_serving = leaf_i2p.serve(leaf.clone());
     // On QUIC, and an I2P client for the messages that must go over I2P.
     let dual = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            // Only the connections the test makes: a second QUIC connection to the clearnet
+            // node would take the last of its per-peer slots (2) that the circuit needs.
+            target_peers: 0,
+            timeouts: timeouts(),
+            ..NodeConfig::default()
+        })
         .identity(Identity::generate())
-        .listen_quic("127.0.0.1:0".parse().unwrap())
-        .timeouts(timeouts())
         .dialer(Transport::I2p, dual_i2p.dialer())
         .start()
         .await

@@ -85,9 +85,15 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
     let _leaf_serving = leaf_tor.serve(leaf.clone()).unwrap();
     // On QUIC, and a Tor client for the messages that must go over Tor.
     let dual = NodeBuilder::new()
+        .config(NodeConfig {
+            listen_quic: Some("127.0.0.1:0".parse().unwrap()),
+            // Only the connections the test makes: a second QUIC connection to the clearnet
+            // node would take the last of its per-peer slots (2) that the circuit needs.
+            target_peers: 0,
+            timeouts: timeouts(),
+            ..NodeConfig::default()
+        })
         .identity(Identity::generate())
-        .listen_quic("127.0.0.1:0".parse().unwrap())
-        .timeouts(timeouts())
         .dialer(Transport::Tor, dual_tor.dialer())
         .start()
         .await
