@@ -5,10 +5,13 @@
 //!   splice);
 //! - I2P between two nodes on one real i2pd router (zero-hop tunnels: this measures SAM, the
 //!   router's streaming library and Meshara over it, not the I2P network's latency);
-//! - the raw primitive under it: a bare SAM stream between the same two sessions, echoing.
+//! - the raw primitive under it: a bare SAM stream between the same two sessions, echoing;
+//! - Tor between two arti-hosted onion services on a private Tor network on loopback (C tor
+//!   relays; each onion connection is a rendezvous circuit of six hops on loopback);
+//! - the raw primitive under it: a bare arti onion stream between two of the same clients.
 //!
-//! `cargo bench -p meshara-bridge --bench paths` (needs i2pd; `PATHS_BENCH_QUICK=1` for a short
-//! run). Prints markdown; docs/benchmarks.md records the results.
+//! `cargo bench -p meshara-bridge --bench paths` (needs i2pd and tor; `PATHS_BENCH_QUICK=1` for
+//! a short run). Prints markdown; docs/benchmarks.md records the results.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +26,9 @@ use meshara_core::net::{Bridge, PeerAddr, Timeouts};
 use meshara_core::{Capability, Identity, Node, NodeBuilder, NodeConfig, Transport};
 use meshara_i2p::I2pTransport;
 use meshara_i2p::testing::I2pd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use meshara_tor::TorTransport;
+use meshara_tor::testing::TorNet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 fn quick() -> bool {
     std::env::var_os("PATHS_BENCH_QUICK").is_some()
@@ -123,17 +128,20 @@ async fn measure(a: &Node, b: &Node, rounds: usize, bytes: usize) -> (Duration, 
     (p50, p99, mib_s)
 }
 
-/// The raw primitive: a bare SAM stream from `ta` to `tb`, 64-byte echo round trips and a
-/// one-way transfer acknowledged by one byte.
-async fn raw_sam(
-    ta: &I2pTransport,
-    tb: &I2pTransport,
+/// The raw primitive under an overlay path: a bare stream from `connect` to the stream
+/// `accept` yields, 64-byte echo round trips and a one-way transfer acknowledged by one byte.
+async fn raw_echo<S, C>(
+    accept: impl Future<Output = S> + Send + 'static,
+    connect: impl Future<Output = C>,
     rounds: usize,
     bytes: usize,
-) -> (Duration, Duration, f64) {
-    let server = tb.clone();
+) -> (Duration, Duration, f64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let echo = tokio::spawn(async move {
-        let (_, mut s) = server.accept().await.unwrap();
+        let mut s = accept.await;
         let mut buf = [0u8; 64];
         for _ in 0..rounds + 5 {
             s.read_exact(&mut buf).await.unwrap();
@@ -147,19 +155,22 @@ async fn raw_sam(
             left -= n;
         }
         s.write_all(&[1]).await.unwrap();
+        s.flush().await.unwrap();
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut s = ta.connect(tb.b32()).await.unwrap();
+    let mut s = connect.await;
     let msg = [7u8; 64];
     let mut buf = [0u8; 64];
     for _ in 0..5 {
         s.write_all(&msg).await.unwrap();
+        s.flush().await.unwrap();
         s.read_exact(&mut buf).await.unwrap();
     }
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
         s.write_all(&msg).await.unwrap();
+        s.flush().await.unwrap();
         s.read_exact(&mut buf).await.unwrap();
         samples.push(t.elapsed());
     }
@@ -171,6 +182,7 @@ async fn raw_sam(
         s.write_all(&chunk[..n]).await.unwrap();
         sent += n;
     }
+    s.flush().await.unwrap();
     let mut done = [0u8; 1];
     s.read_exact(&mut done).await.unwrap();
     let mib_s = bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
@@ -275,13 +287,93 @@ async fn main() {
         measure(&na, &nb, rounds, bytes).await,
     );
     drop(_serving);
+    let server = tb.clone();
+    let b32 = tb.b32().to_owned();
     row(
         "raw SAM stream, same sessions (primitive)",
-        raw_sam(&ta, &tb, rounds, bytes).await,
+        raw_echo(
+            async move { server.accept().await.unwrap().1 },
+            async { ta.connect(&b32).await.unwrap() },
+            rounds,
+            bytes,
+        )
+        .await,
     );
-
-    for n in [a, b, bridge, c, d, na, nb] {
+    for n in [na, nb] {
         n.stop().await;
     }
     router.stop().await;
+
+    // Meshara over Tor: onion service to onion service on a private network.
+    let net = TorNet::start().await.expect("the benchmark needs tor");
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (t1, t2, t3, t4) = tokio::join!(
+        TorTransport::start(net.config(dirs[0].path())),
+        TorTransport::start(net.config(dirs[1].path())),
+        TorTransport::start(net.config(dirs[2].path())),
+        TorTransport::start(net.config(dirs[3].path())),
+    );
+    let (t1, t2, t3, t4) = (t1.unwrap(), t2.unwrap(), t3.unwrap(), t4.unwrap());
+    let onion_node = |t: &TorTransport| {
+        NodeBuilder::new()
+            .config(NodeConfig {
+                listen_quic: None,
+                advertise: vec![t.address().unwrap()],
+                route_all_via: Some(Transport::Tor),
+                target_peers: 0,
+                timeouts: timeouts(),
+                ..NodeConfig::default()
+            })
+            .identity(Identity::generate())
+            .dialer(Transport::Tor, t.dialer())
+            .start()
+    };
+    let o2 = onion_node(&t2).await.unwrap();
+    echo(&o2);
+    sink(&o2);
+    let _serving = t2.serve(o2.clone()).unwrap();
+    let o1 = onion_node(&t1).await.unwrap();
+    // The first connect may race the descriptor's upload to the HSDirs: retry.
+    let target = PeerAddr {
+        node: Some(o2.node_id()),
+        address: t2.address().unwrap(),
+    };
+    let mut connected = false;
+    for _ in 0..10 {
+        if o1.connect(&target).await.is_ok() {
+            connected = true;
+            break;
+        }
+    }
+    assert!(connected, "no onion connection to the benchmark's target");
+    row(
+        "Meshara over Tor (onion to onion, private network on loopback)",
+        measure(&o1, &o2, rounds, bytes).await,
+    );
+    let server = t4.clone();
+    let onion = t4.onion().unwrap().to_owned();
+    let port = t4.address().unwrap().port;
+    row(
+        "raw arti onion stream, same network (primitive)",
+        raw_echo(
+            async move { server.accept().await.unwrap() },
+            async {
+                let mut last = None;
+                for _ in 0..10 {
+                    match t3.connect(&onion, port).await {
+                        Ok(s) => return s,
+                        Err(e) => last = Some(e),
+                    }
+                }
+                panic!("no raw onion stream: {last:?}")
+            },
+            rounds,
+            bytes,
+        )
+        .await,
+    );
+
+    for n in [a, b, bridge, c, d, o1, o2] {
+        n.stop().await;
+    }
 }
