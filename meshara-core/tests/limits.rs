@@ -183,6 +183,43 @@ async fn per_peer_connection_cap() {
     honest_round_trip(&honest, &server).await;
 }
 
+/// At the per-peer cap, a connection over a transport the peer has none of replaces a
+/// duplicate (so a Tor or I2P route fits beside two QUIC connections); another duplicate is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_transport_replaces_a_duplicate_at_the_per_peer_cap() {
+    let server = start(
+        Limits {
+            max_connections_per_peer: 2,
+            ..Limits::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
+    let client = plain("127.0.0.1:0").await;
+    let connections = |n: &Node, peer| {
+        n.peers()
+            .into_iter()
+            .find(|p| p.node_id == peer)
+            .map_or(0, |p| p.connections)
+    };
+    client.connect(&server.quic_addr().unwrap()).await.unwrap();
+    client.connect(&server.quic_addr().unwrap()).await.unwrap();
+    assert_eq!(connections(&server, client.node_id()), 2);
+    // Over TCP: admitted, and one of the two QUIC connections makes room.
+    client.connect(&server.tcp_addr().unwrap()).await.unwrap();
+    wait_until(|| {
+        connections(&server, client.node_id()) == 2 && connections(&client, server.node_id()) == 2
+    })
+    .await;
+    assert_eq!(server.drops(DropReason::MaxConnectionsPerPeer), 0);
+    // A third QUIC connection duplicates one that is already there: refused.
+    let _ = client.connect(&server.quic_addr().unwrap()).await;
+    wait_until(|| server.drops(DropReason::MaxConnectionsPerPeer) == 1).await;
+    assert_eq!(connections(&server, client.node_id()), 2);
+    honest_round_trip(&client, &server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_handshake_cap() {
     let server = start(

@@ -146,6 +146,8 @@ where
         for _ in 0..rounds + 5 {
             s.read_exact(&mut buf).await.unwrap();
             s.write_all(&buf).await.unwrap();
+            // arti buffers a stream's writes until a cell is full or the stream is flushed.
+            s.flush().await.unwrap();
         }
         let mut left = bytes;
         let mut big = vec![0u8; 64 * 1024];

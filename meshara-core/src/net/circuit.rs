@@ -253,27 +253,37 @@ impl Inner {
 
     /// The addresses of `peer`'s record this node can reach over `over`: its own addresses of
     /// that transport, and for Tor its TCP addresses (through an exit).
+    /// Configured addresses of the peer (bootstrap, `add_peer`) count too.
     fn addresses_over(&self, peer: &NodeId, over: Transport) -> Vec<PeerAddr> {
         let st = self.lock();
-        let Some(record) = st.peer_record(peer) else {
-            return Vec::new();
-        };
-        let mut addrs: Vec<PeerAddr> = record
-            .addresses()
-            .iter()
-            .filter(|a| a.transport == over)
-            .chain(
-                record
-                    .addresses()
-                    .iter()
-                    .filter(|a| over == Transport::Tor && a.transport == Transport::Tcp),
-            )
-            .map(|a| PeerAddr {
-                node: Some(*peer),
-                address: a.clone(),
-            })
-            .collect();
-        addrs.dedup();
+        let mut known: Vec<crate::record::Address> = st
+            .peer_record(peer)
+            .map(|r| r.addresses().to_vec())
+            .unwrap_or_default();
+        known.extend(
+            st.wanted
+                .iter()
+                .filter(|w| w.node == Some(*peer))
+                .map(|w| w.addr.address.clone()),
+        );
+        let mut addrs: Vec<PeerAddr> = Vec::new();
+        // Addresses of the transport itself first, then TCP through a Tor exit.
+        for exit in [false, true] {
+            for a in &known {
+                let fits = if exit {
+                    over == Transport::Tor && a.transport == Transport::Tcp
+                } else {
+                    a.transport == over
+                };
+                let addr = PeerAddr {
+                    node: Some(*peer),
+                    address: a.clone(),
+                };
+                if fits && !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
         addrs
     }
 
@@ -329,14 +339,20 @@ impl Inner {
             {
                 return;
             }
-            if st.peer_record(&peer).is_none() {
-                // Learn where it is first (lookups and configured addresses); the outbox asks
-                // again on its next tick.
-                drop(st);
-                self.ensure_connected(peer);
-                return;
-            }
             st.route_dialing.insert((peer, over));
+            // Without its record, ask the DHT (other nodes, never the peer itself: dialling it
+            // directly would tell it our address); configured addresses and bridges may still
+            // work meanwhile, and the outbox asks again after the backoff.
+            if st.peer_record(&peer).is_none() && st.looking_up.insert(peer) {
+                let inner = self.clone();
+                self.tasks.spawn(async move {
+                    let found = inner.clone().lookup_record(peer).await;
+                    inner.lock().looking_up.remove(&peer);
+                    if found {
+                        inner.emit(super::events::Event::PeerDiscovered { peer, via: "dht" });
+                    }
+                });
+            }
         }
         let inner = self.clone();
         self.tasks.spawn(async move {

@@ -51,6 +51,7 @@ pub(crate) mod close_code {
     pub(crate) const ABUSE: u32 = 4;
     pub(crate) const IDLE: u32 = 5;
     pub(crate) const REMOVED: u32 = 6;
+    pub(crate) const REPLACED: u32 = 7;
 }
 
 /// Sessions kept per peer (the newest usable one sends; any of them receives).
@@ -472,6 +473,24 @@ enum Sent {
     AwaitingSession,
     /// The connection's queue is full.
     QueueFull,
+}
+
+/// At the per-peer limit: the oldest connection whose transport another one shares, if none is
+/// of `kind` yet (the newcomer then replaces it).
+fn duplicate_to_replace(conns: &[ConnEntry], kind: TransportKind) -> Option<Arc<dyn Connection>> {
+    if conns.iter().any(|c| c.conn.kind() == kind) {
+        return None;
+    }
+    conns
+        .iter()
+        .find(|c| {
+            conns
+                .iter()
+                .filter(|o| o.conn.kind() == c.conn.kind())
+                .count()
+                > 1
+        })
+        .map(|c| c.conn.clone())
 }
 
 /// The first-hop transport a message of this privacy must leave on, if it names one.
@@ -1356,6 +1375,7 @@ impl Inner {
         };
         // Silence is measured from establishment, not from node start.
         let last_rx = Arc::new(AtomicU64::new(self.started_at.elapsed().as_millis() as u64));
+        let mut replaced = None;
         let refusal = {
             let mut st = self.lock();
             let refusal = if st.stopped {
@@ -1372,12 +1392,16 @@ impl Inner {
                     "connected to ourselves",
                     DropReason::Handshake,
                 ))
-            } else if st
+            } else if let Some(p) = st
                 .peers
                 .get(&peer)
-                .is_some_and(|p| p.conns.len() >= self.config.limits.max_connections_per_peer)
+                .filter(|p| p.conns.len() >= self.config.limits.max_connections_per_peer)
             {
-                Some((
+                // At the limit, a connection over a transport the peer has none of (a Tor route
+                // or a circuit beside two QUIC connections) replaces the oldest duplicate: one
+                // per kind is worth more than two of one.
+                replaced = duplicate_to_replace(&p.conns, conn.kind());
+                replaced.is_none().then_some((
                     close_code::TOO_MANY,
                     "too many connections from this NodeId",
                     DropReason::MaxConnectionsPerPeer,
@@ -1432,6 +1456,13 @@ impl Inner {
             conn.close(code, reason);
             self.count_drop(drop, Some(&peer), reason);
             return Err(TransportError::Closed(reason.into()));
+        }
+        if let Some(old) = replaced {
+            tracing::debug!(%peer, kind = %old.kind(), new = %conn.kind(), "replacing a duplicate connection");
+            old.close(
+                close_code::REPLACED,
+                "replaced by a connection over another transport",
+            );
         }
         self.metrics
             .connections
