@@ -205,7 +205,7 @@ async fn a_new_transport_replaces_a_duplicate_at_the_per_peer_cap() {
     };
     client.connect(&server.quic_addr().unwrap()).await.unwrap();
     client.connect(&server.quic_addr().unwrap()).await.unwrap();
-    assert_eq!(connections(&server, client.node_id()), 2);
+    wait_until(|| connections(&server, client.node_id()) == 2).await;
     // Over TCP: admitted, and one of the two QUIC connections makes room.
     client.connect(&server.tcp_addr().unwrap()).await.unwrap();
     wait_until(|| {
