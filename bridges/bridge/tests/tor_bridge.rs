@@ -87,8 +87,7 @@ async fn clearnet_and_onion_only_nodes_meet_through_the_bridge() {
     let dual = NodeBuilder::new()
         .config(NodeConfig {
             listen_quic: Some("127.0.0.1:0".parse().unwrap()),
-            // Only the connections the test makes: a second QUIC connection to the clearnet
-            // node would take the last of its per-peer slots (2) that the circuit needs.
+            // Only the connections the test makes, so that what it asserts about them holds.
             target_peers: 0,
             timeouts: timeouts(),
             ..NodeConfig::default()
