@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meshara_core::net::testing::{exchange_traffic, wait_for};
+use meshara_core::net::testing::{exchange_traffic, next_message, wait_for};
 use meshara_core::net::{DropReason, Limits, PeerAddr, Timeouts};
 use meshara_core::{
     Event, Identity, Node, NodeBuilder, NodeId, Privacy, SendError, TransportError, TransportKind,
@@ -258,11 +258,7 @@ async fn tor_and_i2p_messages_never_fall_back_to_clearnet() {
         .send_private(b.node_id(), "text/plain", "over QUIC")
         .await
         .unwrap();
-    let got = wait_for(&mut events, |e| match e {
-        Event::Message(m) => Some(m),
-        _ => None,
-    })
-    .await;
+    let got = next_message(&mut events).await;
     // The first message b receives is the direct one: the refused ones never left a.
     assert_eq!(&got.content[..], b"over QUIC");
     assert_eq!(got.via, Some(TransportKind::Quic));
@@ -277,11 +273,7 @@ async fn tor_and_i2p_messages_never_fall_back_to_clearnet() {
     c.send_private(b.node_id(), "text/plain", "over TCP")
         .await
         .unwrap();
-    let got = wait_for(&mut events, |e| match e {
-        Event::Message(m) => Some(m),
-        _ => None,
-    })
-    .await;
+    let got = next_message(&mut events).await;
     assert_eq!(got.via, Some(TransportKind::Tcp));
     for n in [a, b, c] {
         n.stop().await;

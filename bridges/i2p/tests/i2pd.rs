@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use meshara_core::net::testing::{exchange_traffic, wait_for};
+use meshara_core::net::testing::{exchange_traffic, next_message, wait_for};
 use meshara_core::net::{PeerAddr, Timeouts};
 use meshara_core::{
     DeliveryError, Event, Identity, Node, NodeBuilder, NodeConfig, Privacy, Transport,
@@ -133,11 +133,7 @@ async fn nodes_talk_over_i2p_and_keep_their_address() {
         .send_private(b_id, "text/plain", "after the restart")
         .await
         .unwrap();
-    let got = wait_for(&mut b2_events, |e| match e {
-        Event::Message(m) => Some(m),
-        _ => None,
-    })
-    .await;
+    let got = next_message(&mut b2_events).await;
     assert_eq!(&got.content[..], b"after the restart");
     assert_eq!(got.from, c.node_id());
     tokio::time::timeout(Duration::from_secs(60), pending.confirmed())
@@ -173,16 +169,6 @@ fn transports_to(n: &Node, peer: meshara_core::NodeId) -> (Option<TransportKind>
         .into_iter()
         .find(|p| p.node_id == peer)
         .map_or((None, 0), |p| (Some(p.transport), p.connections))
-}
-
-async fn next_message(
-    events: &mut meshara_core::EventStream,
-) -> meshara_core::net::ReceivedMessage {
-    wait_for(events, |e| match e {
-        Event::Message(m) => Some(m),
-        _ => None,
-    })
-    .await
 }
 
 /// `Privacy::I2p` between nodes already connected over QUIC: the sender dials the recipient's

@@ -27,6 +27,15 @@ pub async fn wait_for<T>(events: &mut EventStream, mut f: impl FnMut(Event) -> O
     .expect("timed out waiting for an event")
 }
 
+/// The next private message `events` reports, failing the test after [`WAIT`].
+pub async fn next_message(events: &mut EventStream) -> super::ReceivedMessage {
+    wait_for(events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
 /// Exercises messages, a broadcast, a query and a stream between `a` and `b`, both ways.
 pub async fn exchange_traffic(a: &Node, b: &Node, stream_bytes: usize) {
     for (x, y) in [(a, b), (b, a)] {
