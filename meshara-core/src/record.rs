@@ -243,6 +243,7 @@ pub struct NodeRecord {
     addresses: Vec<Address>,
     capabilities: Vec<Capability>,
     agent: String,
+    unlisted: bool,
 }
 
 impl fmt::Debug for NodeRecord {
@@ -255,6 +256,7 @@ impl fmt::Debug for NodeRecord {
             .field("addresses", &self.addresses)
             .field("capabilities", &self.capabilities)
             .field("agent", &self.agent)
+            .field("unlisted", &self.unlisted)
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +378,7 @@ impl NodeRecord {
             addresses,
             capabilities,
             agent: raw.agent,
+            unlisted: raw.unlisted,
         })
     }
 
@@ -445,6 +448,11 @@ impl NodeRecord {
     /// Software name/version the node reports.
     pub fn agent(&self) -> &str {
         &self.agent
+    }
+
+    /// Whether the node asks explorers and crawlers not to list it.
+    pub fn is_unlisted(&self) -> bool {
+        self.unlisted
     }
 
     /// The signed wire form, exactly as received or signed.
@@ -544,6 +552,7 @@ pub struct NodeRecordBuilder<'a> {
     addresses: Vec<proto::Address>,
     capabilities: Vec<i32>,
     agent: String,
+    unlisted: bool,
 }
 
 impl<'a> NodeRecordBuilder<'a> {
@@ -557,6 +566,7 @@ impl<'a> NodeRecordBuilder<'a> {
             addresses: Vec::new(),
             capabilities: Vec::new(),
             agent: concat!("meshara/", env!("CARGO_PKG_VERSION")).to_owned(),
+            unlisted: false,
         }
     }
 
@@ -591,6 +601,12 @@ impl<'a> NodeRecordBuilder<'a> {
         self
     }
 
+    /// Asks explorers and crawlers not to list this node (default: listed).
+    pub fn unlisted(mut self, unlisted: bool) -> Self {
+        self.unlisted = unlisted;
+        self
+    }
+
     /// Signs the record, valid from `now` (Unix seconds). The result passes the same checks a
     /// receiver applies, so we never publish a record others would refuse.
     pub fn sign(self, now: u64) -> Result<NodeRecord, RecordError> {
@@ -604,6 +620,7 @@ impl<'a> NodeRecordBuilder<'a> {
             addresses: self.addresses,
             capabilities: self.capabilities,
             agent: self.agent,
+            unlisted: self.unlisted,
         };
         let record = Bytes::from(raw.encode_to_vec());
         let signature = self.identity.sign(labels::SIG_NODE_RECORD, &record);
@@ -696,6 +713,19 @@ impl RecordBook {
         self.records.get(node)
     }
 
+    /// The stored record whose signed bytes (record and signature) are exactly `signed`, if
+    /// any: a record that needs no new signature check (its validity period still does).
+    pub fn get_identical(&self, signed: &proto::SignedNodeRecord) -> Option<&NodeRecord> {
+        if signed.record.len() > MAX_RECORD_LEN {
+            return None;
+        }
+        let raw = proto::NodeRecord::decode(signed.record.as_ref()).ok()?;
+        let id: &[u8; 32] = raw.node_id.as_ref().try_into().ok()?;
+        let stored = self.records.get(&NodeId::from_bytes(id).ok()?)?;
+        (stored.signed.record == signed.record && stored.signed.signature == signed.signature)
+            .then_some(stored)
+    }
+
     /// Drops expired records; returns how many.
     pub fn prune(&mut self, now: u64) -> usize {
         let before = self.records.len();
@@ -758,6 +788,37 @@ mod tests {
         assert_eq!(back.addresses()[0].to_string(), "quic://127.0.0.1:4000");
         assert!(back.has_capability(Capability::Relay));
         assert!(!back.has_capability(Capability::Authority));
+    }
+
+    #[test]
+    fn identical_records_are_found_without_a_new_check() {
+        let id = Identity::generate();
+        let r = record(&id, 7);
+        let mut book = RecordBook::new(8);
+        assert!(book.get_identical(r.signed()).is_none());
+        book.insert(r.clone()).unwrap();
+        assert_eq!(book.get_identical(r.signed()), Some(&r));
+        // Same record bytes, another signature: not identical.
+        let mut forged = r.signed().clone();
+        let mut sig = forged.signature.to_vec();
+        sig[0] ^= 1;
+        forged.signature = sig.into();
+        assert!(book.get_identical(&forged).is_none());
+        // Garbage is simply unknown.
+        let junk = proto::SignedNodeRecord {
+            record: Bytes::from_static(b"\xff\xff"),
+            signature: Bytes::new(),
+        };
+        assert!(book.get_identical(&junk).is_none());
+    }
+
+    #[test]
+    fn the_unlisted_flag_is_signed_and_read_back() {
+        let id = Identity::generate();
+        let r = NodeRecordBuilder::new(&id, 1).unlisted(true).sign(NOW).unwrap();
+        let back = NodeRecord::decode(&r.encode(), NOW + 1).unwrap();
+        assert!(back.is_unlisted());
+        assert!(!record(&id, 2).is_unlisted());
     }
 
     #[test]

@@ -284,6 +284,9 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
     /// Software name and version published in the node record.
     pub agent: String,
+    /// Ask network explorers not to list this node (a signed flag in its record; the node
+    /// still takes part in the DHT, so crawlers walk through it without showing it).
+    pub unlisted: bool,
     /// Abuse limits.
     pub limits: Limits,
     /// Timers.
@@ -311,6 +314,7 @@ impl Default for NodeConfig {
             target_peers: 8,
             data_dir: None,
             agent: concat!("meshara/", env!("CARGO_PKG_VERSION")).to_owned(),
+            unlisted: false,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             onion: Onion::default(),

@@ -347,7 +347,9 @@ fn sign_record(
     quic: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
 ) -> Result<NodeRecord, StartError> {
-    let mut builder = NodeRecordBuilder::new(identity, unix_ms()).agent(config.agent.clone());
+    let mut builder = NodeRecordBuilder::new(identity, unix_ms())
+        .agent(config.agent.clone())
+        .unlisted(config.unlisted);
     if config.onion.relay {
         builder = builder.capability(Capability::Relay);
     }
@@ -734,6 +736,40 @@ impl Node {
     /// exchange or a DHT lookup).
     pub fn record_of(&self, peer: &NodeId) -> Option<NodeRecord> {
         self.inner.lock().records.get(peer).cloned()
+    }
+
+    /// Asks `peer` once for the signed records it holds closest to `target` (one DHT
+    /// `FindNode` request, connecting to the peer first if needed). Every returned record has
+    /// been verified (signature, validity period) and at most 20 come back; the records also
+    /// enter this node's record book and routing table, as any answer does. `None` when the
+    /// peer cannot be reached or does not answer in time.
+    ///
+    /// This is the building block of a crawler or of a lookup that shows its rounds; for
+    /// sending, [`Node::send_private`] finds peers by itself.
+    /// `target` is any point of the 256-bit id space (it need not be a valid public key).
+    pub async fn find_node(&self, peer: NodeId, target: [u8; 32]) -> Option<Vec<NodeRecord>> {
+        if peer == self.node_id() {
+            return None;
+        }
+        self.inner.clone().find_node(peer, target).await
+    }
+
+    /// Up to `count` NodeIds from this node's DHT routing table, closest to `target` first (XOR
+    /// distance): where a Kademlia lookup for `target` starts.
+    pub fn closest_peers(&self, target: &[u8; 32], count: usize) -> Vec<NodeId> {
+        self.inner
+            .lock()
+            .kad
+            .closest(target, count)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// The NodeIds in this node's DHT routing table (what it answers `FindNode` requests
+    /// from).
+    pub fn routing_table(&self) -> Vec<NodeId> {
+        self.inner.lock().kad.iter().map(|(_, id)| id).collect()
     }
 
     /// The broadcast topics this node carries, with their overlay neighbours and counters.

@@ -1347,7 +1347,7 @@ impl<'a> Sim<'a> {
         Duration::from_millis(end + 10_000)
     }
 
-    fn run(mut self) -> Report {
+    fn run(mut self) -> (Report, Topology) {
         let started = std::time::Instant::now();
         let rss_start = rss_bytes();
         let s = self.scenario;
@@ -1410,7 +1410,36 @@ impl<'a> Sim<'a> {
             self.handle(next.ev);
         }
         peak_rss = peak_rss.max(rss_bytes());
-        self.report(started, rss_start, peak_rss, end)
+        let topology = self.topology();
+        (self.report(started, rss_start, peak_rss, end), topology)
+    }
+
+    /// Every node's routing table at the end of the run.
+    fn topology(&self) -> Topology {
+        let index: HashMap<Key, u32> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.key, i as u32))
+            .collect();
+        Topology {
+            scenario: self.scenario.name.clone(),
+            seed: self.scenario.seed,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| TopologyNode {
+                    key: data_encoding::HEXLOWER.encode(&n.key),
+                    alive: n.alive,
+                    hostile: n.hostile,
+                    table: n
+                        .table
+                        .iter()
+                        .filter_map(|(k, _)| index.get(&k).copied())
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 
     fn report(
@@ -1572,7 +1601,39 @@ impl<'a> Sim<'a> {
 
 /// Runs `scenario` to the end and measures it.
 pub fn run(scenario: &Scenario) -> Report {
+    Sim::new(scenario).run().0
+}
+
+/// Like [`run`], and also returns the overlay at the end: every node's routing table
+/// (`meshara sim --topology`, which `meshara-explorer import-sim` loads).
+pub fn run_with_topology(scenario: &Scenario) -> (Report, Topology) {
     Sim::new(scenario).run()
+}
+
+/// The overlay a simulation ended with.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Topology {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Every node created, in creation order.
+    pub nodes: Vec<TopologyNode>,
+}
+
+/// One simulated node.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct TopologyNode {
+    /// Its 32-byte key, hex.
+    pub key: String,
+    /// Alive at the end.
+    pub alive: bool,
+    /// One of the scenario's hostile nodes.
+    pub hostile: bool,
+    /// Its routing table: indexes into [`Topology::nodes`].
+    pub table: Vec<u32>,
 }
 
 #[cfg(test)]

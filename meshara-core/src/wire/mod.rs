@@ -43,6 +43,8 @@ pub const MAX_SHUFFLE_RECORDS: usize = 16;
 pub const MAX_EXCHANGE_RECORDS: usize = 64;
 /// Most peers listed in a NodeStatus.
 pub const MAX_STATUS_PEERS: usize = 256;
+/// Most topics listed in a NodeStatus.
+pub const MAX_STATUS_TOPICS: usize = 64;
 /// Largest encoded update metadata body, in bytes.
 pub const MAX_METADATA_BODY: usize = 600 * 1024;
 /// Most signatures on update metadata.
@@ -201,18 +203,26 @@ pub fn validate(envelope: &proto::Envelope) -> Result<(), WireError> {
         Body::Gossip(g) => gossip(g),
         Body::Update(u) => update(u),
         Body::StatusRequest(_) => Ok(()),
-        Body::Status(s) => {
-            if let Some(r) = &s.record {
-                signed_record("status.record", r)?;
-            }
-            at_most("status.peers", s.peers.len(), MAX_STATUS_PEERS)?;
-            s.peers
-                .iter()
-                .try_for_each(|id| exact("status.peers", id, 32))
-        }
+        Body::Status(s) => validate_status(s),
         Body::PeerExchange(x) => records("peer_exchange.records", &x.records, MAX_EXCHANGE_RECORDS),
         Body::Onion(o) => exact("onion.packet", &o.packet, crate::crypto::onion::PACKET_LEN),
     }
+}
+
+/// Checks a `NodeStatus` against the limits of docs/protocol.md (as [`decode_envelope`] does
+/// for one inside an envelope); for the body of a `meshara.status` query answer.
+pub fn validate_status(s: &proto::NodeStatus) -> Result<(), WireError> {
+    if let Some(r) = &s.record {
+        signed_record("status.record", r)?;
+    }
+    at_most("status.peers", s.peers.len(), MAX_STATUS_PEERS)?;
+    s.peers
+        .iter()
+        .try_for_each(|id| exact("status.peers", id, 32))?;
+    at_most("status.topics", s.topics.len(), MAX_STATUS_TOPICS)?;
+    s.topics
+        .iter()
+        .try_for_each(|t| between("status.topics", t.len(), 1, MAX_NAME_LEN))
 }
 
 fn signed_record(field: &'static str, r: &proto::SignedNodeRecord) -> Result<(), WireError> {

@@ -104,6 +104,10 @@ enum Command {
         /// Also write an SVG plot of deliveries over time to this file.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Also write the final overlay (every node's routing table) as JSON to this file,
+        /// for `meshara-explorer import-sim`.
+        #[arg(long)]
+        topology: Option<PathBuf>,
     },
     /// Run a node (TOML config, MESHARA_* environment overrides) until Ctrl-C.
     Run {
@@ -509,6 +513,7 @@ fn main() -> Result<()> {
             seed,
             json_out,
             svg,
+            topology: topology_out,
         } => {
             let text = std::fs::read_to_string(scenario)
                 .with_context(|| format!("reading {}", scenario.display()))?;
@@ -520,7 +525,11 @@ fn main() -> Result<()> {
             if let Some(seed) = seed {
                 parsed.seed = *seed;
             }
-            let report = meshara_core::routing::sim::run(&parsed);
+            let (report, topology) = meshara_core::routing::sim::run_with_topology(&parsed);
+            if let Some(path) = topology_out {
+                std::fs::write(path, serde_json::to_string(&topology)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             if cli.json {
                 out(serde_json::to_string_pretty(&report)?);
             } else {
