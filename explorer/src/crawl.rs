@@ -148,12 +148,10 @@ impl Crawler {
         let me = self.node.node_id();
 
         // Seeds: connect to learn who answers at each address.
-        let mut seed_ids = HashSet::new();
         for seed in seeds {
             let timeout = Duration::from_secs(self.config.connect_timeout_secs);
             match tokio::time::timeout(timeout, self.node.connect(seed)).await {
                 Ok(Ok(id)) if id != me => {
-                    seed_ids.insert(id);
                     if let Some(r) = self.node.record_of(&id) {
                         records.insert(id, r);
                         if queued.insert(id) {
@@ -188,15 +186,12 @@ impl Crawler {
                 };
                 let node = self.node.clone();
                 let config = self.config.clone();
-                let keep = seed_ids.contains(&id);
                 running.spawn(async move {
                     let limit = Duration::from_secs(config.visit_timeout_secs);
                     let outcome = tokio::time::timeout(limit, visit(&node, &config, record)).await;
-                    if !keep {
-                        // Connections are closed after a visit: the crawler holds no node's
-                        // connection slots between crawls.
-                        node.remove_peer(id);
-                    }
+                    // Connections are closed after a visit: the crawler holds none of a
+                    // node's connection slots between visits.
+                    node.remove_peer(id);
                     (id, outcome.ok())
                 });
             }

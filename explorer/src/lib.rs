@@ -238,15 +238,13 @@ impl Explorer {
         node_config.limits.max_pending_queries = 16_384;
         node_config.timeouts.connect = Duration::from_secs(config.crawl.connect_timeout_secs);
         node_config.mdns = false;
-        node_config.target_peers = 4;
-        let mut builder = Node::builder().identity(identity).config(node_config);
-        for b in &config.node.bootstrap {
-            let addr: PeerAddr = b
-                .parse()
-                .map_err(|e| StartError::Node(format!("{b}: {e}")))?;
-            builder = builder.bootstrap(addr);
-        }
-        let node = builder
+        // The crawler connects to every node it visits and closes the connection after; the
+        // node keeps no standing connections of its own (bootstrap addresses are where crawls
+        // start), so a visit never finds the per-NodeId connection cap already used up.
+        node_config.target_peers = 0;
+        let node = Node::builder()
+            .identity(identity)
+            .config(node_config)
             .start()
             .await
             .map_err(|e| StartError::Node(e.to_string()))?;
