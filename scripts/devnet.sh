@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The main job (README.md): a local Meshara devnet on loopback: an authority server (with its
-# embedded SQLite store, admin API and dashboard), a bridge node on QUIC and I2P (with its own
-# i2pd router, when i2pd is installed) and a mesh of nodes that follow the authority's
-# releases. Arguments go to `meshara devnet` (try --help).
+# embedded SQLite store, admin API and dashboard), the network explorer (a live map of the
+# devnet in the browser), a bridge node on QUIC and I2P (with its own i2pd router, when i2pd
+# is installed) and a mesh of nodes that follow the authority's releases. Arguments go to
+# `meshara devnet` (try --help).
 #
 # Environment: MESHARA_DEVNET_DIR (state; default a fresh directory under /tmp),
 # AUTHORITY_HTTP (default 127.0.0.1:8600), AUTHORITY_QUIC (default 127.0.0.1:7700),
-# BRIDGE_HTTP (default 127.0.0.1:8700), BRIDGE_QUIC (default 127.0.0.1:7340).
+# BRIDGE_HTTP (default 127.0.0.1:8700), BRIDGE_QUIC (default 127.0.0.1:7340),
+# EXPLORER_HTTP (default 127.0.0.1:8800), EXPLORER_QUIC (default 127.0.0.1:7800).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build -q --release --locked -p meshara-core --bin meshara -p meshara-authority --bin meshara-authority \
-  -p meshara-bridge --bin meshara-bridge
+  -p meshara-bridge --bin meshara-bridge -p meshara-explorer --bin meshara-explorer
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 dir=${MESHARA_DEVNET_DIR:-$(mktemp -d /tmp/meshara-devnet.XXXXXX)}
@@ -58,6 +60,25 @@ Meshara authority server
     ID=\$(curl -s -H "Authorization: Bearer \$T" -H 'Content-Type: application/json' -d "{\"package\":\"devnet-app\",\"channel\":\"stable\",\"semver\":\"1.0.0\",\"content_hash\":\"\$H\"}" \$A/api/v1/releases | grep -o '"id":[0-9]*' | cut -d: -f2)
     for k in k1 k2; do curl -s -o /dev/null -H "Authorization: Bearer \$T" -H 'Content-Type: application/json' -d "{\"key\":\"\$k\"}" \$A/api/v1/releases/\$ID/sign; done
     curl -s -H "Authorization: Bearer \$T" -H 'Content-Type: application/json' -d '{}' \$A/api/v1/releases/\$ID/publish
+
+INFO
+
+# The explorer: crawls the devnet from the authority node every 15 s and shows it live.
+explorer_http=${EXPLORER_HTTP:-127.0.0.1:8800}
+mkdir -p "$dir/explorer" && chmod 700 "$dir/explorer"
+MESHARA_EXPLORER_DATA_DIR="$dir/explorer" \
+MESHARA_EXPLORER_HTTP_LISTEN="$explorer_http" \
+MESHARA_EXPLORER_QUIC_LISTEN="${EXPLORER_QUIC:-127.0.0.1:7800}" \
+MESHARA_EXPLORER_BOOTSTRAP="$node_id@quic://$quic" \
+MESHARA_EXPLORER_CRAWL_INTERVAL_SECS=15 \
+MESHARA_EXPLORER_PASSPHRASE="devnet passphrase (not for production)" \
+  "$bin/meshara-explorer" serve >"$dir/explorer.out" 2>"$dir/explorer.log" &
+pids+=($!)
+cat <<INFO
+Meshara explorer (a live map of this devnet; crawls every 15 s)
+  open:         http://$explorer_http/
+  API:          http://$explorer_http/api/v1/openapi.json   snapshot: http://$explorer_http/api/v1/snapshot
+  log:          $dir/explorer.log
 
 INFO
 

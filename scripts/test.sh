@@ -13,7 +13,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints how long the one before it took (and the last one prints the total).
+started=$SECONDS
+step_started=$SECONDS
+step_name=""
+step() {
+  if [ -n "$step_name" ]; then
+    printf '    (%s: %ds)\n' "$step_name" $((SECONDS - step_started))
+  fi
+  step_name="$*"
+  step_started=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -57,6 +68,7 @@ step "test services: PostgreSQL, playwright-core"
 MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
 export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
 (cd authority-server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd explorer/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 export MESHARA_REQUIRE_BROWSER=1
 # Tests that need i2pd fail (rather than skip) if it is missing.
 export MESHARA_REQUIRE_I2PD=1
@@ -91,3 +103,4 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
 fi
 
 step "all tests passed"
+printf '    (total: %ds)\n' $((SECONDS - started))

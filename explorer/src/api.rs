@@ -201,7 +201,7 @@ pub fn summary(n: &NodeRow) -> Value {
         "id": n.id,
         "fingerprint": fingerprint_dashed(&n.fingerprint),
         "agent": n.agent,
-        "version": if n.version == "unknown" { Value::Null } else { Value::String(n.version.clone()) },
+        "version": n.version,
         "capabilities": parse_json(&n.capabilities),
         "transports": parse_json(&n.transports),
         "addresses": parse_json(&n.addresses),
@@ -336,11 +336,50 @@ async fn history(
             })
         })
         .collect();
-    Ok(Json(json!({"points": points, "releases": []})))
+    let listed_up = s.db.counts().await?.1;
+    let releases: Vec<Value> = s
+        .db
+        .releases()
+        .await?
+        .into_iter()
+        .map(|(package, channel, version, sequence, seen_at)| {
+            let agent = format!("{package}/{version}");
+            let adoption: Vec<Value> = crawls
+                .iter()
+                .filter(|c| c.source == "crawl")
+                .map(|c| {
+                    let versions: HashMap<String, i64> =
+                        serde_json::from_str(&c.versions).unwrap_or_default();
+                    json!({"at": c.finished_at.unwrap_or(c.started_at), "nodes": versions.get(&agent).copied().unwrap_or(0)})
+                })
+                .collect();
+            let now_running = adoption.last().and_then(|p| p["nodes"].as_i64()).unwrap_or(0);
+            json!({
+                "package": package,
+                "channel": channel,
+                "version": version,
+                "sequence": sequence,
+                "seen_at": seen_at,
+                "nodes": now_running,
+                "share": if listed_up > 0 { now_running as f64 / listed_up as f64 } else { 0.0 },
+                "adoption": adoption,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"points": points, "releases": releases})))
 }
 
-async fn graph(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+async fn graph(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     let generation = s.generation.load(Ordering::Relaxed);
+    // The graph changes only when the stored network does: its generation is the ETag.
+    let etag = format!("\"g{generation}\"");
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if fresh {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
     let cached = s
         .graph_cache
         .lock()
@@ -369,7 +408,7 @@ async fn graph(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
             value
         }
     };
-    Ok(Json(value.as_ref()).into_response())
+    Ok(([(header::ETAG, etag)], Json(value.as_ref())).into_response())
 }
 
 async fn nodes(
@@ -573,12 +612,18 @@ async fn events(
         ));
     };
     let rx = s.live.subscribe();
-    let stream = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
+    let stop = s.shutdown.clone();
+    let stream = futures_util::stream::unfold((rx, permit, stop), |(mut rx, permit, stop)| async move {
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                // The stream ends when the explorer stops.
+                () = stop.cancelled() => return None,
+            };
+            match next {
                 Ok(e) => {
                     let event = Event::default().event(e.kind).data(e.data.to_string());
-                    return Some((Ok(event), (rx, permit)));
+                    return Some((Ok(event), (rx, permit, stop)));
                 }
                 // A slow reader skips what it missed; the next crawl event resynchronises it.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -678,7 +723,7 @@ pub fn openapi_document() -> Value {
             }},
             "/api/v1/graph": {"get": {
                 "operationId": "graph", "summary": "The overlay: listed nodes and routing-table edges between them",
-                "responses": {"200": ok(json!({"$ref": "#/components/schemas/Graph"}), "Graph"), "default": error},
+                "responses": {"200": ok(json!({"$ref": "#/components/schemas/Graph"}), "Graph (with an ETag; send If-None-Match for a 304)"), "304": {"description": "Unchanged since the ETag sent"}, "default": error},
             }},
             "/api/v1/nodes": {"get": {
                 "operationId": "listNodes", "summary": "Listed nodes: search, filters, sort, pages",
@@ -727,7 +772,7 @@ pub fn openapi_document() -> Value {
                 "Address": {"type": "object", "required": ["transport", "host", "port"], "properties": {"transport": {"type": "string"}, "host": {"type": "string"}, "port": {"type": "integer"}}},
                 "NodeSummary": {"type": "object", "required": ["id", "fingerprint", "agent", "version", "capabilities", "transports", "addresses", "up", "first_seen", "last_seen", "rtt_ms", "uptime_24h", "neighbour_count", "topics"], "properties": {
                     "id": {"type": "string"}, "fingerprint": {"type": "string"}, "agent": {"type": "string"},
-                    "version": {"type": ["string", "null"]},
+                    "version": {"type": "string", "description": "From the agent (`name/version`); `unknown` when it names none"},
                     "capabilities": {"type": "array", "items": {"type": "string"}},
                     "transports": {"type": "array", "items": {"type": "string"}},
                     "addresses": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
@@ -757,8 +802,8 @@ pub fn openapi_document() -> Value {
                     "explorer": {"type": "object", "required": ["node_id", "version"]},
                 }},
                 "History": {"type": "object", "required": ["points", "releases"], "properties": {
-                    "points": {"type": "array", "items": {"type": "object", "required": ["at", "listed", "up", "joined", "left", "versions"]}},
-                    "releases": {"type": "array"},
+                    "points": {"type": "array", "items": {"type": "object", "required": ["at", "listed", "up", "joined", "left", "versions"], "properties": {"versions": {"type": "object", "description": "Nodes up by agent (`package/version`)", "additionalProperties": {"type": "integer"}}}}},
+                    "releases": {"type": "array", "items": {"type": "object", "required": ["package", "channel", "version", "sequence", "seen_at", "nodes", "share", "adoption"], "properties": {"nodes": {"type": "integer", "description": "Listed nodes up whose agent is `package/version` after the last crawl"}, "share": {"type": "number", "description": "nodes / listed nodes up"}}}},
                 }},
                 "Graph": {"type": "object", "required": ["crawl_id", "simulated", "nodes", "edges"], "properties": {
                     "crawl_id": {"type": ["integer", "null"]}, "simulated": {"type": "boolean"},
@@ -767,7 +812,7 @@ pub fn openapi_document() -> Value {
                 }},
                 "Lookup": {"type": "object", "required": ["target", "found", "duration_ms", "rounds", "closest"], "properties": {
                     "target": {"type": "string"}, "found": {"type": "boolean"}, "duration_ms": {"type": "integer"},
-                    "rounds": {"type": "array", "items": {"type": "object", "required": ["round", "queried", "answered", "failed", "learned"]}},
+                    "rounds": {"type": "array", "items": {"type": "object", "required": ["round", "queried", "answered", "failed", "learned", "learned_from"], "properties": {"learned_from": {"type": "object", "description": "answering node → nodes first learned from its answer", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}}},
                     "closest": {"type": "array", "items": {"type": "string"}},
                 }},
             },

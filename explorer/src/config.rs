@@ -59,6 +59,38 @@ pub struct Config {
     /// The explorer's own node.
     #[serde(default)]
     pub node: NodeSection,
+    /// Releases to follow, for adoption charts.
+    #[serde(default)]
+    pub releases: ReleasesSection,
+}
+
+/// `[releases]`: releases an authority published, verified against its root, so the
+/// explorer can show how many nodes run each one (nodes publish what they run in their
+/// record's `agent`, `<package>/<version>`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesSection {
+    /// The authority's signed root (`root.pb`): the trust anchor. Without it no release is
+    /// followed.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// NodeIds of authority nodes to ask.
+    #[serde(default)]
+    pub authorities: Vec<String>,
+    /// `package/channel` pairs to follow.
+    #[serde(default)]
+    pub track: Vec<String>,
+}
+
+impl ReleasesSection {
+    /// The tracked `(package, channel)` pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.track
+            .iter()
+            .filter_map(|t| t.split_once('/'))
+            .map(|(p, c)| (p.to_owned(), c.to_owned()))
+            .collect()
+    }
 }
 
 /// `[crawl]`.
@@ -136,7 +168,7 @@ fn yes() -> bool {
     true
 }
 fn default_http() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8700))
+    SocketAddr::from(([127, 0, 0, 1], 8800))
 }
 fn default_quic() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7800))
@@ -162,6 +194,7 @@ impl Config {
             retention_days: default_retention_days(),
             crawl: CrawlSection::default(),
             node: NodeSection::default(),
+            releases: ReleasesSection::default(),
         }
     }
 
@@ -211,6 +244,23 @@ impl Config {
                 }
                 "BOOTSTRAP" => {
                     config.node.bootstrap = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                "RELEASES_ROOT" => config.releases.root = Some(value.into()),
+                "RELEASES_AUTHORITIES" => {
+                    config.releases.authorities = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                "RELEASES_TRACK" => {
+                    config.releases.track = value
                         .split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
@@ -271,6 +321,21 @@ impl Config {
         for b in &self.node.bootstrap {
             b.parse::<meshara_core::PeerAddr>()
                 .map_err(|e| bad("node.bootstrap", &format!("{b:?}: {e}")))?;
+        }
+        for a in &self.releases.authorities {
+            a.parse::<meshara_core::NodeId>()
+                .map_err(|_| bad("releases.authorities", &format!("{a:?} is not a NodeId")))?;
+        }
+        for t in &self.releases.track {
+            let ok = t
+                .split_once('/')
+                .is_some_and(|(p, c)| !p.is_empty() && !c.is_empty() && p.len() <= 64 && c.len() <= 64);
+            if !ok {
+                return Err(bad("releases.track", &format!("{t:?} is not package/channel")));
+            }
+        }
+        if !self.releases.track.is_empty() && self.releases.root.is_none() {
+            return Err(bad("releases.root", "required to follow releases (the authority's root.pb)"));
         }
         Ok(())
     }

@@ -394,6 +394,17 @@ async fn visit(node: &Node, config: &CrawlSection, record: NodeRecord) -> Outcom
                 probe.rtt_ms = Some(started.elapsed().as_secs_f64() * 1e3);
                 outcome.reached = true;
             }
+            // The node refused one more connection from us (its per-NodeId cap: we already
+            // hold connections to it, e.g. the release follower's). It can only count us
+            // after the handshake, in which it proved its key: it is up.
+            Ok(Err(meshara_core::TransportError::Closed(reason)))
+                if reason.contains("too many connections from this NodeId") =>
+            {
+                probe.ok = true;
+                probe.rtt_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                probe.error = Some(format!("handshake completed, then: {reason}"));
+                outcome.reached = true;
+            }
             Ok(Err(e)) => probe.error = Some(e.to_string()),
             Err(_) => probe.error = Some(format!("no handshake within {connect_timeout:?}")),
         }

@@ -745,6 +745,50 @@ impl Db {
         Ok(gone)
     }
 
+    /// Records a verified release the first time it is seen.
+    pub async fn record_release(
+        &self,
+        package: &str,
+        channel: &str,
+        version: &str,
+        sequence: i64,
+        seen_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO releases (package, channel, version, sequence, seen_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (package, channel, sequence) DO NOTHING",
+        )
+        .bind(package)
+        .bind(channel)
+        .bind(version)
+        .bind(sequence)
+        .bind(seen_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Releases seen, oldest first: `(package, channel, version, sequence, seen_at)`.
+    pub async fn releases(&self) -> Result<Vec<(String, String, String, i64, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT package, channel, version, sequence, seen_at FROM releases \
+             ORDER BY seen_at, package, channel, sequence",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("package")?,
+                    r.try_get("channel")?,
+                    r.try_get("version")?,
+                    r.try_get("sequence")?,
+                    r.try_get("seen_at")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Replaces every simulated node with `rows` (an imported simulator topology).
     pub async fn replace_simulated(&self, rows: &[NodeRow]) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;

@@ -172,7 +172,12 @@ pub struct AppState {
     crawl_lock: Mutex<()>,
     crawl_now: Notify,
     lookups: Semaphore,
+    /// Cancelled when the explorer stops (ends live-event streams, so graceful shutdown does
+    /// not wait for browsers that keep them open).
+    shutdown: CancellationToken,
     node_token: Option<String>,
+    /// Follows the configured releases (with `[releases] root`).
+    updater: Option<meshara_core::updater::Updater>,
     /// Bumped on every change to the stored network; keys the graph cache.
     generation: AtomicU64,
     graph_cache: std::sync::Mutex<Option<(u64, Arc<Value>)>>,
@@ -249,6 +254,38 @@ impl Explorer {
             .await
             .map_err(|e| StartError::Node(e.to_string()))?;
 
+        let updater = match &config.releases.root {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    StartError::Other(format!("reading releases.root {}: {e}", path.display()))
+                })?;
+                let root = meshara_core::update::decode_signed(&bytes).map_err(|e| {
+                    StartError::Other(format!("releases.root {}: {e}", path.display()))
+                })?;
+                let mut b = meshara_core::updater::Updater::builder(
+                    node.clone(),
+                    data.join("releases"),
+                    root,
+                )
+                // Only metadata is wanted: nothing is downloaded under the Notify policy,
+                // and the cache stays small.
+                .cache_bytes(1 << 20);
+                for (package, channel) in config.releases.pairs() {
+                    b = b.subscribe(&package, &channel);
+                }
+                for a in &config.releases.authorities {
+                    if let Ok(id) = a.parse() {
+                        b = b.authority(id);
+                    }
+                }
+                Some(
+                    b.start()
+                        .map_err(|e| StartError::Other(format!("release follower: {e}")))?,
+                )
+            }
+        };
+
         let node_token = if config.node.api {
             Some(node_api_token(&data)?)
         } else {
@@ -261,7 +298,9 @@ impl Explorer {
         let metrics = Metrics::new();
         metrics.register(&mut registry);
         let (live, _) = broadcast::channel(1024);
+        let shutdown = CancellationToken::new();
         let state = Arc::new(AppState {
+            shutdown: shutdown.clone(),
             crawler: Crawler::new(node.clone(), config.crawl.clone()),
             lookups: Semaphore::new(config.crawl.max_lookups),
             config: config.clone(),
@@ -276,11 +315,11 @@ impl Explorer {
             crawl_lock: Mutex::new(()),
             crawl_now: Notify::new(),
             node_token,
+            updater,
             generation: AtomicU64::new(0),
             graph_cache: std::sync::Mutex::new(None),
         });
 
-        let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(scheduler(state.clone(), shutdown.clone()));
 
@@ -349,6 +388,9 @@ impl Explorer {
         self.state.stopping.store(true, Ordering::Relaxed);
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(u) = &self.state.updater {
+            u.stop();
+        }
         self.state.node.stop().await;
         self.state.db.close().await;
         tracing::info!("explorer stopped");
@@ -468,9 +510,10 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
     let now = unix_now() as i64;
     state.db.update_uptimes(now).await?;
     let nodes = state.db.all_nodes().await?;
+    // Keyed by the whole agent (`package/version`), so release adoption can be read back.
     let mut versions: BTreeMap<String, i64> = BTreeMap::new();
     for n in nodes.iter().filter(|n| n.up) {
-        *versions.entry(n.version.clone()).or_default() += 1;
+        *versions.entry(n.agent.clone()).or_default() += 1;
     }
     let up = nodes.iter().filter(|n| n.up).count() as i64;
     let row = CrawlRow {
@@ -490,6 +533,7 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
         versions: serde_json::to_string(&versions).unwrap_or_else(|_| "{}".into()),
     };
     state.db.finish_crawl(&row).await?;
+    check_releases(state).await;
     let forgotten = state.db.prune(now - retention).await?;
     if forgotten > 0 {
         state.changed();
@@ -517,6 +561,33 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
     );
     state.emit("crawl", api::crawl_json(&row));
     Ok(row)
+}
+
+/// Asks the authorities for each followed release and records new ones.
+async fn check_releases(state: &AppState) {
+    let Some(updater) = &state.updater else {
+        return;
+    };
+    for (package, channel) in state.config.releases.pairs() {
+        if let Err(e) = updater.check(&package, &channel).await {
+            tracing::debug!(%package, %channel, error = %e, "release check");
+        }
+        if let Some(r) = updater.latest(&package, &channel) {
+            let recorded = state
+                .db
+                .record_release(
+                    &r.package,
+                    &r.channel,
+                    &r.semver,
+                    r.sequence as i64,
+                    unix_now() as i64,
+                )
+                .await;
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "recording a release");
+            }
+        }
+    }
 }
 
 /// The version in an agent string (`name/1.2.3` → `1.2.3`).

@@ -32,6 +32,8 @@ pub struct Round {
     pub failed: Vec<String>,
     /// Nodes first learned from this round's answers.
     pub learned: Vec<String>,
+    /// Who told us: answering node → the nodes first learned from its answer.
+    pub learned_from: BTreeMap<String, Vec<String>>,
 }
 
 /// A finished lookup.
@@ -95,7 +97,12 @@ pub async fn trace(node: &Node, target: NodeId) -> Trace {
                                 }
                                 if id != node.node_id() && !round_of.contains_key(&id) {
                                     round_of.insert(id, r + 1);
-                                    round(&mut rounds, r).learned.push(id.to_string());
+                                    let this = round(&mut rounds, r);
+                                    this.learned.push(id.to_string());
+                                    this.learned_from
+                                        .entry(peer.to_string())
+                                        .or_default()
+                                        .push(id.to_string());
                                 }
                             }
                             lookup.on_response(

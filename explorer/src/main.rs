@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(q) = explorer.node().quic_addr() {
                 println!("node      {q}");
             }
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            shutdown_signal().await;
             explorer.stop().await;
         }
         Command::ImportSim { config, file } => {
@@ -82,4 +82,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (a container runtime stopping us).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }

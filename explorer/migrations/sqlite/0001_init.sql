@@ -52,3 +52,11 @@ CREATE TABLE crawls (
     versions TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX crawls_started ON crawls (started_at);
+CREATE TABLE releases (
+    package TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    seen_at BIGINT NOT NULL,
+    PRIMARY KEY (package, channel, sequence)
+);
