@@ -55,7 +55,9 @@ async fn start_node(i: usize, bootstrap: Option<PeerAddr>) -> Node {
     let mut config = NodeConfig::default();
     config.listen_quic = Some(format!("{}:0", host(i)).parse().unwrap());
     config.target_peers = 4;
-    let mut b = Node::builder().identity(Identity::generate()).config(config);
+    let mut b = Node::builder()
+        .identity(Identity::generate())
+        .config(config);
     if let Some(a) = bootstrap {
         b = b.bootstrap(a);
     }
@@ -139,7 +141,10 @@ async fn bench_crawl(n: usize) -> Vec<String> {
             "| CPU during that crawl (crawler and the {n} nodes answering, one process, 2 cores) | {:.1} CPU-s | |",
             cpu1 - cpu0
         ),
-        format!("| process memory during that crawl | {rss1:.0} MiB RSS (grew {:.0} MiB) | |", rss1 - rss0),
+        format!(
+            "| process memory during that crawl | {rss1:.0} MiB RSS (grew {:.0} MiB) | |",
+            rss1 - rss0
+        ),
     ]
 }
 
@@ -166,7 +171,9 @@ async fn latency(addr: SocketAddr, path: &str, clients: usize, per_client: usize
                     )
                     .await
                     .unwrap();
-                let _ = http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+                let _ = http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap();
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             times
@@ -195,7 +202,9 @@ async fn bench_graph_and_api() -> Vec<String> {
     std::fs::write(&file, serde_json::to_vec(&topology).unwrap()).unwrap();
     let config = explorer_config(dir.path(), Vec::new());
     let explorer = Explorer::start(config, b"bench").await.unwrap();
-    let imported = meshara_explorer::sim::import(explorer.db(), &file).await.unwrap();
+    let imported = meshara_explorer::sim::import(explorer.db(), &file)
+        .await
+        .unwrap();
     explorer.crawl_now().await.unwrap(); // refreshes caches; finds nothing (no seeds)
     let addr = explorer.http_addr();
     let mut rows = Vec::new();
@@ -208,12 +217,18 @@ async fn bench_graph_and_api() -> Vec<String> {
         && std::path::Path::new("/usr/bin/chromium").exists();
     if browser {
         let out = std::process::Command::new("node")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/graph-bench.mjs"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/browser/graph-bench.mjs"
+            ))
             .env("EXPLORER_URL", format!("http://{addr}"))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'));
         match line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
             Some(v) => rows.push(format!(
                 "| graph of {} nodes / {} edges in headless Chromium: first render, interactive | {} ms, {} ms (pan frame p50 {} ms, p95 {} ms) | |",
@@ -231,7 +246,11 @@ async fn bench_graph_and_api() -> Vec<String> {
 
     let (h50, h99) = latency(addr, "/healthz", 32, 200).await;
     for (name, path, per) in [
-        ("node list, search and sort", "/api/v1/nodes?q=a&sort=uptime&per_page=50", 100),
+        (
+            "node list, search and sort",
+            "/api/v1/nodes?q=a&sort=uptime&per_page=50",
+            100,
+        ),
         ("overview", "/api/v1/overview", 20),
         ("graph (cached)", "/api/v1/graph", 20),
     ] {

@@ -114,21 +114,29 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(move |s: State<Arc<AppState>>| events(s, streams.clone())),
         )
         .route("/api/v1/snapshot", get(snapshot))
-        .route("/api/v1/openapi.json", get(|| async { Json(openapi_document()) }))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi_document()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(|| async { asset("index.html") }))
-        .route("/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }));
+        .route(
+            "/{*path}",
+            get(|Path(path): Path<String>| async move { asset(&path) }),
+        );
     if let Some(token) = state.node_token.clone() {
         let node_api = meshara_axum::routes::<NodeApi>()
             .with_state(NodeApi {
                 node: state.node.clone(),
             })
-            .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-                let token = token.clone();
-                async move { bearer(&token, req, next).await }
-            }));
+            .layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    let token = token.clone();
+                    async move { bearer(&token, req, next).await }
+                },
+            ));
         app = app.nest("/meshara", node_api);
     }
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -306,12 +314,20 @@ fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     q.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-fn number(q: &HashMap<String, String>, name: &str, default: i64, min: i64, max: i64) -> ApiResult<i64> {
+fn number(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> ApiResult<i64> {
     match param(q, name) {
         None => Ok(default),
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid(format!("{name} must be a number in {min}..={max}"))),
+            _ => Err(ApiError::invalid(format!(
+                "{name} must be a number in {min}..={max}"
+            ))),
         },
     }
 }
@@ -380,11 +396,11 @@ async fn graph(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<
     if fresh {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let cached = s
-        .graph_cache
-        .lock()
-        .ok()
-        .and_then(|c| c.as_ref().filter(|(g, _)| *g == generation).map(|(_, v)| v.clone()));
+    let cached = s.graph_cache.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, v)| v.clone())
+    });
     let value = match cached {
         Some(v) => v,
         None => {
@@ -507,7 +523,9 @@ async fn node(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResu
         .ok()
         .filter(|k| k.len() == 32 && id.len() == 52 && id.bytes().all(|b| !b.is_ascii_uppercase()));
     if key.is_none() {
-        return Err(ApiError::invalid("not a NodeId (52 lowercase base32 characters)"));
+        return Err(ApiError::invalid(
+            "not a NodeId (52 lowercase base32 characters)",
+        ));
     }
     let Some(row) = s.db.node(&id).await? else {
         return Err(ApiError::new(
@@ -524,7 +542,9 @@ async fn node(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResu
     let signature = data_encoding::BASE64
         .decode(row.record.as_bytes())
         .ok()
-        .and_then(|b| <meshara_core::proto::SignedNodeRecord as prost::Message>::decode(b.as_slice()).ok())
+        .and_then(|b| {
+            <meshara_core::proto::SignedNodeRecord as prost::Message>::decode(b.as_slice()).ok()
+        })
         .map(|r| data_encoding::HEXLOWER.encode(&r.signature))
         .unwrap_or_default();
     let neighbour_ids: Vec<String> = serde_json::from_str(&row.neighbours).unwrap_or_default();
@@ -551,7 +571,9 @@ async fn node(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResu
             "neighbours".into(),
             neighbours
                 .iter()
-                .map(|(id, f, up)| json!({"id": id, "fingerprint": fingerprint_dashed(f), "up": up}))
+                .map(
+                    |(id, f, up)| json!({"id": id, "fingerprint": fingerprint_dashed(f), "up": up}),
+                )
                 .collect(),
         );
         m.insert("sessions".into(), json!(sessions));
@@ -613,24 +635,25 @@ async fn events(
     };
     let rx = s.live.subscribe();
     let stop = s.shutdown.clone();
-    let stream = futures_util::stream::unfold((rx, permit, stop), |(mut rx, permit, stop)| async move {
-        loop {
-            let next = tokio::select! {
-                next = rx.recv() => next,
-                // The stream ends when the explorer stops.
-                () = stop.cancelled() => return None,
-            };
-            match next {
-                Ok(e) => {
-                    let event = Event::default().event(e.kind).data(e.data.to_string());
-                    return Some((Ok(event), (rx, permit, stop)));
+    let stream =
+        futures_util::stream::unfold((rx, permit, stop), |(mut rx, permit, stop)| async move {
+            loop {
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    // The stream ends when the explorer stops.
+                    () = stop.cancelled() => return None,
+                };
+                match next {
+                    Ok(e) => {
+                        let event = Event::default().event(e.kind).data(e.data.to_string());
+                        return Some((Ok(event), (rx, permit, stop)));
+                    }
+                    // A slow reader skips what it missed; the next crawl event resynchronises it.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-                // A slow reader skips what it missed; the next crawl event resynchronises it.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -698,12 +721,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 /// The OpenAPI 3.1 document of the JSON API.
 pub fn openapi_document() -> Value {
     let error = json!({"$ref": "#/components/responses/Error"});
-    let ok = |schema: Value, description: &str| {
-        json!({"description": description, "content": {"application/json": {"schema": schema}}})
-    };
-    let query = |name: &str, schema: Value, description: &str| {
-        json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
-    };
+    let ok = |schema: Value, description: &str| json!({"description": description, "content": {"application/json": {"schema": schema}}});
+    let query = |name: &str, schema: Value, description: &str| json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description});
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -310,8 +310,18 @@ impl Config {
             ("crawl.connect_timeout_secs", c.connect_timeout_secs, 1, 120),
             ("crawl.visit_timeout_secs", c.visit_timeout_secs, 1, 600),
             ("crawl.max_nodes", c.max_nodes as u64, 1, 10_000_000),
-            ("crawl.max_requests_per_node", c.max_requests_per_node as u64, 1, 256),
-            ("crawl.max_new_per_source", c.max_new_per_source as u64, 1, 1_000_000),
+            (
+                "crawl.max_requests_per_node",
+                c.max_requests_per_node as u64,
+                1,
+                256,
+            ),
+            (
+                "crawl.max_new_per_source",
+                c.max_new_per_source as u64,
+                1,
+                1_000_000,
+            ),
             ("crawl.max_lookups", c.max_lookups as u64, 1, 256),
         ] {
             if !(min..=max).contains(&value) {
@@ -327,15 +337,21 @@ impl Config {
                 .map_err(|_| bad("releases.authorities", &format!("{a:?} is not a NodeId")))?;
         }
         for t in &self.releases.track {
-            let ok = t
-                .split_once('/')
-                .is_some_and(|(p, c)| !p.is_empty() && !c.is_empty() && p.len() <= 64 && c.len() <= 64);
+            let ok = t.split_once('/').is_some_and(|(p, c)| {
+                !p.is_empty() && !c.is_empty() && p.len() <= 64 && c.len() <= 64
+            });
             if !ok {
-                return Err(bad("releases.track", &format!("{t:?} is not package/channel")));
+                return Err(bad(
+                    "releases.track",
+                    &format!("{t:?} is not package/channel"),
+                ));
             }
         }
         if !self.releases.track.is_empty() && self.releases.root.is_none() {
-            return Err(bad("releases.root", "required to follow releases (the authority's root.pb)"));
+            return Err(bad(
+                "releases.root",
+                "required to follow releases (the authority's root.pb)",
+            ));
         }
         Ok(())
     }
@@ -397,7 +413,11 @@ mod tests {
         let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(e.contains("intervall_secs"), "{e}");
         for (k, v, needle) in [
-            ("MESHARA_EXPLORER_CRAWL_CONCURRENCY", "0", "crawl.concurrency"),
+            (
+                "MESHARA_EXPLORER_CRAWL_CONCURRENCY",
+                "0",
+                "crawl.concurrency",
+            ),
             ("MESHARA_EXPLORER_HTTP_LISTEN", "nowhere", "HTTP_LISTEN"),
             ("MESHARA_EXPLORER_DATABASE_URL", "mysql://x", "database_url"),
             ("MESHARA_EXPLORER_BOOTSTRAP", "not an address", "bootstrap"),

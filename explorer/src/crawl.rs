@@ -203,7 +203,9 @@ impl Crawler {
                 // Over its time budget: shown as not answering.
                 summary.failed += 1;
                 if let Some(record) = records.get(&id) {
-                    let _ = out.send(Visit::unreached(record.clone(), "visit timed out")).await;
+                    let _ = out
+                        .send(Visit::unreached(record.clone(), "visit timed out"))
+                        .await;
                 }
                 continue;
             };
@@ -570,7 +572,11 @@ pub fn target_in_bucket(id: &NodeId, cpl: usize) -> [u8; 32] {
     let byte = cpl / 8;
     let bit = 7 - (cpl % 8);
     // Keep bits before `cpl`, flip `cpl`, randomise after.
-    let keep_mask: u8 = if bit == 7 { 0 } else { !((1u8 << (bit + 1)) - 1) };
+    let keep_mask: u8 = if bit == 7 {
+        0
+    } else {
+        !((1u8 << (bit + 1)) - 1)
+    };
     let flipped = (bytes[byte] & (1 << bit)) ^ (1 << bit);
     let low_mask: u8 = (1u8 << bit).wrapping_sub(1);
     bytes[byte] = (bytes[byte] & keep_mask) | flipped | (random[byte] & low_mask);

@@ -346,7 +346,9 @@ impl Db {
             }
             let mut tx = self.pool.begin().await?;
             let run = async {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut *tx).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("INSERT INTO meshara_migrations (version, applied_at) VALUES ($1, $2)")
                     .bind(*version)
                     .bind(crate::crawl::unix_now() as i64)
@@ -378,11 +380,12 @@ impl Db {
 
     /// Starts a crawl row; returns its id.
     pub async fn begin_crawl(&self, source: &str, started_at: i64) -> Result<i64, DbError> {
-        let row = sqlx::query("INSERT INTO crawls (source, started_at) VALUES ($1, $2) RETURNING id")
-            .bind(source)
-            .bind(started_at)
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("INSERT INTO crawls (source, started_at) VALUES ($1, $2) RETURNING id")
+                .bind(source)
+                .bind(started_at)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get("id")?)
     }
 
@@ -413,10 +416,11 @@ impl Db {
     /// Signed records (base64) of crawled nodes reached since `since`: re-visited by every
     /// crawl, so a node that left everyone's table is still seen going down.
     pub async fn known_records(&self, since: i64) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query("SELECT record FROM nodes WHERE source = 'crawl' AND last_seen >= $1")
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT record FROM nodes WHERE source = 'crawl' AND last_seen >= $1")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| r.try_get("record").map_err(DbError::from))
             .collect()
@@ -486,11 +490,13 @@ impl Db {
                 .await?;
         }
         if change != Change::Same {
-            sqlx::query("UPDATE sessions SET ended_at = $2 WHERE node_id = $1 AND ended_at IS NULL")
-                .bind(&row.id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE sessions SET ended_at = $2 WHERE node_id = $1 AND ended_at IS NULL",
+            )
+            .bind(&row.id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("INSERT INTO sessions (node_id, up, started_at) VALUES ($1, $2, $3)")
                 .bind(&row.id)
                 .bind(i64::from(row.up))
@@ -622,18 +628,22 @@ impl Db {
 
     /// One listed node.
     pub async fn node(&self, id: &str) -> Result<Option<NodeRow>, DbError> {
-        let row = sqlx::query(safe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(safe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(node_row).transpose()?)
     }
 
     /// Every listed node (for the graph, the overview and snapshots).
     pub async fn all_nodes(&self) -> Result<Vec<NodeRow>, DbError> {
-        let rows = sqlx::query(safe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(safe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(node_row).collect::<Result<_, _>>()?)
     }
 
@@ -685,7 +695,8 @@ impl Db {
     /// Counts of listed nodes: (all, up).
     pub async fn counts(&self) -> Result<(i64, i64), DbError> {
         let r = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(up), 0) AS up FROM nodes",
+            // PostgreSQL sums BIGINTs as NUMERIC: cast back for one decoder.
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(up), 0) AS BIGINT) AS up FROM nodes",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -792,9 +803,11 @@ impl Db {
     /// Replaces every simulated node with `rows` (an imported simulator topology).
     pub async fn replace_simulated(&self, rows: &[NodeRow]) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM sessions WHERE node_id IN (SELECT id FROM nodes WHERE source = 'sim')")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM sessions WHERE node_id IN (SELECT id FROM nodes WHERE source = 'sim')",
+        )
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM nodes WHERE source = 'sim'")
             .execute(&mut *tx)
             .await?;

@@ -456,10 +456,7 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
     let started = Instant::now();
     let started_at = unix_now() as i64;
     let id = state.db.begin_crawl("crawl", started_at).await?;
-    state.emit(
-        "crawl_started",
-        json!({"id": id, "started_at": started_at}),
-    );
+    state.emit("crawl_started", json!({"id": id, "started_at": started_at}));
     let retention = state.config.retention_days as i64 * 86_400;
     let now = unix_now();
     let known: Vec<NodeRecord> = state
@@ -616,7 +613,11 @@ fn visit_row(v: &Visit) -> NodeRow {
         .iter()
         .map(|a| json!({"transport": transport_name(a.transport), "host": a.host, "port": a.port}))
         .collect();
-    let capabilities: Vec<&str> = r.capabilities().iter().map(|c| capability_name(*c)).collect();
+    let capabilities: Vec<&str> = r
+        .capabilities()
+        .iter()
+        .map(|c| capability_name(*c))
+        .collect();
     let neighbours: Vec<String> = v.neighbours.iter().map(ToString::to_string).collect();
     NodeRow {
         id: r.node_id().to_string(),

@@ -74,7 +74,10 @@ pub fn rows(json_text: &[u8], now: i64) -> Result<Vec<NodeRow>, SimError> {
             .ok_or_else(|| SimError::Format(format!("node {i}: key is not 64 hex digits")))?;
         ids.push(lower_base32(&key));
     }
-    let agent = format!("meshara-sim/{}", t.scenario.chars().take(40).collect::<String>());
+    let agent = format!(
+        "meshara-sim/{}",
+        t.scenario.chars().take(40).collect::<String>()
+    );
     let mut out = Vec::with_capacity(t.nodes.len());
     for (i, n) in t.nodes.iter().enumerate() {
         if n.table.len() > MAX_TABLE {
@@ -86,7 +89,9 @@ pub fn rows(json_text: &[u8], now: i64) -> Result<Vec<NodeRow>, SimError> {
         let mut neighbours = Vec::with_capacity(n.table.len());
         for &j in &n.table {
             let id = ids.get(j as usize).ok_or_else(|| {
-                SimError::Format(format!("node {i}: table names node {j}, which is not listed"))
+                SimError::Format(format!(
+                    "node {i}: table names node {j}, which is not listed"
+                ))
             })?;
             neighbours.push(id.clone());
         }
@@ -181,7 +186,9 @@ mod tests {
         let dangling = json!({"scenario": "t", "seed": 1, "nodes": [
             {"key": k(1), "alive": true, "table": [7]},
         ]});
-        let e = rows(dangling.to_string().as_bytes(), 5).unwrap_err().to_string();
+        let e = rows(dangling.to_string().as_bytes(), 5)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node 7"), "{e}");
         let short = json!({"scenario": "t", "seed": 1, "nodes": [{"key": "ab", "alive": true, "table": []}]});
         assert!(rows(short.to_string().as_bytes(), 5).is_err());

@@ -106,7 +106,10 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
         ("/api/v1/nodes?transport=pigeon", 400),
         ("/api/v1/history?since=-5", 400),
         ("/api/v1/nodes/not-a-node-id", 400),
-        ("/api/v1/nodes/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 404),
+        (
+            "/api/v1/nodes/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            404,
+        ),
         ("/api/v1/nope", 404),
         ("/no-such-file.js", 404),
     ] {
@@ -135,12 +138,26 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
     // A lookup trace of a real node: rounds, and the node found.
     let target = net.nodes[5].as_ref().unwrap().node_id().to_string();
     let body = serde_json::to_vec(&serde_json::json!({ "target": target })).unwrap();
-    let (status, trace) = call(h.addr, "POST", "/api/v1/lookups", Some(("application/json", body))).await;
+    let (status, trace) = call(
+        h.addr,
+        "POST",
+        "/api/v1/lookups",
+        Some(("application/json", body)),
+    )
+    .await;
     assert_eq!(status, 200, "{trace}");
     assert_eq!(trace["found"], true, "{trace}");
     let rounds = trace["rounds"].as_array().unwrap();
-    assert!(!rounds.is_empty() && !rounds[0]["queried"].as_array().unwrap().is_empty(), "{trace}");
-    check_required(&doc, &doc["components"]["schemas"]["Lookup"], &trace, "lookup");
+    assert!(
+        !rounds.is_empty() && !rounds[0]["queried"].as_array().unwrap().is_empty(),
+        "{trace}"
+    );
+    check_required(
+        &doc,
+        &doc["components"]["schemas"]["Lookup"],
+        &trace,
+        "lookup",
+    );
 
     // Security headers on the page and the API.
     for path in ["/", "/api/v1/overview"] {
@@ -148,7 +165,9 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
         let mut stream = BufReader::new(stream);
         stream
             .get_mut()
-            .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
             .await
             .unwrap();
         let mut head = String::new();
@@ -160,7 +179,10 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
             }
             head.push_str(&line.to_ascii_lowercase());
         }
-        assert!(head.contains("content-security-policy: default-src 'self'"), "{head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'self'"),
+            "{head}"
+        );
         assert!(head.contains("x-content-type-options: nosniff"), "{head}");
         assert!(head.contains("x-frame-options: deny"), "{head}");
     }
@@ -171,7 +193,9 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
     let token = h.explorer.node_api_token().unwrap().to_owned();
     let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let res = sender
         .send_request(
@@ -191,7 +215,10 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
     let metrics = get(h.addr, "/metrics").await;
     let text = metrics.as_str().unwrap();
     assert!(text.contains("meshara_explorer_crawls_total"), "{text}");
-    assert!(text.contains("meshara_explorer_crawl_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("meshara_explorer_crawl_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("# EOF"));
     assert_eq!(text.matches("# EOF").count(), 1);
 

@@ -3,7 +3,12 @@
 //! the graph, search, a node page and a lookup trace, then watches a node that joins appear
 //! without a reload. It fails on any console error and on any request outside the explorer.
 //! Screenshots are kept in target/tmp/explorer-browser/.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 mod common;
 
@@ -84,10 +89,20 @@ async fn the_explorer_works_in_headless_chromium() {
     let out = script.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "explorer browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "explorer browser test failed:\n{stdout}\n{stderr}"
+    );
     let joiner = joined.expect("the page never got ready for the join step");
     eprintln!("{stdout}");
-    for shot in ["overview.png", "graph.png", "nodes.png", "node.png", "lookup.png", "live.png"] {
+    for shot in [
+        "overview.png",
+        "graph.png",
+        "nodes.png",
+        "node.png",
+        "lookup.png",
+        "live.png",
+    ] {
         assert!(artifacts.join(shot).exists(), "{shot} was not kept");
     }
     joiner.stop().await;

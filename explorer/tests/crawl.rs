@@ -15,13 +15,19 @@ const NODES: usize = 100;
 const UNLISTED: usize = 7;
 const STOPPED: usize = 42;
 
-async fn crawl_a_network(backend: Backend) {
-    let mut net = Network::start(NODES, &[UNLISTED]).await;
+async fn crawl_a_network(backend: Backend, base: usize) {
+    let t = std::time::Instant::now();
+    let mut net = Network::start_in(base, NODES, &[UNLISTED]).await;
+    eprintln!(
+        "{backend:?}: network of {NODES} up and settled in {:?}",
+        t.elapsed()
+    );
     let Some(h) = explorer(backend, &[net.bootstrap().to_string()], |_| {}).await else {
         return;
     };
     let me = h.explorer.node().node_id();
     let crawl = h.explorer.crawl_now().await.unwrap();
+    eprintln!("{backend:?}: crawled in {:?} ({crawl:?})", t.elapsed());
     let unlisted = net.identities[UNLISTED].node_id().to_string();
 
     // Every node but the unlisted one is listed, and only those.
@@ -32,7 +38,11 @@ async fn crawl_a_network(backend: Backend) {
         .map(|i| net.identities[i].node_id().to_string())
         .collect();
     assert_eq!(listed, expected, "crawl {crawl:?}");
-    let down: Vec<_> = rows.iter().filter(|r| !r.up).map(|r| r.probes.clone()).collect();
+    let down: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.up)
+        .map(|r| r.probes.clone())
+        .collect();
     assert!(down.is_empty(), "{down:#?}");
     assert!(crawl.reached >= (NODES - 1) as i64, "{crawl:?}");
 
@@ -50,12 +60,18 @@ async fn crawl_a_network(backend: Backend) {
             .map(|id| id.to_string())
             .filter(|id| *id != unlisted)
             .collect();
-        let row = rows.iter().find(|r| r.id == node.node_id().to_string()).unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.id == node.node_id().to_string())
+            .unwrap();
         let edges: HashSet<String> = serde_json::from_str::<Vec<String>>(&row.neighbours)
             .unwrap()
             .into_iter()
             .collect();
-        assert!(!edges.contains(&unlisted), "an edge to the unlisted node was kept");
+        assert!(
+            !edges.contains(&unlisted),
+            "an edge to the unlisted node was kept"
+        );
         if edges != table {
             mismatches.push(format!(
                 "node {i}: {} in table, {} found, {} missing, {} extra",
@@ -90,7 +106,10 @@ async fn crawl_a_network(backend: Backend) {
     let page = get(h.addr, &format!("/api/v1/nodes/{stopped}")).await;
     assert_eq!(page["up"], true, "{page}");
     let sessions = page["sessions"].as_array().unwrap();
-    let states: Vec<bool> = sessions.iter().map(|s| s["up"].as_bool().unwrap()).collect();
+    let states: Vec<bool> = sessions
+        .iter()
+        .map(|s| s["up"].as_bool().unwrap())
+        .collect();
     assert_eq!(states, vec![true, false, true], "newest first: {page}");
     assert!(sessions[0]["end"].is_null() && !sessions[1]["end"].is_null());
     assert!(page["uptime_24h"].as_f64().unwrap() <= 1.0);
@@ -102,20 +121,26 @@ async fn crawl_a_network(backend: Backend) {
     let found = get(h.addr, &format!("/api/v1/nodes?q={}", &fp[..9])).await;
     assert_eq!(found["nodes"][0]["id"], stopped.to_string(), "{found}");
     let history = get(h.addr, "/api/v1/history").await;
-    assert!(history["points"].as_array().unwrap().len() >= 3, "{history}");
+    assert!(
+        history["points"].as_array().unwrap().len() >= 3,
+        "{history}"
+    );
 
+    eprintln!("{backend:?}: checks done at {:?}", t.elapsed());
     h.explorer.stop().await;
+    let mut stopping = tokio::task::JoinSet::new();
     for node in net.nodes.into_iter().flatten() {
-        node.stop().await;
+        stopping.spawn(async move { node.stop().await });
     }
+    while stopping.join_next().await.is_some() {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawls_a_real_network_on_sqlite() {
-    crawl_a_network(Backend::Sqlite).await;
+    crawl_a_network(Backend::Sqlite, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawls_a_real_network_on_postgres() {
-    crawl_a_network(Backend::Postgres).await;
+    crawl_a_network(Backend::Postgres, 110).await;
 }

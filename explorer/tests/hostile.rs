@@ -63,7 +63,9 @@ fn frame(body: Body) -> BytesMut {
 
 async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
     let identity = Arc::new(Identity::generate());
-    let listener = tokio::net::TcpListener::bind(format!("{host}:0")).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("{host}:0"))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let record = NodeRecordBuilder::new(&identity, 1)
         .address(Transport::Tcp, host, addr.port())
@@ -81,9 +83,12 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
     tokio::spawn(async move {
         let mut counter = 0u32;
         loop {
-            let Ok((io, remote)) = listener.accept().await else { return };
+            let Ok((io, remote)) = listener.accept().await else {
+                return;
+            };
             let Ok(conn) =
-                StreamConnection::accept(io, config.clone(), TransportKind::Tcp, Some(remote)).await
+                StreamConnection::accept(io, config.clone(), TransportKind::Tcp, Some(remote))
+                    .await
             else {
                 continue;
             };
@@ -95,13 +100,17 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
             counter += 1;
             let base = counter * 1000;
             tokio::spawn(async move {
-                let Ok((mut send, _)) = conn.open_bi().await else { return };
+                let Ok((mut send, _)) = conn.open_bi().await else {
+                    return;
+                };
                 let mut hello = BytesMut::from(&[1u8][..]);
                 hello.extend_from_slice(&frame(Body::NodeRecord(record.signed().clone())));
                 if send.write_all(&hello).await.is_err() {
                     return;
                 }
-                let Ok((_, mut recv)) = conn.accept_bi().await else { return };
+                let Ok((_, mut recv)) = conn.accept_bi().await else {
+                    return;
+                };
                 let mut kind = [0u8; 1];
                 if recv.read_exact(&mut kind).await.is_err() {
                     return;
@@ -120,7 +129,8 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
                     if recv.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    let Ok(env) = wire::decode_envelope(Bytes::from(body), wire::DEFAULT_MAX_FRAME_LEN)
+                    let Ok(env) =
+                        wire::decode_envelope(Bytes::from(body), wire::DEFAULT_MAX_FRAME_LEN)
                     else {
                         continue;
                     };
@@ -140,7 +150,8 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
                                 let fake = Identity::generate();
                                 invented.lock().unwrap().insert(fake.node_id().to_string());
                                 // Port 9 on a loopback address nobody listens on: refused.
-                                let host = format!("127.0.{}.{}", 30 + (k / 250) % 200, 1 + k % 250);
+                                let host =
+                                    format!("127.0.{}.{}", 30 + (k / 250) % 200, 1 + k % 250);
                                 NodeRecordBuilder::new(&fake, 1)
                                     .address(Transport::Tcp, host, 9)
                                     .sign(now())
@@ -160,7 +171,8 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
                                 out.push(s);
                                 // The honest id with an address of ours and a higher
                                 // sequence, under the honest node's old signature.
-                                let mut raw = proto::NodeRecord::decode(r.signed().record.clone()).unwrap();
+                                let mut raw =
+                                    proto::NodeRecord::decode(r.signed().record.clone()).unwrap();
                                 raw.sequence += 1_000_000;
                                 raw.addresses = vec![proto::Address {
                                     transport: proto::Transport::Tcp as i32,
@@ -245,7 +257,10 @@ async fn hostile_nodes_cost_a_bounded_amount_and_list_nothing_they_invent() {
         .collect();
     // Every honest node, found through the honest bootstrap.
     for n in net.live() {
-        assert!(listed.contains(&n.node_id().to_string()), "honest node missing: {crawl:?}");
+        assert!(
+            listed.contains(&n.node_id().to_string()),
+            "honest node missing: {crawl:?}"
+        );
     }
     // Nothing invented or forged.
     let invented = sybil.invented.lock().unwrap().clone();
@@ -259,12 +274,21 @@ async fn hostile_nodes_cost_a_bounded_amount_and_list_nothing_they_invent() {
     assert!(listed.is_subset(&allowed), "{listed:?}");
     // Honest nodes keep their own addresses (the forged re-signed records were refused).
     for r in &honest_records {
-        let row = h.explorer.db().node(&r.node_id().to_string()).await.unwrap().unwrap();
+        let row = h
+            .explorer
+            .db()
+            .node(&r.node_id().to_string())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!row.addresses.contains("127.0.29.1"), "{}", row.addresses);
         assert_eq!(row.sequence as u64, r.sequence());
     }
     // Bounded: requests per node, ids per source.
-    assert!(sybil.finds.load(Ordering::Relaxed) <= MAX_REQUESTS * 2, "two crawls at most");
+    assert!(
+        sybil.finds.load(Ordering::Relaxed) <= MAX_REQUESTS * 2,
+        "two crawls at most"
+    );
     assert!(
         crawl.discovered as usize <= HONEST + hostiles.len() + MAX_NEW,
         "{crawl:?}"
@@ -279,7 +303,10 @@ async fn hostile_nodes_cost_a_bounded_amount_and_list_nothing_they_invent() {
         .unwrap();
     assert!(refused > 0.0, "{text}");
     // Forged records were dropped by signature checks in the node.
-    assert!(text.contains("meshara_drops_total{reason=\"crypto\"}"), "{text}");
+    assert!(
+        text.contains("meshara_drops_total{reason=\"crypto\"}"),
+        "{text}"
+    );
     // And the explorer keeps serving.
     let overview = get(h.addr, "/api/v1/overview").await;
     assert!(overview["network"]["up"].as_u64().unwrap() >= HONEST as u64);

@@ -22,7 +22,9 @@ async fn node(i: usize, agent: &str, bootstrap: Option<PeerAddr>) -> Node {
     let mut config = NodeConfig::default();
     config.listen_quic = Some(format!("{}:0", host(i)).parse().unwrap());
     config.agent = agent.to_owned();
-    let mut b = Node::builder().identity(Identity::generate()).config(config);
+    let mut b = Node::builder()
+        .identity(Identity::generate())
+        .config(config);
     if let Some(a) = bootstrap {
         b = b.bootstrap(a);
     }
@@ -61,8 +63,16 @@ async fn adoption_of_a_published_release_is_shown() {
     let content = vec![7u8; 10_000];
     let file = dir.path().join("app-2.0.0");
     std::fs::write(&file, &content).unwrap();
-    let release = Release::for_content("app", "stable", "2.0.0", 1, now() + 86_400 * 30, &content, 4096)
-        .unwrap();
+    let release = Release::for_content(
+        "app",
+        "stable",
+        "2.0.0",
+        1,
+        now() + 86_400 * 30,
+        &content,
+        4096,
+    )
+    .unwrap();
     publisher
         .publish(release.sign(&[&keys[0], &keys[1]]).unwrap(), &file)
         .await
@@ -97,10 +107,18 @@ async fn adoption_of_a_published_release_is_shown() {
     assert_eq!(r["nodes"], 3, "{history}");
     let share = r["share"].as_f64().unwrap();
     assert!((share - 0.5).abs() < 1e-9, "3 of 6 listed nodes: {history}");
-    assert_eq!(r["adoption"].as_array().unwrap().last().unwrap()["nodes"], 3);
+    assert_eq!(
+        r["adoption"].as_array().unwrap().last().unwrap()["nodes"],
+        3
+    );
     let overview = get(h.addr, "/api/v1/overview").await;
     let versions = overview["by_version"].as_array().unwrap();
-    assert!(versions.iter().any(|v| v["version"] == "2.0.0" && v["count"] == 3), "{overview}");
+    assert!(
+        versions
+            .iter()
+            .any(|v| v["version"] == "2.0.0" && v["count"] == 3),
+        "{overview}"
+    );
 
     h.explorer.stop().await;
     publisher.stop();

@@ -40,7 +40,10 @@ pub async fn postgres_url() -> Option<String> {
     sqlx::any::install_default_drivers();
     let mut nonce = [0u8; 6];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let name = format!("meshara_explorer_test_{}", data_encoding::HEXLOWER.encode(&nonce));
+    let name = format!(
+        "meshara_explorer_test_{}",
+        data_encoding::HEXLOWER.encode(&nonce)
+    );
     let admin = sqlx::AnyPool::connect(&format!("{base}/postgres"))
         .await
         .expect("connecting to the test PostgreSQL");
@@ -56,7 +59,13 @@ pub async fn postgres_url() -> Option<String> {
 /// The loopback address of node `i`: four nodes per 127.0.0.x, so no node sees more than a
 /// few connections from one address (the per-IP cap stays out of the way).
 pub fn host(i: usize) -> String {
-    format!("127.0.{}.{}", 10 + i / 4 / 250, 1 + (i / 4) % 250)
+    host_in(10, i)
+}
+
+/// [`host`] in the range starting at 127.0.`base`.0, so tests running at once do not share
+/// addresses (a restarted node gets its port back).
+pub fn host_in(base: usize, i: usize) -> String {
+    format!("127.0.{}.{}", base + i / 4 / 250, 1 + (i / 4) % 250)
 }
 
 /// Starts a node on `host(i)` with `identity`, bootstrapping from `bootstrap`.
@@ -67,8 +76,20 @@ pub async fn start_node(
     unlisted: bool,
     port: u16,
 ) -> Node {
+    start_node_in(10, i, identity, bootstrap, unlisted, port).await
+}
+
+/// [`start_node`] in the address range of `base` ([`host_in`]).
+pub async fn start_node_in(
+    base: usize,
+    i: usize,
+    identity: Identity,
+    bootstrap: Option<PeerAddr>,
+    unlisted: bool,
+    port: u16,
+) -> Node {
     let mut config = NodeConfig::default();
-    config.listen_quic = Some(format!("{}:{port}", host(i)).parse().unwrap());
+    config.listen_quic = Some(format!("{}:{port}", host_in(base, i)).parse().unwrap());
     config.unlisted = unlisted;
     config.mdns = false;
     let mut b = Node::builder().identity(identity).config(config);
@@ -81,6 +102,7 @@ pub async fn start_node(
 /// A network of `n` real nodes; node 0 is everyone's bootstrap. Waits until the routing
 /// tables stop changing.
 pub struct Network {
+    pub base: usize,
     pub nodes: Vec<Option<Node>>,
     pub identities: Vec<Identity>,
     pub ports: Vec<u16>,
@@ -88,6 +110,11 @@ pub struct Network {
 
 impl Network {
     pub async fn start(n: usize, unlisted: &[usize]) -> Network {
+        Self::start_in(10, n, unlisted).await
+    }
+
+    /// A network in the address range of `base` ([`host_in`]).
+    pub async fn start_in(base: usize, n: usize, unlisted: &[usize]) -> Network {
         let mut nodes = Vec::new();
         let mut identities = Vec::new();
         let mut ports = Vec::new();
@@ -95,7 +122,8 @@ impl Network {
         for i in 0..n {
             let id = Identity::generate();
             identities.push(id.clone());
-            let node = start_node(i, id, bootstrap.clone(), unlisted.contains(&i), 0).await;
+            let node =
+                start_node_in(base, i, id, bootstrap.clone(), unlisted.contains(&i), 0).await;
             ports.push(node.quic_addr().unwrap().address.port);
             if i == 0 {
                 bootstrap = node.quic_addr();
@@ -103,6 +131,7 @@ impl Network {
             nodes.push(Some(node));
         }
         let net = Network {
+            base,
             nodes,
             identities,
             ports,
@@ -146,7 +175,8 @@ impl Network {
 
     /// Starts node `i` again with its identity and its old address.
     pub async fn restart(&mut self, i: usize) {
-        let node = start_node(
+        let node = start_node_in(
+            self.base,
             i,
             self.identities[i].clone(),
             Some(self.bootstrap()),
