@@ -52,9 +52,11 @@ fn rss_mib() -> f64 {
 }
 
 async fn start_node(i: usize, bootstrap: Option<PeerAddr>) -> Node {
-    let mut config = NodeConfig::default();
-    config.listen_quic = Some(format!("{}:0", host(i)).parse().unwrap());
-    config.target_peers = 4;
+    let config = NodeConfig {
+        listen_quic: Some(format!("{}:0", host(i)).parse().unwrap()),
+        target_peers: 4,
+        ..NodeConfig::default()
+    };
     let mut b = Node::builder()
         .identity(Identity::generate())
         .config(config);

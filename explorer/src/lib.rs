@@ -92,9 +92,7 @@ impl Metrics {
     fn new() -> Self {
         Self {
             crawls: Counter::default(),
-            crawl_seconds: Histogram::new(
-                [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter(),
-            ),
+            crawl_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             nodes_found: Gauge::default(),
             nodes_up: Gauge::default(),
             edges: Gauge::default(),
@@ -231,22 +229,33 @@ impl Explorer {
         if created {
             tracing::info!(node = %identity.node_id(), "created the explorer node identity");
         }
-        let mut node_config = meshara_core::NodeConfig::default();
-        node_config.listen_quic = Some(config.node.quic_listen);
-        node_config.agent = concat!("meshara-explorer/", env!("CARGO_PKG_VERSION")).to_owned();
+        let defaults = meshara_core::NodeConfig::default();
         // A crawler opens a connection to every node it visits; its own limits must not be
         // what bounds a crawl (the crawl's own bounds are).
-        node_config.limits.max_connections = 4096;
-        node_config.limits.max_connections_per_ip = 1024;
-        node_config.limits.max_pending_handshakes = 1024;
-        node_config.limits.max_records = 65_536;
-        node_config.limits.max_pending_queries = 16_384;
-        node_config.timeouts.connect = Duration::from_secs(config.crawl.connect_timeout_secs);
-        node_config.mdns = false;
-        // The crawler connects to every node it visits and closes the connection after; the
-        // node keeps no standing connections of its own (bootstrap addresses are where crawls
-        // start), so a visit never finds the per-NodeId connection cap already used up.
-        node_config.target_peers = 0;
+        let limits = meshara_core::net::Limits {
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
+            max_pending_handshakes: 1024,
+            max_records: 65_536,
+            max_pending_queries: 16_384,
+            ..defaults.limits.clone()
+        };
+        let timeouts = meshara_core::net::Timeouts {
+            connect: Duration::from_secs(config.crawl.connect_timeout_secs),
+            ..defaults.timeouts.clone()
+        };
+        let node_config = meshara_core::NodeConfig {
+            listen_quic: Some(config.node.quic_listen),
+            agent: concat!("meshara-explorer/", env!("CARGO_PKG_VERSION")).to_owned(),
+            limits,
+            timeouts,
+            mdns: false,
+            // The crawler connects to every node it visits and closes the connection after;
+            // the node keeps no standing connections of its own (bootstrap addresses are
+            // where crawls start), so a visit rarely finds the per-NodeId cap used up.
+            target_peers: 0,
+            ..defaults
+        };
         let node = Node::builder()
             .identity(identity)
             .config(node_config)

@@ -2,7 +2,12 @@
 //! which asked not to be listed. Every listed node is found from one bootstrap, its edges are
 //! its routing table, a stopped node is shown down by the next crawl and up again after a
 //! restart, and the API shows the same. On SQLite and on a real PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 mod common;
 

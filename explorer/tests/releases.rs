@@ -19,9 +19,11 @@ fn now() -> u64 {
 }
 
 async fn node(i: usize, agent: &str, bootstrap: Option<PeerAddr>) -> Node {
-    let mut config = NodeConfig::default();
-    config.listen_quic = Some(format!("{}:0", host(i)).parse().unwrap());
-    config.agent = agent.to_owned();
+    let config = NodeConfig {
+        listen_quic: Some(format!("{}:0", host(i)).parse().unwrap()),
+        agent: agent.to_owned(),
+        ..NodeConfig::default()
+    };
     let mut b = Node::builder()
         .identity(Identity::generate())
         .config(config);

@@ -815,7 +815,10 @@ mod tests {
     #[test]
     fn the_unlisted_flag_is_signed_and_read_back() {
         let id = Identity::generate();
-        let r = NodeRecordBuilder::new(&id, 1).unlisted(true).sign(NOW).unwrap();
+        let r = NodeRecordBuilder::new(&id, 1)
+            .unlisted(true)
+            .sign(NOW)
+            .unwrap();
         let back = NodeRecord::decode(&r.encode(), NOW + 1).unwrap();
         assert!(back.is_unlisted());
         assert!(!record(&id, 2).is_unlisted());

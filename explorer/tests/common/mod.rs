@@ -88,10 +88,12 @@ pub async fn start_node_in(
     unlisted: bool,
     port: u16,
 ) -> Node {
-    let mut config = NodeConfig::default();
-    config.listen_quic = Some(format!("{}:{port}", host_in(base, i)).parse().unwrap());
-    config.unlisted = unlisted;
-    config.mdns = false;
+    let config = NodeConfig {
+        listen_quic: Some(format!("{}:{port}", host_in(base, i)).parse().unwrap()),
+        unlisted,
+        mdns: false,
+        ..NodeConfig::default()
+    };
     let mut b = Node::builder().identity(identity).config(config);
     if let Some(addr) = bootstrap {
         b = b.bootstrap(addr);
