@@ -219,7 +219,9 @@ impl Explorer {
     pub async fn start(config: Config, passphrase: &[u8]) -> Result<Explorer, StartError> {
         config.validate()?;
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data)
+        // Holds the node key and the node API token: only we may read it.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&data)
             .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
         let db = Db::connect(&config.database_url()).await?;
 
