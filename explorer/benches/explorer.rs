@@ -31,7 +31,12 @@ use meshara_explorer::config::Config;
 /// table) would otherwise keep most of 1,000 loopback nodes out of every routing table.
 fn host(i: usize) -> String {
     let ip = i / 4;
-    format!("127.{}.{}.{}", 20 + ip / 4 / 200, 10 + (ip / 4) % 200, 1 + ip % 4)
+    format!(
+        "127.{}.{}.{}",
+        20 + ip / 4 / 200,
+        10 + (ip / 4) % 200,
+        1 + ip % 4
+    )
 }
 
 /// User + system CPU seconds of this process.
