@@ -144,8 +144,9 @@ pub struct NodeSection {
     /// QUIC listen address of the explorer's node.
     #[serde(default = "default_quic")]
     pub quic_listen: SocketAddr,
-    /// Where crawls start (`quic://host:port` or `nodeid@quic://host:port`); also the
-    /// explorer node's bootstrap peers.
+    /// Where crawls start (`quic://host:port` or `nodeid@quic://host:port`). Give several:
+    /// a busy bootstrap node may be at its connection cap. The explorer's node keeps no
+    /// standing connections of its own.
     #[serde(default)]
     pub bootstrap: Vec<String>,
     /// Mount the node's HTTP API (`meshara_axum::routes()`) at `/meshara`, behind a bearer
