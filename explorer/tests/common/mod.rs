@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use meshara_core::{Identity, Node, NodeConfig, PeerAddr};
+use meshara_core::{Identity, Node, NodeConfig, PeerAddr, StartError};
 use meshara_explorer::Explorer;
 use meshara_explorer::config::Config;
 use serde_json::Value;
@@ -94,11 +94,28 @@ pub async fn start_node_in(
         mdns: false,
         ..NodeConfig::default()
     };
-    let mut b = Node::builder().identity(identity).config(config);
-    if let Some(addr) = bootstrap {
-        b = b.bootstrap(addr);
+    // A restarted node asks for its old port. The stopped node's socket is released when
+    // quinn's endpoint driver ends, which happens after `stop()` returns, so the port can
+    // still be busy for a moment: retry, bounded.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut b = Node::builder()
+            .identity(identity.clone())
+            .config(config.clone());
+        if let Some(addr) = bootstrap.clone() {
+            b = b.bootstrap(addr);
+        }
+        match b.start().await {
+            Ok(node) => return node,
+            Err(StartError::Bind { error, .. })
+                if port != 0 && error.kind() == std::io::ErrorKind::AddrInUse && attempt < 100 =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("node {i} in range {base} did not start: {e}"),
+        }
     }
-    b.start().await.unwrap()
 }
 
 /// A network of `n` real nodes; node 0 is everyone's bootstrap. Waits until the routing
