@@ -29,6 +29,21 @@ pub struct Limits {
     pub max_connections_per_peer: usize,
     /// Inbound TLS handshakes in progress at once.
     pub max_pending_handshakes: usize,
+    /// Inbound handshakes in progress at once from one address block (an IPv4 address or an
+    /// IPv6 /64), so that one attacker cannot hold every handshake slot.
+    pub max_pending_handshakes_per_ip: usize,
+    /// Inbound QUIC handshakes in progress above which a new one from an address that has not
+    /// proven it can receive is answered with a stateless Retry (RFC 9000 §8.1.2) instead of a
+    /// slot: spoofed or silent senders then hold nothing. 0 retries every unvalidated address.
+    pub handshakes_before_retry: usize,
+    /// Signature checks and key agreements one peer's messages may cost this node per second
+    /// (peer exchange: one per record; node records: one; session handshakes: four; sealed
+    /// messages: two). The burst is [`peer_verification_burst`](Self::peer_verification_burst).
+    pub peer_verifications_per_sec: u32,
+    /// Verifications one peer may spend at once (a peer's first exchange of records).
+    pub peer_verification_burst: u32,
+    /// Senders for whom acknowledgements wait until there is a way back to them.
+    pub max_pending_ack_senders: usize,
     /// Sustained messages per second accepted from one peer (burst: one second's worth).
     pub peer_messages_per_sec: u32,
     /// Sustained bytes per second of messages accepted from one peer (burst: one second's worth).
@@ -71,6 +86,11 @@ impl Default for Limits {
             max_connections_per_ip: 16,
             max_connections_per_peer: 2,
             max_pending_handshakes: 128,
+            max_pending_handshakes_per_ip: 8,
+            handshakes_before_retry: 16,
+            peer_verifications_per_sec: 64,
+            peer_verification_burst: 512,
+            max_pending_ack_senders: 4096,
             peer_messages_per_sec: 100_000,
             peer_bytes_per_sec: 256 << 20,
             peer_violations_before_disconnect: 1000,
@@ -98,6 +118,10 @@ pub struct Timeouts {
     /// Give up on a connection attempt (including TLS) after this long.
     #[serde(with = "humantime_secs")]
     pub connect: Duration,
+    /// Give up on an inbound handshake after this long (at most `connect`): a silent client
+    /// holds its handshake slot no longer than this.
+    #[serde(with = "humantime_secs")]
+    pub inbound_handshake: Duration,
     /// Ping an idle connection this often.
     #[serde(with = "humantime_secs")]
     pub keepalive: Duration,
@@ -134,6 +158,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(10),
+            inbound_handshake: Duration::from_secs(4),
             keepalive: Duration::from_secs(10),
             idle: Duration::from_secs(30),
             ack: Duration::from_secs(2),
@@ -344,6 +369,22 @@ impl NodeConfig {
                 l.max_pending_handshakes as u64,
             ),
             (
+                "limits.max_pending_handshakes_per_ip",
+                l.max_pending_handshakes_per_ip as u64,
+            ),
+            (
+                "limits.peer_verifications_per_sec",
+                u64::from(l.peer_verifications_per_sec),
+            ),
+            (
+                "limits.peer_verification_burst",
+                u64::from(l.peer_verification_burst),
+            ),
+            (
+                "limits.max_pending_ack_senders",
+                l.max_pending_ack_senders as u64,
+            ),
+            (
                 "limits.peer_messages_per_sec",
                 u64::from(l.peer_messages_per_sec),
             ),
@@ -417,6 +458,7 @@ impl NodeConfig {
         }
         for (key, value) in [
             ("timeouts.connect", t.connect),
+            ("timeouts.inbound_handshake", t.inbound_handshake),
             ("timeouts.keepalive", t.keepalive),
             ("timeouts.idle", t.idle),
             ("timeouts.ack", t.ack),
@@ -429,6 +471,12 @@ impl NodeConfig {
             if value.is_zero() {
                 return Err(format!("{key} must be greater than 0"));
             }
+        }
+        if l.peer_verification_burst < l.peer_verifications_per_sec {
+            return Err(format!(
+                "limits.peer_verification_burst ({}) must be at least limits.peer_verifications_per_sec ({})",
+                l.peer_verification_burst, l.peer_verifications_per_sec
+            ));
         }
         if t.keepalive >= t.idle {
             return Err(format!(

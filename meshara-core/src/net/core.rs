@@ -198,6 +198,8 @@ pub(crate) struct PeerCounters {
 pub(crate) struct PeerLimiter {
     messages: TokenBucket,
     bytes: TokenBucket,
+    /// Signature checks and key agreements the peer's messages may cost us.
+    verifications: TokenBucket,
     violations: u32,
     window_start: Instant,
 }
@@ -252,14 +254,16 @@ pub(crate) struct Wanted {
 
 pub(crate) struct State {
     pub(crate) peers: HashMap<NodeId, Peer>,
+    /// Connections per address block ([`address_block`]).
     pub(crate) per_ip: HashMap<IpAddr, usize>,
     pub(crate) total_conns: usize,
     pub(crate) pending_handshakes: usize,
+    /// Inbound handshakes in progress per address block.
+    pending_per_ip: HashMap<IpAddr, usize>,
     pub(crate) records: RecordBook,
     sessions: HashMap<NodeId, PeerSessions>,
     session_index: HashMap<u64, NodeId>,
     initiators: HashMap<u64, Initiator>,
-    guard: HandshakeGuard,
     pub(crate) outbox: Outbox,
     waiters: HashMap<MessageId, oneshot::Sender<Result<Delivered, DeliveryError>>>,
     queries: HashMap<[u8; 16], PendingQuery>,
@@ -343,6 +347,9 @@ pub(crate) struct Inner {
     pub(crate) started_at: Instant,
     pub(crate) broadcast_seq: AtomicU64,
     pub(crate) handshake_ts: AtomicU64,
+    /// Replay protection for session handshakes we answer. Its own lock, so that the key
+    /// agreements of an answer never run under the node's state lock.
+    pub(crate) handshake_guard: Mutex<HandshakeGuard>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) streams: Mutex<HashMap<String, mpsc::Sender<PeerStream>>>,
     pub(crate) topology: watch::Sender<u64>,
@@ -366,11 +373,11 @@ impl State {
             per_ip: HashMap::new(),
             total_conns: 0,
             pending_handshakes: 0,
+            pending_per_ip: HashMap::new(),
             records: RecordBook::new(config.limits.max_records),
             sessions: HashMap::new(),
             session_index: HashMap::new(),
             initiators: HashMap::new(),
-            guard: HandshakeGuard::new(config.limits.max_records),
             outbox: Outbox::new(
                 RetryPolicy {
                     ack_timeout: t.ack,
@@ -1272,7 +1279,8 @@ impl Inner {
 
     /// Admission control for an inbound connection attempt from `ip`. On success the caller
     /// holds a pending-handshake slot, an IP slot and a connection slot.
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<(), DropReason> {
+    /// `block` is the sender's [`address_block`].
+    pub(crate) fn admit(&self, block: IpAddr) -> Result<(), DropReason> {
         let limits = &self.config.limits;
         let mut st = self.lock();
         if st.stopped {
@@ -1281,24 +1289,36 @@ impl Inner {
         if st.total_conns >= limits.max_connections {
             return Err(DropReason::MaxConnections);
         }
-        if st.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+        if st.per_ip.get(&block).copied().unwrap_or(0) >= limits.max_connections_per_ip {
             return Err(DropReason::MaxConnectionsPerIp);
         }
         if st.pending_handshakes >= limits.max_pending_handshakes {
             return Err(DropReason::MaxPendingHandshakes);
         }
+        if st.pending_per_ip.get(&block).copied().unwrap_or(0)
+            >= limits.max_pending_handshakes_per_ip
+        {
+            return Err(DropReason::MaxPendingHandshakesPerIp);
+        }
         st.pending_handshakes += 1;
+        *st.pending_per_ip.entry(block).or_default() += 1;
         st.total_conns += 1;
-        *st.per_ip.entry(ip).or_default() += 1;
+        *st.per_ip.entry(block).or_default() += 1;
         Ok(())
     }
 
+    /// Whether an inbound QUIC handshake from an address that has not proven it can receive
+    /// should be answered with a Retry: handshakes are piling up.
+    fn under_handshake_pressure(&self) -> bool {
+        self.lock().pending_handshakes >= self.config.limits.handshakes_before_retry
+    }
+
     /// Releases what [`Inner::admit`] took, after a failed handshake.
-    pub(crate) fn release_admission(&self, ip: IpAddr) {
+    pub(crate) fn release_admission(&self, block: IpAddr) {
         let mut st = self.lock();
-        st.pending_handshakes = st.pending_handshakes.saturating_sub(1);
+        handshake_done(&mut st, block);
         st.total_conns = st.total_conns.saturating_sub(1);
-        release_ip(&mut st, ip);
+        release_ip(&mut st, block);
     }
 
     /// Takes a connection slot for a connection over an external byte stream (Tor, I2P, …),
@@ -1320,6 +1340,38 @@ impl Inner {
             inner: self.clone(),
             armed: true,
         })
+    }
+
+    /// How long an inbound handshake may hold its slot.
+    fn inbound_handshake_timeout(&self) -> Duration {
+        let t = &self.config.timeouts;
+        t.inbound_handshake.min(t.connect)
+    }
+
+    /// Charges `cost` signature checks or key agreements to `peer`'s budget. `false` (the
+    /// message is dropped, counted as a violation) when the peer has spent it.
+    fn charge_verifications(
+        &self,
+        limiter: &Mutex<PeerLimiter>,
+        peer: &NodeId,
+        cost: usize,
+        what: &str,
+    ) -> bool {
+        if cost == 0 {
+            return true;
+        }
+        let ok = {
+            let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
+            let ok = l.verifications.try_take(cost as f64, Instant::now());
+            if !ok {
+                l.violations += 1;
+            }
+            ok
+        };
+        if !ok {
+            self.count_drop(DropReason::PeerVerificationRate, Some(peer), what);
+        }
+        ok
     }
 
     /// Releases the admission of an inbound handshake that failed and counts why.
@@ -1345,10 +1397,7 @@ impl Inner {
 
     /// Handles an inbound connection whose TLS handshake finished (admission already taken).
     pub(crate) fn inbound_established(self: &Arc<Self>, conn: Arc<dyn Connection>, ip: IpAddr) {
-        {
-            let mut st = self.lock();
-            st.pending_handshakes = st.pending_handshakes.saturating_sub(1);
-        }
+        handshake_done(&mut self.lock(), ip);
         self.inbound_seen.store(true, Ordering::Relaxed);
         self.metrics.attempt("in", "ok");
         if let Err(e) = self.establish(conn, true, Some(ip), None) {
@@ -1429,6 +1478,11 @@ impl Inner {
                         bytes: TokenBucket::new(
                             limits.peer_bytes_per_sec as f64,
                             limits.peer_bytes_per_sec as f64,
+                            now,
+                        ),
+                        verifications: TokenBucket::new(
+                            f64::from(limits.peer_verifications_per_sec),
+                            f64::from(limits.peer_verification_burst),
                             now,
                         ),
                         violations: 0,
@@ -1847,7 +1901,7 @@ impl Inner {
                         continue;
                     }
                 };
-                if let Err(close) = self.handle_envelope(&conn, id, env, &mut acks) {
+                if let Err(close) = self.handle_envelope(&conn, id, env, &limiter, &mut acks) {
                     tracing::warn!(%peer, reason = close, "closing connection");
                     self.emit(Event::Error {
                         context: "connection",
@@ -1867,6 +1921,7 @@ impl Inner {
         let mut st = self.lock();
         let now = Instant::now();
         let mut unreachable = Vec::new();
+        let mut drop_acks = 0;
         for (peer, ids) in acks.drain() {
             for chunk in ids.chunks(wire::MAX_IDS) {
                 if let Some(bytes) = ack_payload(chunk) {
@@ -1877,6 +1932,13 @@ impl Inner {
                 }
                 // No connection or session to the sender yet (a message that came through a
                 // mailbox, or a session being rekeyed): keep the acks until there is one.
+                if !st.pending_acks.contains_key(&peer)
+                    && st.pending_acks.len() >= self.config.limits.max_pending_ack_senders
+                {
+                    // The sender will resend and get its acknowledgement then.
+                    drop_acks += chunk.len();
+                    continue;
+                }
                 let pending = st.pending_acks.entry(peer).or_default();
                 let room = PENDING_ACKS_PER_PEER.saturating_sub(pending.len());
                 pending.extend(chunk.iter().take(room).copied());
@@ -1884,6 +1946,13 @@ impl Inner {
             }
         }
         drop(st);
+        if drop_acks > 0 {
+            self.count_drop(
+                DropReason::QueueFull,
+                None,
+                &format!("{drop_acks} acknowledgements: too many senders waiting for a way back"),
+            );
+        }
         for peer in unreachable {
             self.ensure_connected(peer);
         }
@@ -1895,6 +1964,7 @@ impl Inner {
         conn: &Arc<dyn Connection>,
         conn_id: u64,
         env: proto::Envelope,
+        limiter: &Mutex<PeerLimiter>,
         acks: &mut HashMap<NodeId, Vec<MessageId>>,
     ) -> Result<(), &'static str> {
         use proto::envelope::Body;
@@ -1917,6 +1987,9 @@ impl Inner {
         };
         match body {
             Body::NodeRecord(signed) => {
+                if !self.charge_verifications(limiter, &peer, 1, "node record") {
+                    return Ok(());
+                }
                 let record = NodeRecord::verify(&signed, unix_secs()).map_err(|e| {
                     self.count_drop(DropReason::Malformed, Some(&peer), &e.to_string());
                     "invalid node record"
@@ -1931,7 +2004,7 @@ impl Inner {
             _ if !ready => Err("first envelope must be the peer's node record"),
             Body::Private(private) => {
                 self.metrics.message("in", "private");
-                self.handle_private(conn, private, acks, now);
+                self.handle_private(conn, private, limiter, acks, now);
                 Ok(())
             }
             Body::Broadcast(signed) => {
@@ -1975,14 +2048,14 @@ impl Inner {
                         }));
                         self.send_on(&peer, conn_id, &found);
                     }
-                    Some(R::FoundNodes(found)) => self.handle_found_nodes(&peer, found),
+                    Some(R::FoundNodes(found)) => self.handle_found_nodes(&peer, found, limiter),
                     _ => self.count_drop(DropReason::Unsupported, Some(&peer), "routing message"),
                 }
                 Ok(())
             }
             Body::PeerExchange(px) => {
                 self.metrics.message("in", "control");
-                self.handle_peer_exchange(&peer, px);
+                self.handle_peer_exchange(&peer, px, limiter);
                 Ok(())
             }
             Body::Onion(o) => {
@@ -2116,7 +2189,12 @@ impl Inner {
 
     /// An answer to one of our FindNode requests: verified records go into the record book and
     /// the routing table, and to the lookup that asked.
-    fn handle_found_nodes(&self, from: &NodeId, found: proto::FoundNodes) {
+    fn handle_found_nodes(
+        &self,
+        from: &NodeId,
+        found: proto::FoundNodes,
+        limiter: &Mutex<PeerLimiter>,
+    ) {
         let now = unix_secs();
         let me = self.identity.node_id();
         // A record byte-for-byte identical to one in the record book was verified when it was
@@ -2124,6 +2202,16 @@ impl Inner {
         // records we hold, and a signature check costs ~55 µs.
         let (mut verified, unknown): (Vec<NodeRecord>, Vec<&proto::SignedNodeRecord>) = {
             let st = self.lock();
+            // Only the peer we asked may answer a request; checked before any signature work.
+            if !matches!(st.finds.get(&found.request_id), Some((asked, _)) if asked == from) {
+                drop(st);
+                self.count_drop(
+                    DropReason::Unsupported,
+                    Some(from),
+                    "unsolicited FoundNodes",
+                );
+                return;
+            }
             let mut known = Vec::new();
             let mut unknown = Vec::new();
             for signed in &found.records {
@@ -2135,6 +2223,9 @@ impl Inner {
             (known, unknown)
         };
         verified.retain(|r| r.node_id() != me);
+        if !self.charge_verifications(limiter, from, unknown.len(), "FoundNodes") {
+            return;
+        }
         for signed in unknown {
             match NodeRecord::verify(signed, now) {
                 Ok(record) if record.node_id() != me => verified.push(record),
@@ -2143,19 +2234,6 @@ impl Inner {
             }
         }
         let mut st = self.lock();
-        // Only the peer we asked may answer a request.
-        match st.finds.get(&found.request_id) {
-            Some((asked, _)) if asked == from => {}
-            _ => {
-                drop(st);
-                self.count_drop(
-                    DropReason::Unsupported,
-                    Some(from),
-                    "unsolicited FoundNodes",
-                );
-                return;
-            }
-        }
         let t = Instant::now();
         for record in &verified {
             let id = record.node_id();
@@ -2305,28 +2383,51 @@ impl Inner {
         self.lock().records.get(&target).is_some()
     }
 
-    fn handle_peer_exchange(self: &Arc<Self>, from: &NodeId, px: proto::PeerExchange) {
+    fn handle_peer_exchange(
+        self: &Arc<Self>,
+        from: &NodeId,
+        px: proto::PeerExchange,
+        limiter: &Mutex<PeerLimiter>,
+    ) {
         let now = unix_secs();
         let me = self.identity.node_id();
+        // Records we already hold byte for byte need no signature check; the others are
+        // checked against the peer's verification budget and outside the state lock.
+        let (mut records, unknown): (Vec<NodeRecord>, Vec<&proto::SignedNodeRecord>) = {
+            let st = self.lock();
+            let mut known = Vec::new();
+            let mut unknown = Vec::new();
+            for signed in &px.records {
+                match st.records.get_identical(signed) {
+                    Some(r) if !r.is_expired(now) => known.push(r.clone()),
+                    _ => unknown.push(signed),
+                }
+            }
+            (known, unknown)
+        };
+        if !self.charge_verifications(limiter, from, unknown.len(), "peer exchange") {
+            return;
+        }
+        for signed in unknown {
+            match NodeRecord::verify(signed, now) {
+                Ok(record) => records.push(record),
+                Err(e) => self.count_drop(DropReason::Crypto, Some(from), &e.to_string()),
+            }
+        }
         let mut discovered = Vec::new();
         {
             let mut st = self.lock();
-            for signed in &px.records {
-                match NodeRecord::verify(signed, now) {
-                    Ok(record) => {
-                        let id = record.node_id();
-                        if id == me || st.banned.contains(&id) {
-                            continue;
-                        }
-                        let new = st.records.get(&id).is_none();
-                        st.kad
-                            .insert(*id.as_bytes(), id, record_group(&record), Instant::now());
-                        let _ = st.records.insert(record);
-                        if new && !st.peers.contains_key(&id) {
-                            discovered.push(id);
-                        }
-                    }
-                    Err(e) => self.count_drop(DropReason::Crypto, Some(from), &e.to_string()),
+            let t = Instant::now();
+            for record in records {
+                let id = record.node_id();
+                if id == me || st.banned.contains(&id) {
+                    continue;
+                }
+                let new = st.records.get(&id).is_none();
+                st.kad.insert(*id.as_bytes(), id, record_group(&record), t);
+                let _ = st.records.insert(record);
+                if new && !st.peers.contains_key(&id) {
+                    discovered.push(id);
                 }
             }
             let room = self.config.target_peers.saturating_sub(st.peers.len());
@@ -2345,6 +2446,7 @@ impl Inner {
         self: &Arc<Self>,
         conn: &Arc<dyn Connection>,
         private: proto::PrivateEnvelope,
+        limiter: &Mutex<PeerLimiter>,
         acks: &mut HashMap<NodeId, Vec<MessageId>>,
         now: Instant,
     ) {
@@ -2357,9 +2459,21 @@ impl Inner {
         let Some(body) = private.body else { return };
         match body {
             P::HandshakeInit(init) => {
+                // Two key agreements for the answer, one for the initiator's static key and
+                // the record's signature.
+                if !self.charge_verifications(limiter, &from_conn, 4, "handshake init") {
+                    return;
+                }
+                let answered = {
+                    let mut guard = self
+                        .handshake_guard
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    session::respond(&self.identity, &init, &mut guard, unix_secs(), now)
+                };
                 let mut st = self.lock();
                 let st = &mut *st;
-                match session::respond(&self.identity, &init, &mut st.guard, unix_secs(), now) {
+                match answered {
                     Ok((session, _)) if session.peer_id() != from_conn => {
                         // Until relaying exists, a handshake must come from the peer itself;
                         // otherwise one connection could mint sessions for any identity.
@@ -2452,6 +2566,9 @@ impl Inner {
                 }
             }
             P::Sealed(sealed) => {
+                if !self.charge_verifications(limiter, &from_conn, 2, "sealed message") {
+                    return;
+                }
                 match crate::crypto::seal::open(&self.identity, &sealed, unix_secs()) {
                     Ok(opened) => {
                         let sender = opened.sender.node_id();
@@ -3063,6 +3180,34 @@ fn handshake_drop_reason(error: &TransportError) -> DropReason {
     }
 }
 
+/// The unit of per-address accounting: an IPv4 address, or the /64 of an IPv6 address (one
+/// subscriber's allocation, which an attacker holds whole). IPv4-mapped IPv6 addresses count as
+/// the IPv4 address.
+pub(crate) fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(octets))
+            }
+        },
+    }
+}
+
+/// An inbound handshake from `block` finished, either way.
+fn handshake_done(st: &mut State, block: IpAddr) {
+    st.pending_handshakes = st.pending_handshakes.saturating_sub(1);
+    if let Some(n) = st.pending_per_ip.get_mut(&block) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            st.pending_per_ip.remove(&block);
+        }
+    }
+}
+
 fn release_ip(st: &mut State, ip: IpAddr) {
     if let Some(n) = st.per_ip.get_mut(&ip) {
         *n = n.saturating_sub(1);
@@ -3079,16 +3224,33 @@ pub(crate) async fn quic_accept_loop(inner: Arc<Inner>) {
             i = inner.endpoint.accept() => match i { Some(i) => i, None => return },
             () = inner.shutdown.cancelled() => return,
         };
-        let ip = incoming.remote_address().ip();
+        let from = incoming.remote_address();
+        // Under pressure, an address must prove it receives before it costs us a slot: a
+        // Retry is stateless, so spoofed or silent senders hold nothing.
+        if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && inner.under_handshake_pressure()
+        {
+            inner.metrics.attempt("in", "retry");
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        let ip = address_block(from.ip());
         if let Err(reason) = inner.admit(ip) {
             inner.metrics.attempt("in", "refused");
-            inner.count_drop(reason, None, &format!("refused QUIC connection from {ip}"));
+            inner.count_drop(
+                reason,
+                None,
+                &format!("refused QUIC connection from {from}"),
+            );
             incoming.refuse();
             continue;
         }
         let node = inner.clone();
         inner.tasks.spawn(async move {
-            let timeout = node.config.timeouts.connect;
+            let timeout = node.inbound_handshake_timeout();
             let result = async {
                 let connecting = incoming
                     .accept()
@@ -3122,17 +3284,17 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
             },
             () = inner.shutdown.cancelled() => return,
         };
-        let ip = addr.ip();
+        let ip = address_block(addr.ip());
         if let Err(reason) = inner.admit(ip) {
             inner.metrics.attempt("in", "refused");
-            inner.count_drop(reason, None, &format!("refused TCP connection from {ip}"));
+            inner.count_drop(reason, None, &format!("refused TCP connection from {addr}"));
             drop(tcp);
             continue;
         }
         let _ = tcp.set_nodelay(true);
         let node = inner.clone();
         inner.tasks.spawn(async move {
-            let timeout = node.config.timeouts.connect;
+            let timeout = node.inbound_handshake_timeout();
             let accepted = tokio::time::timeout(
                 timeout,
                 StreamConnection::accept(

@@ -34,6 +34,12 @@ pub enum DropReason {
     MaxConnectionsPerPeer,
     /// Refused: too many handshakes in progress.
     MaxPendingHandshakes,
+    /// Refused: too many handshakes in progress from one address block (IPv4 address or
+    /// IPv6 /64).
+    MaxPendingHandshakesPerIp,
+    /// A peer's messages would cost more signature checks or key agreements than its budget
+    /// (`limits.peer_verifications_per_sec`).
+    PeerVerificationRate,
     /// A peer's message rate limit was exceeded.
     PeerMessageRate,
     /// A peer's byte rate limit was exceeded.
@@ -81,6 +87,8 @@ impl DropReason {
             DropReason::MaxConnectionsPerIp => "max_connections_per_ip",
             DropReason::MaxConnectionsPerPeer => "max_connections_per_peer",
             DropReason::MaxPendingHandshakes => "max_pending_handshakes",
+            DropReason::MaxPendingHandshakesPerIp => "max_pending_handshakes_per_ip",
+            DropReason::PeerVerificationRate => "peer_verification_rate",
             DropReason::PeerMessageRate => "peer_message_rate",
             DropReason::PeerByteRate => "peer_byte_rate",
             DropReason::FrameTooLarge => "frame_too_large",

@@ -301,6 +301,9 @@ impl NodeBuilder {
             started_at: now,
             broadcast_seq: AtomicU64::new(unix_ms()),
             handshake_ts: AtomicU64::new(0),
+            handshake_guard: Mutex::new(crate::crypto::session::HandshakeGuard::new(
+                config.limits.max_records,
+            )),
             next_conn_id: AtomicU64::new(1),
             streams: Mutex::new(Default::default()),
             topology,

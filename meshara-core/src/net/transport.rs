@@ -580,11 +580,7 @@ pub async fn connect_quic(
     expected: Option<NodeId>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<QuicConnection, TransportError> {
-    let tls = tls::client_config(identity, expected).map_err(TransportError::Tls)?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport);
+    let config = quic_client_config(identity, expected, transport)?;
     let connecting = endpoint
         .connect_with(config, addr, tls::SERVER_NAME)
         .map_err(|e| TransportError::Connect(e.to_string()))?;
@@ -592,6 +588,21 @@ pub async fn connect_quic(
         .await
         .map_err(|e| TransportError::from_quic_handshake(e, expected))?;
     QuicConnection::new(connection)
+}
+
+/// quinn's client configuration for dialing as `identity`: Meshara's ALPN, TLS 1.3 with raw
+/// public keys, and the server's NodeId checked against `expected` when given.
+pub fn quic_client_config(
+    identity: &Arc<Identity>,
+    expected: Option<NodeId>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let tls = tls::client_config(identity, expected).map_err(TransportError::Tls)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
 }
 
 /// quinn's server configuration for `identity` with the given transport parameters.
@@ -604,8 +615,8 @@ pub fn quic_server_config(
         .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport);
-    // The node enforces its own admission limits; address validation (Retry) would cost a
-    // round trip on every connection, so it is left to operators behind hostile networks.
+    // Address validation (Retry) costs a round trip, so the accept loop asks for it only when
+    // handshakes pile up (`limits.handshakes_before_retry`).
     Ok(config)
 }
 
