@@ -1910,6 +1910,19 @@ impl Inner {
                     conn.close(close_code::PROTOCOL, close);
                     return;
                 }
+                // Messages refused for the verification budget count as violations too.
+                let violations = limiter.lock().unwrap_or_else(|p| p.into_inner()).violations;
+                if violations > self.config.limits.peer_violations_before_disconnect {
+                    tracing::warn!(%peer, "closing connection: persistent budget violations");
+                    conn.close(close_code::ABUSE, "verification budget exceeded repeatedly");
+                    self.emit(Event::Error {
+                        context: "connection",
+                        message: format!(
+                            "closed connection to {peer}: verification budget exceeded repeatedly"
+                        ),
+                    });
+                    return;
+                }
             }
             if !acks.is_empty() {
                 self.send_acks(&mut acks);
@@ -3312,5 +3325,21 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
                 Err(e) => node.inbound_handshake_failed(ip, "TCP", &e),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_blocks_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let block = |s: &str| address_block(s.parse().unwrap()).to_string();
+        assert_eq!(block("192.0.2.7"), "192.0.2.7");
+        assert_eq!(block("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(block("2001:db8:1:2::1"), block("2001:db8:1:2:ffff::9"));
+        assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
+        // An IPv4 client on a dual-stack socket is its IPv4 address.
+        assert_eq!(block("::ffff:192.0.2.7"), "192.0.2.7");
     }
 }

@@ -5,7 +5,7 @@
 //! | `meshara_messages_total` | counter | `direction` (in/out), `kind` (private, ack, broadcast, query, response, control) |
 //! | `meshara_bytes_total` | counter | `direction`, `transport` (quic, tcp, stream, tor, i2p, relayed) |
 //! | `meshara_connections` | gauge | `transport` |
-//! | `meshara_connection_attempts_total` | counter | `direction` (in, out, or stream for application byte streams), `result` (ok, error, refused) |
+//! | `meshara_connection_attempts_total` | counter | `direction` (in, out, or stream for application byte streams), `result` (ok, error, refused, retry: a stateless QUIC Retry sent under handshake pressure) |
 //! | `meshara_drops_total` | counter | `reason` (see [`DropReason`]) |
 //! | `meshara_delivery_latency_seconds` | histogram | send to end-to-end acknowledgement |
 //! | `meshara_query_latency_seconds` | histogram | query to response |
