@@ -329,3 +329,62 @@ async fn validated_silent_handshakes_are_capped_per_address_and_time_out() {
     assert_eq!(server.stats().pending_handshakes, 0);
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_overlay_streams_cannot_block_the_accept_loop() {
+    use meshara_core::net::TransportKind;
+
+    // An overlay transport (Tor, I2P) hands the node byte streams that carry no address. The
+    // attacker opens far more streams than there are handshake slots and never speaks on any.
+    let server = server(Limits::default(), Timeouts::default()).await;
+    let honest = honest_node().await;
+    let (streams, mut accepted) = tokio::sync::mpsc::channel(16);
+    // The accept loop, as the Tor and I2P transports run it.
+    let accept_loop = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            while let Some(io) = accepted.recv().await {
+                server.spawn_accept_stream(io, TransportKind::Tor);
+            }
+        })
+    };
+    let mut silent = Vec::new();
+    let flood = Limits::default().max_pending_stream_handshakes * 3;
+    for _ in 0..flood {
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        silent.push(ours);
+        streams.send(theirs).await.unwrap();
+    }
+    // The honest client's stream arrives behind all of them and is served.
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    streams.send(server_io).await.unwrap();
+    let peer = tokio::time::timeout(
+        HONEST_BOUND,
+        honest.connect_stream_as(client_io, Some(server.node_id()), TransportKind::Tor),
+    )
+    .await
+    .expect("the honest stream handshake was blocked by silent streams")
+    .unwrap();
+    assert_eq!(peer, server.node_id());
+    let delivered = tokio::time::timeout(
+        HONEST_BOUND,
+        honest
+            .send_private(server.node_id(), "text/plain", "over the overlay")
+            .await
+            .unwrap()
+            .confirmed(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(delivered.peer, server.node_id());
+    // The oldest silent handshakes were evicted to make room.
+    let evicted = server.drops(DropReason::MaxPendingHandshakes);
+    assert!(
+        evicted as usize >= flood - Limits::default().max_pending_stream_handshakes,
+        "{evicted} evicted"
+    );
+    drop(streams);
+    accept_loop.await.unwrap();
+    drop(silent);
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meshara_core::{Address, BoxedStream, Dialer, Node, Transport, TransportError, TransportKind};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::client::{SamConnection, SamStream, SamTimeouts};
@@ -20,8 +20,6 @@ use crate::error::SamError;
 pub const DEFAULT_PORT: u16 = 7340;
 /// Further attempts at `SESSION CREATE` after the router dropped the connection.
 const SESSION_RETRIES: u32 = 3;
-/// Inbound handshakes run at once; more wait in the router.
-const MAX_INBOUND_HANDSHAKES: usize = 32;
 
 /// How to reach the router and where the destination keys live.
 #[derive(Debug, Clone)]
@@ -183,27 +181,16 @@ impl I2pTransport {
     pub fn serve(&self, node: Node) -> ServeHandle {
         let transport = self.clone();
         let task = tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_INBOUND_HANDSHAKES));
             let mut backoff = Duration::from_secs(1);
             while node.is_running() {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    return;
-                };
                 match transport.accept().await {
                     Ok((peer, stream)) => {
                         backoff = Duration::from_secs(1);
-                        let node = node.clone();
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            match node.accept_stream_as(stream, TransportKind::I2p).await {
-                                Ok(id) => tracing::debug!(peer = %id, "I2P connection accepted"),
-                                Err(e) => tracing::debug!(
-                                    from = %dest::b32_of(&peer).unwrap_or_default(),
-                                    error = %e,
-                                    "I2P handshake failed"
-                                ),
-                            }
-                        });
+                        // The handshake runs in the background: a stream that never speaks
+                        // cannot hold up the loop, and the node bounds the handshakes in
+                        // progress (evicting the oldest).
+                        tracing::trace!(from = %dest::b32_of(&peer).unwrap_or_default(), "I2P stream");
+                        node.spawn_accept_stream(stream, TransportKind::I2p);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "I2P accept failed");

@@ -26,7 +26,11 @@ use crate::error::{TorError, report};
 /// Virtual port of the onion service, published in `tor://` addresses.
 pub const DEFAULT_PORT: u16 = 7340;
 /// Inbound handshakes run at once; more wait (their Tor streams stay open meanwhile).
-const MAX_INBOUND_HANDSHAKES: usize = 32;
+/// How long answering one onion stream request (sending CONNECTED) may take.
+const ACCEPT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stream requests being answered at once; more are dropped (the client sees the stream
+/// end) instead of waiting. The TLS handshakes after that are bounded by the node.
+const MAX_ACCEPTING: usize = 256;
 
 type Requests = Pin<Box<dyn Stream<Item = StreamRequest> + Send>>;
 
@@ -406,8 +410,9 @@ impl TorTransport {
     }
 
     /// Accepts incoming onion streams and hands each to `node` as a Tor connection, until
-    /// the node stops, the transport closes or the handle is dropped. At most 32 handshakes
-    /// run at once; failed ones are counted by the node.
+    /// the node stops, the transport closes or the handle is dropped. Handshakes run in the
+    /// background ([`Node::spawn_accept_stream`]): a stalled stream never blocks the loop, and
+    /// the node bounds the handshakes in progress. Failed ones are counted by the node.
     pub fn serve(&self, node: Node) -> Result<ServeHandle, TorError> {
         let mut requests = self
             .shared
@@ -420,23 +425,26 @@ impl TorTransport {
             ))?;
         let port = self.shared.port;
         let task = tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_INBOUND_HANDSHAKES));
+            let accepting = Arc::new(Semaphore::new(MAX_ACCEPTING));
             while let Some(request) = requests.next().await {
                 if !node.is_running() {
                     break;
                 }
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    break;
+                // Accepting a request and the TLS handshake run in their own task, so that a
+                // circuit that stalls cannot hold up the loop; the node bounds the handshakes
+                // in progress and evicts the oldest (`limits.max_pending_stream_handshakes`).
+                let Ok(permit) = accepting.clone().try_acquire_owned() else {
+                    tracing::debug!("too many onion stream requests being answered; dropped one");
+                    continue;
                 };
                 let node = node.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let Some(stream) = accept_request(request, port).await else {
-                        return;
-                    };
-                    match node.accept_stream_as(stream, TransportKind::Tor).await {
-                        Ok(peer) => tracing::debug!(%peer, "Tor connection accepted"),
-                        Err(e) => tracing::debug!(error = %e, "Tor handshake failed"),
+                    let accepted =
+                        tokio::time::timeout(ACCEPT_REQUEST_TIMEOUT, accept_request(request, port))
+                            .await;
+                    if let Ok(Some(stream)) = accepted {
+                        node.spawn_accept_stream(stream, TransportKind::Tor);
                     }
                 });
             }

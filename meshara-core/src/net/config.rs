@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_connections_per_peer: usize,
     /// Inbound TLS handshakes in progress at once.
     pub max_pending_handshakes: usize,
+    /// Inbound handshakes over byte streams handed over with `Node::spawn_accept_stream` (Tor,
+    /// I2P) in progress at once; a new one evicts the oldest.
+    pub max_pending_stream_handshakes: usize,
     /// Inbound handshakes in progress at once from one address block (an IPv4 address or an
     /// IPv6 /64), so that one attacker cannot hold every handshake slot.
     pub max_pending_handshakes_per_ip: usize,
@@ -87,6 +90,7 @@ impl Default for Limits {
             max_connections_per_peer: 2,
             max_pending_handshakes: 128,
             max_pending_handshakes_per_ip: 8,
+            max_pending_stream_handshakes: 64,
             handshakes_before_retry: 16,
             peer_verifications_per_sec: 64,
             peer_verification_burst: 512,
@@ -367,6 +371,10 @@ impl NodeConfig {
             (
                 "limits.max_pending_handshakes",
                 l.max_pending_handshakes as u64,
+            ),
+            (
+                "limits.max_pending_stream_handshakes",
+                l.max_pending_stream_handshakes as u64,
             ),
             (
                 "limits.max_pending_handshakes_per_ip",

@@ -350,6 +350,8 @@ pub(crate) struct Inner {
     /// Replay protection for session handshakes we answer. Its own lock, so that the key
     /// agreements of an answer never run under the node's state lock.
     pub(crate) handshake_guard: Mutex<HandshakeGuard>,
+    /// Inbound byte-stream handshakes started by `Node::spawn_accept_stream`, oldest first.
+    pub(crate) stream_handshakes: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) streams: Mutex<HashMap<String, mpsc::Sender<PeerStream>>>,
     pub(crate) topology: watch::Sender<u64>,

@@ -301,6 +301,7 @@ impl NodeBuilder {
             started_at: now,
             broadcast_seq: AtomicU64::new(unix_ms()),
             handshake_ts: AtomicU64::new(0),
+            stream_handshakes: Mutex::new(std::collections::VecDeque::new()),
             handshake_guard: Mutex::new(crate::crypto::session::HandshakeGuard::new(
                 config.limits.max_records,
             )),
@@ -924,6 +925,62 @@ impl Node {
     /// onion-service stream) and registers the connection. Returns the caller's NodeId.
     pub async fn accept_stream<S: ByteStream>(&self, io: S) -> Result<NodeId, TransportError> {
         self.accept_stream_as(io, TransportKind::Stream).await
+    }
+
+    /// Accepts an inbound byte stream in the background: the accept loop of an overlay
+    /// transport (Tor, I2P, …) hands each stream over and goes straight back to accepting, so
+    /// a stream that never speaks cannot block it.
+    ///
+    /// At most [`Limits::max_pending_stream_handshakes`](super::config::Limits) of these
+    /// handshakes run at once; a new stream beyond that evicts the one that has waited longest
+    /// (counted as `max_pending_handshakes`). Overlay streams carry no address to hold an
+    /// attacker to, so the defence is to make stalling cost: to keep honest clients out, an
+    /// attacker has to open streams faster than an honest handshake finishes. Each handshake
+    /// is abandoned after `timeouts.connect`.
+    pub fn spawn_accept_stream<S: ByteStream>(&self, io: S, kind: TransportKind) {
+        let inner = self.inner.clone();
+        let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let evicted = {
+            let mut pending = inner
+                .stream_handshakes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.push_back((id, cancel.clone()));
+            let max = inner.config.limits.max_pending_stream_handshakes;
+            let mut evicted = Vec::new();
+            while pending.len() > max {
+                evicted.extend(pending.pop_front());
+            }
+            evicted
+        };
+        for (_, oldest) in evicted {
+            oldest.cancel();
+            inner.count_drop(
+                super::metrics::DropReason::MaxPendingHandshakes,
+                None,
+                &format!("oldest pending {} handshake evicted", kind.as_str()),
+            );
+        }
+        let tasks = inner.tasks.clone();
+        tasks.spawn(async move {
+            let handshake = StreamConnection::accept(io, inner.stream_tls.clone(), kind, None);
+            let result = tokio::select! {
+                r = inner.register_stream(handshake, true, None, None) => Some(r),
+                () = cancel.cancelled() => None,
+                () = inner.shutdown.cancelled() => None,
+            };
+            inner
+                .stream_handshakes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(i, _)| *i != id);
+            match result {
+                Some(Ok(peer)) => tracing::debug!(%peer, transport = kind.as_str(), "stream connection accepted"),
+                Some(Err(e)) => tracing::debug!(error = %e, transport = kind.as_str(), "stream handshake failed"),
+                None => {}
+            }
+        });
     }
 
     /// [`Node::accept_stream`], labelling the connection with the transport underneath.
