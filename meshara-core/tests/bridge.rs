@@ -79,10 +79,15 @@ async fn hidden(bridge: &Node) -> Node {
 
 /// A clearnet node that knows `bridge` and, through it, the record of `target`.
 async fn clearnet(bridge: &Node, target: &Node) -> Node {
+    clearnet_from("127.0.0.1", bridge, target).await
+}
+
+/// [`clearnet`] with its socket (and so its source address) on `ip`.
+async fn clearnet_from(ip: &str, bridge: &Node, target: &Node) -> Node {
     let node = NodeBuilder::new()
         .config(config(Bridge::default()))
         .identity(Identity::generate())
-        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .listen_quic(format!("{ip}:0").parse().unwrap())
         .start()
         .await
         .unwrap();
@@ -275,6 +280,54 @@ async fn circuit_rate_and_counts_are_limited() {
     .expect("the freed slot serves the next peer");
     assert!(b3.drops(DropReason::Bridge) >= 1);
     for n in [a, t, b, a2, t1, t2, b2, a3, c3, t3, b3] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throwaway_identities_from_one_address_share_its_circuit_limit() {
+    // Per-peer limits are generous; the address block's are not.
+    let b = bridge(Bridge {
+        max_circuits_per_ip: 3,
+        ..open_bridge()
+    })
+    .await;
+    let t = hidden(&b).await;
+    // An abuser makes up a fresh identity per circuit, all from 127.0.66.1.
+    let mut abusers = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        let a = clearnet_from("127.0.66.1", &b, &t).await;
+        match a.connect_via(b.node_id(), t.node_id()).await {
+            Ok(_) => {}
+            Err(e) => refused.push(refusal(e)),
+        }
+        abusers.push(a);
+    }
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("too many circuits from this address")),
+        "{refused:?}"
+    );
+    // An honest node from another address is served, end to end.
+    let honest = clearnet(&b, &t).await;
+    honest.connect_via(b.node_id(), t.node_id()).await.unwrap();
+    exchange_traffic(&honest, &t, 64 << 10).await;
+    // Closing the abusers' circuits gives the address its slots back.
+    for a in &abusers {
+        a.remove_peer(t.node_id());
+    }
+    let late = clearnet_from("127.0.66.1", &b, &t).await;
+    tokio::time::timeout(WAIT, async {
+        while late.connect_via(b.node_id(), t.node_id()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the address block's slots come back");
+    for n in abusers.into_iter().chain([honest, late, t, b]) {
         n.stop().await;
     }
 }

@@ -15,6 +15,8 @@
 //! max_circuits = 256
 //! max_circuits_per_peer = 8
 //! circuits_per_minute = 30
+//! max_circuits_per_ip = 32                # per IPv4 address / IPv6 /64, any identities
+//! circuits_per_minute_per_ip = 120
 //! bytes_per_sec = 8388608
 //!
 //! [i2p]
@@ -248,6 +250,11 @@ impl Config {
                 "MAX_CIRCUITS_PER_PEER" => policy.max_circuits_per_peer = number(&value)? as usize,
                 "CIRCUITS_PER_MINUTE" => {
                     policy.circuits_per_minute =
+                        u32::try_from(number(&value)?).map_err(|_| bad("too large"))?
+                }
+                "MAX_CIRCUITS_PER_IP" => policy.max_circuits_per_ip = number(&value)? as usize,
+                "CIRCUITS_PER_MINUTE_PER_IP" => {
+                    policy.circuits_per_minute_per_ip =
                         u32::try_from(number(&value)?).map_err(|_| bad("too large"))?
                 }
                 "BYTES_PER_SEC" => policy.bytes_per_sec = number(&value)?,

@@ -266,6 +266,16 @@ impl Bridge {
                 return Err(e.into());
             }
         };
+        if config.node.bridge.allow.is_empty() {
+            tracing::warn!(
+                max_circuits_per_ip = config.node.bridge.max_circuits_per_ip,
+                max_circuits = config.node.bridge.max_circuits,
+                "OPEN RELAY: node.bridge.allow is empty, so any node may relay circuits through \
+                 this bridge; per-peer limits yield to throwaway identities, per-address limits \
+                 apply only to initiators on IP. Set node.bridge.allow to run a private bridge \
+                 (docs/operations/bridges.md#relay-policy)"
+            );
+        }
         let tor_accepting = match &tor {
             Some(tor) => Some(tor.serve(node.clone())?),
             None => None,

@@ -92,6 +92,15 @@ struct PeerCircuits {
 pub(crate) struct Circuits {
     active: usize,
     peers: HashMap<NodeId, PeerCircuits>,
+    /// Per source address block (IPv4 address or IPv6 /64), for circuits whose opener reached
+    /// us over IP: throwaway identities from one address share these.
+    blocks: HashMap<std::net::IpAddr, BlockCircuits>,
+}
+
+#[derive(Debug)]
+struct BlockCircuits {
+    open: usize,
+    opens: TokenBucket,
 }
 
 /// Gives back what admission took when a relayed circuit ends (or fails to start).
@@ -99,6 +108,7 @@ struct Admission {
     inner: Arc<Inner>,
     from: NodeId,
     target: NodeId,
+    block: Option<std::net::IpAddr>,
 }
 
 impl Drop for Admission {
@@ -111,6 +121,16 @@ impl Drop for Admission {
         c.active = c.active.saturating_sub(1);
         let now = Instant::now();
         let per_minute = f64::from(self.inner.config.bridge.circuits_per_minute);
+        if let Some(block) = self.block {
+            let per_minute = f64::from(self.inner.config.bridge.circuits_per_minute_per_ip);
+            if let Some(b) = c.blocks.get_mut(&block) {
+                b.open = b.open.saturating_sub(1);
+                b.opens.try_take(0.0, now);
+                if b.open == 0 && b.opens.wait_for(per_minute).is_zero() {
+                    c.blocks.remove(&block);
+                }
+            }
+        }
         for peer in [self.from, self.target] {
             if let Some(p) = c.peers.get_mut(&peer) {
                 p.open = p.open.saturating_sub(1);
@@ -702,9 +722,11 @@ impl Inner {
     }
 
     /// Admission for a circuit from `from` to `target`: policy, then limits.
+    /// `block` is the opener's address block when it reached us over IP.
     fn admit_circuit(
         self: &Arc<Self>,
         from: NodeId,
+        block: Option<std::net::IpAddr>,
         target: NodeId,
     ) -> Result<(Admission, ByteBudget), (Status, &'static str)> {
         let policy = &self.config.bridge;
@@ -737,8 +759,28 @@ impl Inner {
         if busy(&c, &from) || busy(&c, &target) {
             return Err((Status::Capacity, "too many circuits for this peer"));
         }
+        if let Some(block) = block {
+            let per_minute = f64::from(policy.circuits_per_minute_per_ip);
+            let b = c.blocks.entry(block).or_insert_with(|| BlockCircuits {
+                open: 0,
+                opens: TokenBucket::new(per_minute / 60.0, per_minute, now),
+            });
+            if b.open >= policy.max_circuits_per_ip {
+                return Err((Status::Capacity, "too many circuits from this address"));
+            }
+            if !b.opens.try_take(1.0, now) {
+                return Err((
+                    Status::RateLimited,
+                    "too many new circuits from this address; try again later",
+                ));
+            }
+            b.open += 1;
+        }
         let entry = c.peers.entry(from).or_insert_with(new_peer);
         if !entry.opens.try_take(1.0, now) {
+            if let Some(b) = block.and_then(|block| c.blocks.get_mut(&block)) {
+                b.open = b.open.saturating_sub(1);
+            }
             return Err((
                 Status::RateLimited,
                 "too many new circuits; try again later",
@@ -754,6 +796,7 @@ impl Inner {
                 inner: self.clone(),
                 from,
                 target,
+                block,
             },
             bytes,
         ))
@@ -781,7 +824,10 @@ impl Inner {
         let admitted = if conn.kind() == TransportKind::Relayed {
             Err((Status::BadRequest, "circuits do not chain"))
         } else {
-            self.admit_circuit(from, target)
+            let block = conn
+                .remote_addr()
+                .map(|a| super::core::address_block(a.ip()));
+            self.admit_circuit(from, block, target)
         };
         let (admission, bytes) = match admitted {
             Ok(a) => a,

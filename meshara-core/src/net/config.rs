@@ -254,6 +254,12 @@ pub struct Bridge {
     pub max_circuits_per_peer: usize,
     /// New circuits one peer may open per minute (a token bucket with that burst).
     pub circuits_per_minute: u32,
+    /// Circuits open at once whose openers reached the bridge from one address block (an IPv4
+    /// address or an IPv6 /64), whatever identities they use. Openers that arrive over Tor or
+    /// I2P have no address; only the per-peer limits apply to them.
+    pub max_circuits_per_ip: usize,
+    /// New circuits per minute from one address block.
+    pub circuits_per_minute_per_ip: u32,
     /// Bytes per second relayed for one peer, both directions and all its circuits together
     /// (a token bucket with a one-second burst).
     pub bytes_per_sec: u64,
@@ -267,6 +273,8 @@ impl Default for Bridge {
             max_circuits: 256,
             max_circuits_per_peer: 8,
             circuits_per_minute: 30,
+            max_circuits_per_ip: 32,
+            circuits_per_minute_per_ip: 120,
             bytes_per_sec: 8 << 20,
         }
     }
@@ -426,6 +434,14 @@ impl NodeConfig {
             (
                 "bridge.circuits_per_minute",
                 u64::from(self.bridge.circuits_per_minute),
+            ),
+            (
+                "bridge.max_circuits_per_ip",
+                self.bridge.max_circuits_per_ip as u64,
+            ),
+            (
+                "bridge.circuits_per_minute_per_ip",
+                u64::from(self.bridge.circuits_per_minute_per_ip),
             ),
             ("bridge.bytes_per_sec", self.bridge.bytes_per_sec),
         ];
