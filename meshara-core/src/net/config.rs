@@ -338,6 +338,14 @@ pub struct NodeConfig {
     /// Needs a dialer for the transport ([`NodeBuilder::dialer`](crate::NodeBuilder::dialer)).
     #[serde(deserialize_with = "transport_name")]
     pub route_all_via: Option<Transport>,
+    /// Whether to dial loopback, private (RFC 1918, RFC 6598, IPv6 ULA) and link-local
+    /// addresses learned from other nodes' records. `None` (the default) decides per range: a
+    /// range is dialled once this node is evidently on such a network (it listens on, advertises
+    /// or bootstraps from an address in it, or one of its own outbound connections reached one),
+    /// so devnets and cluster deployments work while a public node cannot be pointed at its
+    /// operator's internal hosts by a hostile record. Addresses the application gives
+    /// (bootstrap, `connect`) are always dialled.
+    pub dial_private: Option<bool>,
 }
 
 impl Default for NodeConfig {
@@ -357,6 +365,7 @@ impl Default for NodeConfig {
             onion: Onion::default(),
             bridge: Bridge::default(),
             route_all_via: None,
+            dial_private: None,
         }
     }
 }

@@ -350,6 +350,9 @@ pub(crate) struct Inner {
     /// Replay protection for session handshakes we answer. Its own lock, so that the key
     /// agreements of an answer never run under the node's state lock.
     pub(crate) handshake_guard: Mutex<HandshakeGuard>,
+    /// Non-public address ranges ([`scope_bit`]) this node is evidently on, so that addresses
+    /// in them learned from records may be dialled (`NodeConfig::dial_private`).
+    pub(crate) dial_scopes: std::sync::atomic::AtomicU8,
     /// Inbound byte-stream handshakes started by `Node::spawn_accept_stream`, oldest first.
     pub(crate) stream_handshakes: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     pub(crate) next_conn_id: AtomicU64,
@@ -1078,6 +1081,13 @@ impl Inner {
             record
                 .addresses()
                 .iter()
+                .filter(|a| {
+                    let ok = self.may_dial_learned(a);
+                    if !ok {
+                        tracing::debug!(%peer, address = %a, "not dialling a non-public address from a record");
+                    }
+                    ok
+                })
                 .map(|a| PeerAddr {
                     node: Some(peer),
                     address: a.clone(),
@@ -1196,6 +1206,9 @@ impl Inner {
                 ));
             }
             st.total_conns += 1;
+        }
+        if let Some(remote) = conn.remote_addr() {
+            self.note_scope(remote.ip());
         }
         self.establish(conn, false, None, None)?;
         Ok(peer)
@@ -1342,6 +1355,42 @@ impl Inner {
             inner: self.clone(),
             armed: true,
         })
+    }
+
+    /// Whether `address`, learned from a record (not given by the application), may be
+    /// dialled: public addresses and names always; loopback, private and link-local ones per
+    /// `NodeConfig::dial_private`.
+    pub(crate) fn may_dial_learned(&self, address: &crate::record::Address) -> bool {
+        if !matches!(address.transport, Transport::Quic | Transport::Tcp) {
+            return true;
+        }
+        let Ok(ip) = address
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return true;
+        };
+        let bit = scope_bit(ip);
+        if bit == 0 {
+            return true;
+        }
+        if bit == 8 {
+            return false;
+        }
+        match self.config.dial_private {
+            Some(allowed) => allowed,
+            None => self.dial_scopes.load(Ordering::Relaxed) & bit != 0,
+        }
+    }
+
+    /// This node reached (or listens on) `ip`: its range is one the node is on.
+    pub(crate) fn note_scope(&self, ip: IpAddr) {
+        let bit = scope_bit(ip);
+        if bit != 0 && bit != 8 {
+            self.dial_scopes.fetch_or(bit, Ordering::Relaxed);
+        }
     }
 
     /// How long an inbound handshake may hold its slot.
@@ -2275,7 +2324,7 @@ impl Inner {
             st.peer_record(&peer).and_then(|r| {
                 r.addresses()
                     .iter()
-                    .find(|a| self.can_dial(a.transport))
+                    .find(|a| self.can_dial(a.transport) && self.may_dial_learned(a))
                     .cloned()
             })
         };
@@ -3195,6 +3244,46 @@ fn handshake_drop_reason(error: &TransportError) -> DropReason {
     }
 }
 
+/// The non-public range `ip` is in, as a bit for `Inner::dial_scopes`: 1 loopback, 2 private
+/// (RFC 1918, RFC 6598 shared space, IPv6 unique local), 4 link-local, 8 unspecified,
+/// multicast or broadcast (never dialled from a record). 0 for a public address.
+pub(crate) fn scope_bit(ip: IpAddr) -> u8 {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                1
+            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
+                2
+            } else if v4.is_link_local() {
+                4
+            } else if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() {
+                8
+            } else {
+                0
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                1
+            } else if first & 0xfe00 == 0xfc00 {
+                2
+            } else if first & 0xffc0 == 0xfe80 {
+                4
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                8
+            } else {
+                0
+            }
+        }
+    }
+}
+
 /// The unit of per-address accounting: an IPv4 address, or the /64 of an IPv6 address (one
 /// subscriber's allocation, which an attacker holds whole). IPv4-mapped IPv6 addresses count as
 /// the IPv4 address.
@@ -3343,5 +3432,36 @@ mod tests {
         assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
         // An IPv4 client on a dual-stack socket is its IPv4 address.
         assert_eq!(block("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn non_public_ranges_are_classified() {
+        let scope = |s: &str| scope_bit(s.parse().unwrap());
+        for public in [
+            "192.0.2.1",
+            "8.8.8.8",
+            "2001:db8::1",
+            "100.128.0.1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert_eq!(scope(public), 0, "{public}");
+        }
+        assert_eq!(scope("127.0.0.1"), 1);
+        assert_eq!(scope("::1"), 1);
+        assert_eq!(scope("::ffff:127.0.0.1"), 1);
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+        ] {
+            assert_eq!(scope(private), 2, "{private}");
+        }
+        assert_eq!(scope("169.254.1.1"), 4);
+        assert_eq!(scope("fe80::1"), 4);
+        for never in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "ff02::1"] {
+            assert_eq!(scope(never), 8, "{never}");
+        }
     }
 }

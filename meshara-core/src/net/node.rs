@@ -301,6 +301,7 @@ impl NodeBuilder {
             started_at: now,
             broadcast_seq: AtomicU64::new(unix_ms()),
             handshake_ts: AtomicU64::new(0),
+            dial_scopes: std::sync::atomic::AtomicU8::new(0),
             stream_handshakes: Mutex::new(std::collections::VecDeque::new()),
             handshake_guard: Mutex::new(crate::crypto::session::HandshakeGuard::new(
                 config.limits.max_records,
@@ -326,6 +327,28 @@ impl NodeBuilder {
                 .spawn(core::tcp_accept_loop(inner.clone(), listener));
         }
         inner.tasks.spawn(inner.clone().maintenance());
+        // The ranges this node is evidently on: where it listens, what it advertises, where
+        // its bootstrap peers are (`NodeConfig::dial_private`).
+        let configured = inner
+            .config
+            .advertise
+            .iter()
+            .chain(inner.config.bootstrap.iter().map(|b| &b.address))
+            .filter_map(|a| {
+                a.host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            });
+        for ip in [inner.local_quic, inner.local_tcp]
+            .into_iter()
+            .flatten()
+            .map(|a| a.ip())
+            .chain(configured)
+        {
+            inner.note_scope(ip);
+        }
         if inner.config.mdns {
             if let Err(e) = discovery::start_mdns(&inner) {
                 // Do not leave the sockets and tasks of a node that failed to start running.
