@@ -3,7 +3,9 @@
 //! Meshara for Axum apps, in both directions:
 //!
 //! - **Mount a node's API in your app**: [`routes()`] is a `Router<S>` you nest anywhere; it
-//!   takes the [`Node`](meshara_core::Node) from your state through `FromRef`. Send private
+//!   takes the [`Node`](meshara_core::Node) from your state through `FromRef`, and who may
+//!   call it from an [`Access`] you choose (a bearer token, Meshara identities, your own
+//!   check, or deliberately nobody). Send private
 //!   messages, broadcast, query, list peers, read status and metrics, follow live events over
 //!   Server-Sent Events or a WebSocket. [`openapi()`] describes it all (also served at
 //!   `/openapi.json`).
@@ -14,7 +16,7 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get, extract::FromRef};
-//! use meshara_axum::VerifiedPeer;
+//! use meshara_axum::{Access, VerifiedPeer};
 //! use meshara_core::Node;
 //!
 //! #[derive(Clone)]
@@ -28,9 +30,10 @@
 //! }
 //!
 //! # async fn demo(node: Node) {
-//! // Your HTTP API, with Meshara mounted under /meshara.
+//! // Your HTTP API, with Meshara mounted under /meshara; callers need the bearer token.
+//! let token = Access::random_token();
 //! let web: Router = Router::new()
-//!     .nest("/meshara", meshara_axum::routes())
+//!     .nest("/meshara", meshara_axum::routes(Access::bearer(&token)))
 //!     .with_state(AppState { node: node.clone() });
 //! # let _ = web;
 //! // Part of your app, served to Meshara peers.
@@ -41,6 +44,7 @@
 
 #![deny(missing_docs)]
 
+mod access;
 mod api;
 mod error;
 mod extract;
@@ -56,6 +60,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/meshara.api.v1.rs"));
 }
 
+pub use access::{Access, AccessRejection, security_headers};
 pub use api::{
     BroadcastRequest, BroadcastResponse, ErrorBody, EventJson, PeerJson, QueryRequest,
     QueryResponse, ROUTES, SendRequest, SendResponse, StatusJson, event_json, openapi, routes,
