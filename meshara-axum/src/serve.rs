@@ -28,6 +28,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::error::error_response;
 use crate::extract::VerifiedPeer;
+use crate::layers::OverMeshara;
 
 /// Stream protocol name of HTTP over Meshara.
 pub const HTTP_PROTOCOL: &str = "meshara-http/1";
@@ -57,6 +58,7 @@ where
                 .map_request(move |request: http::Request<Incoming>| {
                     let (mut parts, body) = request.into_parts();
                     parts.extensions.insert(VerifiedPeer(peer));
+                    parts.extensions.insert(OverMeshara);
                     Request::from_parts(parts, Body::new(body))
                 });
             tokio::spawn(async move {
