@@ -276,3 +276,64 @@ async fn refusals(app: &Target) {
     let v: Value = serde_json::from_str(&b).unwrap();
     assert!(v["message"].as_str().unwrap().contains("RFC 9421"), "{b}");
 }
+
+/// The attack on a replay cache that evicts by capacity: capture an honest signed request,
+/// flood the verifier with fresh valid signatures (throwaway keys cost nothing) until the
+/// captured nonce would be evicted, then replay it. A live nonce is never forgotten: the flood
+/// is refused with 503 `replay_cache_full` instead, the replay with 401, and honest callers
+/// are served again once the flood's nonces expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_the_replay_cache_does_not_enable_replays() {
+    let policy = SignaturePolicy {
+        max_clock_skew: std::time::Duration::ZERO,
+        max_age: std::time::Duration::from_secs(3),
+        replay_capacity: 20,
+        ..SignaturePolicy::default()
+    };
+    let (target, server) = Target::server(app(policy)).await;
+    let alice = Identity::generate();
+    // Alice's request, as the attacker captured it on the wire.
+    let captured = signed(&alice, "GET", "/whoami", b"");
+    let capture = |req: &Request<Body>| {
+        let mut copy = Request::get("/whoami").body(Body::empty()).unwrap();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    };
+    let replay = capture(&captured);
+    let (status, body) = send(&target, captured).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The flood: many more fresh signatures than the cache holds.
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (status, body) = send(
+            &target,
+            signed(&Identity::generate(), "GET", "/whoami", b""),
+        )
+        .await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(code(&body), "replay_cache_full", "{body}");
+                refused += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(refused >= 40, "only {refused} flood requests refused");
+    // The replay is still recognized.
+    let (status, body) = send(&target, capture(&replay)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(code(&body), "replayed_signature");
+
+    // Once the window has passed, the captured request is too old, and honest callers are
+    // served again.
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+    let (status, body) = send(&target, capture(&replay)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(code(&body), "expired_signature");
+    let (status, body) = send(&target, signed(&alice, "GET", "/whoami", b"")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, alice.node_id().to_string());
+    server.abort();
+}
