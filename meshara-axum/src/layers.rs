@@ -301,7 +301,7 @@ where
 
 /// The unit unauthenticated callers are counted by: an IPv4 address, or an IPv6 /64 (one
 /// subscriber usually holds a whole /64, so single addresses would be free to vary).
-fn network_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -72,7 +72,10 @@ pub use extract::{
 };
 pub use layers::{HttpMetrics, HttpMetricsLayer, RateLimit, RateLimitLayer, RecordMetrics};
 pub use protobuf::{Format, PROTOBUF, Protobuf, ProtobufRejection};
-pub use serve::{AllowList, AllowListLayer, ClientError, HTTP_PROTOCOL, MesharaClient, serve};
+pub use serve::{
+    AllowList, AllowListLayer, ClientError, HTTP_PROTOCOL, MesharaClient, ServeOptions, serve,
+    serve_tcp, serve_with,
+};
 pub use signature::{
     SIGNATURE_LABEL, SignatureError, SignaturePolicy, VerifySignatures, VerifySignaturesLayer,
     sign_request, sign_request_with,

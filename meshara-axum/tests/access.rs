@@ -214,7 +214,10 @@ async fn cross_site_websocket_hijacking_is_refused() {
             .unwrap(),
         websocket(
             addr,
-            &[("origin", "https://notes.example"), ("authorization", &auth)],
+            &[
+                ("origin", "https://notes.example"),
+                ("authorization", &auth),
+            ],
         )
         .await
         .unwrap(),
@@ -260,7 +263,12 @@ async fn dns_rebinding_is_refused_by_host() {
         assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}: {}", res.body);
         assert_eq!(res.body["error"], "forbidden_host", "{path}");
         // Without Origin too (a rebinding page's same-origin GET may omit it).
-        let res = get(addr, path, &[("host", &evil_host), ("authorization", &auth)]).await;
+        let res = get(
+            addr,
+            path,
+            &[("host", &evil_host), ("authorization", &auth)],
+        )
+        .await;
         assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
     }
     let (status, body) = websocket(
@@ -328,12 +336,7 @@ async fn sse_needs_the_token_and_the_origin() {
     )
     .await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        res.body["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid")
-    );
+    assert!(res.body["message"].as_str().unwrap().contains("not valid"));
     let res = get(addr, "/meshara/events", &[("authorization", &auth)]).await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(
@@ -421,7 +424,12 @@ async fn open_and_custom_access_keep_the_browser_defences() {
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     assert_eq!(res.headers[header::REFERRER_POLICY], "no-referrer");
-    let res = get(addr, "/meshara/status", &[("origin", "https://evil.example")]).await;
+    let res = get(
+        addr,
+        "/meshara/status",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert_eq!(res.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     let res = get(addr, "/meshara/status", &[("host", "evil.example")]).await;
@@ -447,7 +455,10 @@ async fn open_and_custom_access_keep_the_browser_defences() {
     let res = get(
         addr,
         "/meshara/status",
-        &[("cookie", "session=valid"), ("origin", "https://evil.example")],
+        &[
+            ("cookie", "session=valid"),
+            ("origin", "https://evil.example"),
+        ],
     )
     .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
