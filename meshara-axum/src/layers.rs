@@ -52,11 +52,11 @@ pub(crate) struct DeferredKeyCharge(Arc<Limiter>);
 
 impl DeferredKeyCharge {
     /// Charges `peer`; `Err` is the 429 answer to send.
-    pub(crate) fn charge(&self, peer: NodeId) -> Result<(), Response> {
+    pub(crate) fn charge(&self, peer: NodeId) -> Result<(), Box<Response>> {
         let caller = Caller::Peer(peer);
         self.0
             .check(caller, Instant::now())
-            .map_err(|wait| self.0.refusal(caller, wait))
+            .map_err(|wait| Box::new(self.0.refusal(caller, wait)))
     }
 }
 

@@ -239,7 +239,7 @@ where
             } else {
                 match layer.verify(request).await {
                     Ok(request) => request,
-                    Err(refusal) => return Ok(refusal),
+                    Err(refusal) => return Ok(*refusal),
                 }
             };
             inner.call(request).await
@@ -250,7 +250,7 @@ where
 impl VerifySignaturesLayer {
     /// Verifies `request`'s signature, leaving a [`VerifiedPeer`] or a [`SignatureFailure`]
     /// in its extensions; `Err` is an answer to send at once (the signer is rate limited).
-    async fn verify(&self, request: Request) -> Result<Request, Response> {
+    async fn verify(&self, request: Request) -> Result<Request, Box<Response>> {
         let (mut parts, body) = request.into_parts();
         // Unsigned requests pass untouched.
         if !parts.headers.contains_key("signature-input") {

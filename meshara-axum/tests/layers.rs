@@ -229,7 +229,7 @@ fn signed_post(id: &Identity, len: usize) -> Request<Body> {
 }
 
 async fn head_only_with(from: &str, addr: SocketAddr, req: Request<Body>) -> (u16, String) {
-    let mut head = format!("POST /echo HTTP/1.1\r\nhost: meshara.test\r\n");
+    let mut head = String::from("POST /echo HTTP/1.1\r\nhost: meshara.test\r\n");
     for (name, value) in req.headers() {
         head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
     }
