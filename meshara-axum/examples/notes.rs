@@ -15,7 +15,8 @@
 //!
 //! Secure by default: the Meshara routes require a bearer token and refuse foreign `Host`
 //! and `Origin` headers (DNS rebinding, cross-site WebSockets); every HTTP caller is rate
-//! limited by address; answers carry `nosniff`.
+//! limited by address; answers carry `nosniff`; `serve_tcp` drops clients that do not send
+//! a request head within 10 s and caps connections.
 
 // A command-line program: printing what to open is its user interface.
 #![allow(clippy::print_stdout)]
@@ -31,7 +32,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use meshara_axum::{
-    Access, AllowListLayer, HttpMetrics, MesharaClient, RateLimitLayer, VerifiedPeer,
+    Access, AllowListLayer, HttpMetrics, MesharaClient, RateLimitLayer, ServeOptions, VerifiedPeer,
 };
 use meshara_core::{Identity, Node, NodeBuilder, NodeId, PeerAddr};
 use serde::{Deserialize, Serialize};
@@ -191,16 +192,14 @@ async fn main() -> anyhow::Result<()> {
         call_peer(&node, peer).await?;
     }
 
-    let shutdown_node = node.clone();
-    axum::serve(
-        listener,
-        web.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        shutdown_node.stop().await;
-    })
-    .await?;
+    // serve_tcp rather than axum::serve: clients must send a request head within 10 s,
+    // at most 512 connections (64 per address) are served, and handlers and the rate limit
+    // see each caller's address.
+    tokio::select! {
+        served = meshara_axum::serve_tcp(listener, web, ServeOptions::default()) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    node.stop().await;
     Ok(())
 }
 

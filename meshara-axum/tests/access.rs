@@ -468,3 +468,52 @@ async fn open_and_custom_access_keep_the_browser_defences() {
     server.abort();
     a.stop().await;
 }
+
+/// An app's HTML page behind `security_headers` gets a CSP that stops injected markup from
+/// rebasing URLs or posting forms elsewhere, and leaks no referrer; a page's own CSP is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_pages_get_csp_and_no_referrer() {
+    let app: Router = Router::new()
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Html("<p>notes</p>") }),
+        )
+        .route(
+            "/own",
+            axum::routing::get(|| async {
+                (
+                    [(header::CONTENT_SECURITY_POLICY, "default-src 'none'")],
+                    axum::response::Html("<p>own</p>"),
+                )
+            }),
+        )
+        .layer(axum::middleware::from_fn(meshara_axum::security_headers));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(meshara_axum::serve_tcp(
+        listener,
+        app,
+        meshara_axum::ServeOptions::default(),
+    ));
+    let res = get(addr, "/", &[]).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let csp = res.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    for directive in [
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert_eq!(res.headers[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(res.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    let res = get(addr, "/own", &[]).await;
+    assert_eq!(
+        res.headers[header::CONTENT_SECURITY_POLICY],
+        "default-src 'none'"
+    );
+    assert_eq!(res.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    server.abort();
+}
