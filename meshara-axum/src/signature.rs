@@ -699,3 +699,38 @@ pub fn sign_request_with<B>(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_nonces_are_never_evicted_and_expired_ones_are() {
+        let layer = VerifySignaturesLayer::new(SignaturePolicy {
+            max_clock_skew: Duration::from_secs(1),
+            max_age: Duration::from_secs(10),
+            replay_capacity: 2,
+            max_body: 1024,
+        });
+        let peer = Identity::generate().node_id();
+        let t = 1_000_000;
+        assert_eq!(layer.remember(peer, "a".into(), t, t), Ok(()));
+        assert_eq!(layer.remember(peer, "b".into(), t + 5, t + 5), Ok(()));
+        // Full of live nonces: refused, with the wait until the oldest (created t) expires.
+        assert_eq!(
+            layer.remember(peer, "c".into(), t + 6, t + 6),
+            Err(SignatureError::ReplayCacheFull(6))
+        );
+        // "a" is still remembered at the very end of its window (t + max_age + skew)…
+        assert_eq!(
+            layer.remember(peer, "a".into(), t, t + 11),
+            Err(SignatureError::Replayed(peer))
+        );
+        // …and forgotten after it, which makes room.
+        assert_eq!(layer.remember(peer, "c".into(), t + 12, t + 12), Ok(()));
+        assert_eq!(
+            layer.remember(peer, "b".into(), t + 5, t + 12),
+            Err(SignatureError::Replayed(peer))
+        );
+    }
+}
