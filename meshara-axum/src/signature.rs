@@ -84,6 +84,9 @@ pub enum SignatureError {
          full and live nonces are never forgotten)"
     )]
     ReplayCacheFull(u64),
+    /// The signed body did not arrive within [`SignaturePolicy::body_timeout`].
+    #[error("the signed body did not arrive within {0} ms")]
+    BodyTimeout(u64),
 }
 
 impl SignatureError {
@@ -107,6 +110,7 @@ impl SignatureError {
             SignatureError::ReplayCacheFull(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "replay_cache_full")
             }
+            SignatureError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         }
     }
 
@@ -136,6 +140,10 @@ pub struct SignaturePolicy {
     /// Largest body buffered to check its digest (default 64 KiB); a larger signed body is
     /// refused with 413 `body_too_large`, without reading more than this.
     pub max_body: usize,
+    /// Time the whole signed body may take to arrive once the headers verified (default
+    /// 10 s); a slower one is refused with 408 `body_timeout`, so that a signer cannot hold
+    /// the verifier by trickling its body.
+    pub body_timeout: Duration,
 }
 
 impl Default for SignaturePolicy {
@@ -145,6 +153,7 @@ impl Default for SignaturePolicy {
             max_age: Duration::from_secs(300),
             replay_capacity: 100_000,
             max_body: 64 << 10,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -288,13 +297,19 @@ impl VerifySignaturesLayer {
             parts.extensions.insert(SignatureFailure(too_large));
             return Ok(Request::from_parts(parts, Body::empty()));
         }
-        let bytes = match http_body_util::Limited::new(body, self.policy.max_body)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
+        let collect = http_body_util::Limited::new(body, self.policy.max_body).collect();
+        let bytes = match tokio::time::timeout(self.policy.body_timeout, collect).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => {
                 parts.extensions.insert(SignatureFailure(too_large));
+                return Ok(Request::from_parts(parts, Body::empty()));
+            }
+            Err(_) => {
+                let ms = u64::try_from(self.policy.body_timeout.as_millis()).unwrap_or(u64::MAX);
+                tracing::debug!(peer = %head.peer, "a signed body did not arrive in time");
+                parts
+                    .extensions
+                    .insert(SignatureFailure(SignatureError::BodyTimeout(ms)));
                 return Ok(Request::from_parts(parts, Body::empty()));
             }
         };
@@ -711,6 +726,7 @@ mod tests {
             max_age: Duration::from_secs(10),
             replay_capacity: 2,
             max_body: 1024,
+            body_timeout: Duration::from_secs(1),
         });
         let peer = Identity::generate().node_id();
         let t = 1_000_000;
