@@ -115,7 +115,8 @@ async fn load(
             let mut errors = 0;
             while tokio::time::Instant::now() < deadline {
                 let req = Request::post(path.as_str())
-                    .header(header::HOST, "bench")
+                    .header(header::HOST, "127.0.0.1")
+                    .header(header::AUTHORIZATION, format!("Bearer {BENCH_TOKEN}"))
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from(body.clone()))
                     .unwrap();
@@ -148,6 +149,9 @@ async fn load(
     all
 }
 
+/// The bearer token the benchmarked routes require.
+const BENCH_TOKEN: &str = "bench-token-7d865e959b2466918c9863afca942d0f";
+
 async fn http_load() {
     let a = node().await;
     let b = node().await;
@@ -160,7 +164,10 @@ async fn http_load() {
         .unwrap();
     let app = Router::new()
         .route("/bare", post(bare))
-        .nest("/meshara", meshara_axum::routes())
+        .nest(
+            "/meshara",
+            meshara_axum::routes(meshara_axum::Access::bearer(BENCH_TOKEN)),
+        )
         .with_state(AppState { node: a.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -8,9 +8,15 @@
 //! cargo run -p meshara-axum --example notes -- --http 127.0.0.1:8081 \
 //!     --peer <nodeid>@quic://127.0.0.1:7001 --call <nodeid>
 //! curl localhost:8080/notes                  # the app's own route
-//! curl localhost:8080/meshara/status         # the mounted Meshara routes
-//! curl localhost:8080/meshara/openapi.json
+//! # the mounted Meshara routes need the token printed at startup (or MESHARA_API_TOKEN)
+//! curl -H "Authorization: Bearer $TOKEN" localhost:8080/meshara/status
+//! curl -H "Authorization: Bearer $TOKEN" localhost:8080/meshara/openapi.json
 //! ```
+//!
+//! Secure by default: the Meshara routes require a bearer token and refuse foreign `Host`
+//! and `Origin` headers (DNS rebinding, cross-site WebSockets); every HTTP caller is rate
+//! limited by address; answers carry `nosniff`; `serve_tcp` drops clients that do not send
+//! a request head within 10 s and caps connections.
 
 // A command-line program: printing what to open is its user interface.
 #![allow(clippy::print_stdout)]
@@ -25,7 +31,9 @@ use axum::http::Request;
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use meshara_axum::{AllowListLayer, HttpMetrics, MesharaClient, RateLimitLayer, VerifiedPeer};
+use meshara_axum::{
+    Access, AllowListLayer, HttpMetrics, MesharaClient, RateLimitLayer, ServeOptions, VerifiedPeer,
+};
 use meshara_core::{Identity, Node, NodeBuilder, NodeId, PeerAddr};
 use serde::{Deserialize, Serialize};
 
@@ -139,17 +147,28 @@ async fn main() -> anyhow::Result<()> {
         notes: Arc::default(),
     };
 
-    // 1. The web app: its own routes, the Meshara routes under /meshara, request metrics.
+    // 1. The web app: its own routes, the Meshara routes under /meshara (bearer token), request
+    //    metrics, 20 requests per second per address (bursts of 40).
+    let token = match std::env::var("MESHARA_API_TOKEN") {
+        Ok(token) if !token.is_empty() => token,
+        _ => {
+            let token = Access::random_token();
+            println!("Meshara API token (send `Authorization: Bearer <token>`): {token}");
+            token
+        }
+    };
     let metrics = HttpMetrics::new();
     let web = Router::new()
         .route("/notes", get(list_notes).post(add_local_note))
-        .nest("/meshara", meshara_axum::routes())
+        .nest("/meshara", meshara_axum::routes(Access::bearer(token)))
         .route_layer(metrics.layer())
         .route(
             "/metrics/http",
             get(move || async move { metrics.render() }),
         )
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn(meshara_axum::security_headers))
+        .layer(RateLimitLayer::new(20.0, 40));
 
     // 2. The part served to Meshara peers: who wrote a note is their NodeId. Each peer may
     //    make 5 requests per second (bursts of 10); with --allow, only the listed peers may.
@@ -173,16 +192,14 @@ async fn main() -> anyhow::Result<()> {
         call_peer(&node, peer).await?;
     }
 
-    let shutdown_node = node.clone();
-    axum::serve(
-        listener,
-        web.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        shutdown_node.stop().await;
-    })
-    .await?;
+    // serve_tcp rather than axum::serve: clients must send a request head within 10 s,
+    // at most 512 connections (64 per address) are served, and handlers and the rate limit
+    // see each caller's address.
+    tokio::select! {
+        served = meshara_axum::serve_tcp(listener, web, ServeOptions::default()) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    node.stop().await;
     Ok(())
 }
 

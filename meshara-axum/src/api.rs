@@ -1,6 +1,7 @@
 //! The HTTP routes: `routes()` and the handlers behind them, with their OpenAPI description.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -8,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,10 +20,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::access::Access;
 use crate::error::{ApiError, error_response};
 use crate::extract::{JsonBody, MesharaNode};
 use crate::proto;
 use crate::protobuf::{Format, Protobuf, is_json, is_protobuf, negotiate_errors};
+use crate::signature::VerifySignaturesLayer;
 
 /// Every route `routes()` serves, as `(method, path)`; the OpenAPI document must list exactly
 /// these (a test checks both ways).
@@ -37,12 +41,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
-/// The Meshara routes, to mount with `Router::nest("/meshara", meshara_axum::routes())`.
+/// The Meshara routes, to mount with
+/// `Router::nest("/meshara", meshara_axum::routes(access))`.
+///
+/// `access` says who may call them ([`Access`]): the routes read the node's decrypted
+/// messages and send as it, so there is no default. Whatever the choice, requests naming a
+/// `Host` that is not loopback, an IP literal or allowed (DNS rebinding), and requests from
+/// web pages of another origin (cross-site WebSocket hijacking), are refused with 403. Every
+/// answer carries `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
 ///
 /// The app's state `S` provides the node through `FromRef`:
 ///
 /// ```
 /// use axum::{Router, extract::FromRef};
+/// use meshara_axum::Access;
 /// use meshara_core::Node;
 ///
 /// #[derive(Clone)]
@@ -52,18 +64,25 @@ pub const ROUTES: &[(&str, &str)] = &[
 ///     fn from_ref(state: &AppState) -> Node { state.node.clone() }
 /// }
 ///
-/// fn app(state: AppState) -> Router {
+/// fn app(state: AppState, token: &str) -> Router {
 ///     Router::new()
-///         .nest("/meshara", meshara_axum::routes())
+///         .nest("/meshara", meshara_axum::routes(Access::bearer(token)))
 ///         .with_state(state)
 /// }
 /// ```
-pub fn routes<S>() -> Router<S>
+///
+/// Serve the app with timeouts and a connection cap (see the crate documentation, "Serving
+/// safely").
+pub fn routes<S>(access: Access) -> Router<S>
 where
     Node: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
+    access.announce();
+    let verify = access.verifies_signatures().map(VerifySignaturesLayer::new);
+    let access = Arc::new(access);
+    let auth = access.clone();
+    let router = Router::new()
         .route("/messages", post(send_message::<S>))
         .route("/broadcasts", post(broadcast::<S>))
         .route("/queries", post(query::<S>))
@@ -74,7 +93,21 @@ where
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi_json))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(negotiate_errors))
+        .layer(from_fn(move |request: Request, next: Next| {
+            crate::access::authenticate(auth.clone(), request, next)
+        }));
+    // Signatures are verified (Access::peers) after the Host/Origin checks, before the
+    // authentication that needs their result.
+    let router = match verify {
+        Some(verify) => router.layer(verify),
+        None => router,
+    };
+    router
+        .layer(from_fn(move |request: Request, next: Next| {
+            crate::access::host_and_origin(access.clone(), request, next)
+        }))
+        .layer(from_fn(negotiate_errors))
+        .layer(from_fn(crate::access::security_headers))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

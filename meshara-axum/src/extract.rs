@@ -2,8 +2,8 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meshara_core::{Node, NodeId};
 use serde::de::DeserializeOwned;
@@ -139,7 +139,15 @@ impl IntoResponse for VerifiedPeerRejection {
             VerifiedPeerRejection::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             VerifiedPeerRejection::Signature(e) => e.status_and_code(),
         };
-        error_response(status, code, self.to_string())
+        let retry_after = match &self {
+            VerifiedPeerRejection::Signature(e) => e.retry_after(),
+            VerifiedPeerRejection::Unauthenticated => None,
+        };
+        let mut response = error_response(status, code, self.to_string());
+        if let Some(value) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

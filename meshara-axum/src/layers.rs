@@ -1,10 +1,11 @@
-//! Tower layers keyed by the caller's identity: per-identity rate limiting and request metrics.
+//! Tower layers keyed by the caller: rate limiting by identity and address, request metrics.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,8 +35,29 @@ enum Caller {
     Peer(NodeId),
     /// An unauthenticated caller, by IP address (from axum's `ConnectInfo<SocketAddr>`).
     Ip(IpAddr),
-    /// An unauthenticated caller whose address is unknown.
+    /// A caller whose address is unknown (no `ConnectInfo<SocketAddr>`): all share a bucket.
     Anonymous,
+}
+
+/// Marks requests that arrived over a Meshara connection ([`serve`](crate::serve())): they
+/// have no IP address to charge, their identity was proven by the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OverMeshara;
+
+/// Left by a [`RateLimitLayer`] that ran before the request's signature was verified: the
+/// [`VerifySignaturesLayer`](crate::VerifySignaturesLayer) charges the signer through it
+/// once the headers verify, before it reads the body.
+#[derive(Clone)]
+pub(crate) struct DeferredKeyCharge(Arc<Limiter>);
+
+impl DeferredKeyCharge {
+    /// Charges `peer`; `Err` is the 429 answer to send.
+    pub(crate) fn charge(&self, peer: NodeId) -> Result<(), Box<Response>> {
+        let caller = Caller::Peer(peer);
+        self.0
+            .check(caller, Instant::now())
+            .map_err(|wait| Box::new(self.0.refusal(caller, wait)))
+    }
 }
 
 impl std::fmt::Display for Caller {
@@ -43,22 +65,27 @@ impl std::fmt::Display for Caller {
         match self {
             Caller::Peer(id) => write!(f, "peer {id}"),
             Caller::Ip(ip) => write!(f, "address {ip}"),
-            Caller::Anonymous => f.write_str("unauthenticated callers"),
+            Caller::Anonymous => f.write_str("callers of unknown address"),
         }
     }
 }
 
-/// Per-identity rate limiting: each caller gets a token bucket of `rate` requests per second
-/// with bursts of `burst`. Callers are keyed by their [`VerifiedPeer`] NodeId; unauthenticated
-/// requests by IP address when the server provides `ConnectInfo<SocketAddr>`
-/// (`into_make_service_with_connect_info`), otherwise they share one bucket. A request over
-/// the limit is answered `429 Too Many Requests` with `Retry-After` and a JSON body, without
-/// reaching the inner service.
+/// Rate limiting by identity and by address: a token bucket of `rate` requests per second
+/// with bursts of `burst` for each [`VerifiedPeer`] NodeId, and one for each network address
+/// (an IPv4 address, an IPv6 /64) when the server provides `ConnectInfo<SocketAddr>`
+/// (`into_make_service_with_connect_info`). An HTTP request is charged to its address *and*,
+/// when signed, to its signer, so rotating throwaway keys from one address does not escape
+/// the address's bucket. Requests served over Meshara ([`serve`](crate::serve())) are
+/// charged to their NodeId only. Without `ConnectInfo`, HTTP callers share a single address
+/// bucket (a warning is logged once). A request over the limit is answered
+/// `429 Too Many Requests` with `Retry-After` and a JSON body, without reaching the inner
+/// service. [`per_address`](Self::per_address) sets a different budget for addresses (e.g.
+/// larger, for many clients behind one NAT).
 ///
-/// Place it inside the layer that authenticates: over [`serve`](crate::serve()) the NodeId is
-/// known before any layer runs; behind [`VerifySignaturesLayer`](crate::VerifySignaturesLayer)
-/// add this layer first (`.layer(RateLimitLayer…).layer(VerifySignaturesLayer…)`), so the
-/// signature layer runs before it.
+/// Place it **outside** [`VerifySignaturesLayer`](crate::VerifySignaturesLayer)
+/// (`.layer(VerifySignaturesLayer…).layer(RateLimitLayer…)`, so that it runs first): the
+/// address is charged before anything else, and the signer as soon as its signature
+/// verifies, before the body is read. Placed inside, it charges both after verification.
 ///
 /// At most `max_callers` buckets are kept; when full, buckets that have refilled completely
 /// (idle callers) are forgotten first, then arbitrary ones (a forgotten caller starts again
@@ -70,7 +97,8 @@ impl std::fmt::Display for Caller {
 ///
 /// let app: Router = Router::new()
 ///     .route("/", get(|| async { "hi" }))
-///     .layer(RateLimitLayer::new(20.0, 40));
+///     .layer(meshara_axum::VerifySignaturesLayer::default())
+///     .layer(RateLimitLayer::new(20.0, 40).per_address(50.0, 100));
 /// # let _ = app;
 /// ```
 #[derive(Debug, Clone)]
@@ -82,8 +110,11 @@ pub struct RateLimitLayer {
 struct Limiter {
     rate: f64,
     burst: f64,
+    address_rate: f64,
+    address_burst: f64,
     max_callers: usize,
     buckets: Mutex<HashMap<Caller, TokenBucket>>,
+    warned_no_address: AtomicBool,
 }
 
 impl RateLimitLayer {
@@ -95,12 +126,35 @@ impl RateLimitLayer {
 
     /// Like [`new`](Self::new), tracking at most `max_callers` callers (at least 1).
     pub fn with_capacity(rate: f64, burst: u32, max_callers: usize) -> Self {
+        let rate = sane_rate(rate);
+        let burst = f64::from(burst.max(1));
         Self {
             shared: Arc::new(Limiter {
-                rate: if rate.is_finite() { rate.max(0.0) } else { 0.0 },
-                burst: f64::from(burst.max(1)),
+                rate,
+                burst,
+                address_rate: rate,
+                address_burst: burst,
                 max_callers: max_callers.max(1),
                 buckets: Mutex::new(HashMap::new()),
+                warned_no_address: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The budget of each network address (default: the same as each identity's). Set it
+    /// before cloning the layer.
+    #[must_use]
+    pub fn per_address(self, rate: f64, burst: u32) -> Self {
+        let limiter = &self.shared;
+        Self {
+            shared: Arc::new(Limiter {
+                rate: limiter.rate,
+                burst: limiter.burst,
+                address_rate: sane_rate(rate),
+                address_burst: f64::from(burst.max(1)),
+                max_callers: limiter.max_callers,
+                buckets: Mutex::new(HashMap::new()),
+                warned_no_address: AtomicBool::new(false),
             }),
         }
     }
@@ -132,15 +186,51 @@ impl Limiter {
                 }
             }
         }
+        let (rate, burst) = match caller {
+            Caller::Peer(_) => (self.rate, self.burst),
+            Caller::Ip(_) | Caller::Anonymous => (self.address_rate, self.address_burst),
+        };
         let bucket = buckets
             .entry(caller)
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now));
+            .or_insert_with(|| TokenBucket::new(rate, burst, now));
         if bucket.try_take(1.0, now) {
             Ok(())
         } else {
             Err(bucket.wait_for(1.0))
         }
     }
+
+    /// The 429 answer for `caller`, who may retry after `wait`.
+    fn refusal(&self, caller: Caller, wait: Duration) -> Response {
+        tracing::debug!(%caller, wait_ms = wait.as_millis() as u64, "rate limited");
+        let (rate, burst) = match caller {
+            Caller::Peer(_) => (self.rate, self.burst),
+            Caller::Ip(_) | Caller::Anonymous => (self.address_rate, self.address_burst),
+        };
+        // Whole seconds, rounded up, at least 1; none when nothing ever refills.
+        let retry = (wait < MAX_RETRY_AFTER)
+            .then(|| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
+        let when = retry.map_or_else(
+            || "requests are not allowed to refill".to_owned(),
+            |secs| format!("retry in {secs} s"),
+        );
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many requests from {caller}: the limit is {rate} per second with bursts of \
+                 {burst}; {when}"
+            ),
+        );
+        if let Some(value) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+fn sane_rate(rate: f64) -> f64 {
+    if rate.is_finite() { rate.max(0.0) } else { 0.0 }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
@@ -175,53 +265,43 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let caller = caller_of(&request);
-        match self.limiter.check(caller, Instant::now()) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(wait) => {
-                let limiter = &self.limiter;
-                tracing::debug!(%caller, wait_ms = wait.as_millis() as u64, "rate limited");
-                // Whole seconds, rounded up, at least 1; none when nothing ever refills.
-                let retry = (wait < MAX_RETRY_AFTER)
-                    .then(|| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
-                let when = retry.map_or_else(
-                    || "requests are not allowed to refill".to_owned(),
-                    |secs| format!("retry in {secs} s"),
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let now = Instant::now();
+        let extensions = request.extensions();
+        let address = if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(Caller::Ip(network_of(addr.ip())))
+        } else if extensions.get::<OverMeshara>().is_some() {
+            None
+        } else {
+            if !self.limiter.warned_no_address.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "RateLimitLayer: requests carry no ConnectInfo<SocketAddr>, so all HTTP \
+                     callers share one address bucket; serve the app with \
+                     into_make_service_with_connect_info::<SocketAddr>()"
                 );
-                let mut response = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "too many requests from {caller}: the limit is {} per second with bursts \
-                         of {}; {when}",
-                        limiter.rate, limiter.burst,
-                    ),
-                );
-                if let Some(value) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
-                {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                Box::pin(async move { Ok(response) })
+            }
+            Some(Caller::Anonymous)
+        };
+        let peer = extensions.get::<VerifiedPeer>().map(|p| Caller::Peer(p.0));
+        for caller in address.into_iter().chain(peer) {
+            if let Err(wait) = self.limiter.check(caller, now) {
+                let response = self.limiter.refusal(caller, wait);
+                return Box::pin(async move { Ok(response) });
             }
         }
-    }
-}
-
-fn caller_of<B>(request: &Request<B>) -> Caller {
-    let extensions = request.extensions();
-    if let Some(VerifiedPeer(peer)) = extensions.get::<VerifiedPeer>() {
-        Caller::Peer(*peer)
-    } else if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
-        Caller::Ip(network_of(addr.ip()))
-    } else {
-        Caller::Anonymous
+        if peer.is_none() {
+            // A signature verified later (by an inner VerifySignaturesLayer) is charged then.
+            request
+                .extensions_mut()
+                .insert(DeferredKeyCharge(self.limiter.clone()));
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 
 /// The unit unauthenticated callers are counted by: an IPv4 address, or an IPv6 /64 (one
 /// subscriber usually holds a whole /64, so single addresses would be free to vary).
-fn network_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -8,9 +8,15 @@
 //! can be valid, the digest of the (bounded) body — and hands the result to the
 //! [`VerifiedPeer`](crate::VerifiedPeer) extractor, which rejects with the precise reason.
 //!
+//! The signature is verified from the headers alone (it covers `Content-Digest`, not the
+//! body), so a forged or replayed request is refused before its body is read; a
+//! [`RateLimitLayer`](crate::RateLimitLayer) placed outside the verifier charges the signer
+//! before the body is read too. Only then is the body buffered (at most
+//! [`SignaturePolicy::max_body`], 64 KiB by default) and its digest checked.
+//!
 //! Rust callers sign with [`sign_request`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +36,7 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use crate::extract::VerifiedPeer;
+use crate::layers::DeferredKeyCharge;
 
 /// The signature label [`sign_request`] uses.
 pub const SIGNATURE_LABEL: &str = "meshara";
@@ -69,6 +76,17 @@ pub enum SignatureError {
     /// The body is larger than the verifier buffers.
     #[error("the signed body exceeds {0} bytes")]
     BodyTooLarge(usize),
+    /// The replay cache is full of nonces that are still inside the acceptance window; they
+    /// are never forgotten early (that would let captured requests be replayed), so new
+    /// signed requests are refused until the oldest expire, in about this many seconds.
+    #[error(
+        "too many signed requests in the replay window: try again in {0} s (the replay cache is \
+         full and live nonces are never forgotten)"
+    )]
+    ReplayCacheFull(u64),
+    /// The signed body did not arrive within [`SignaturePolicy::body_timeout`].
+    #[error("the signed body did not arrive within {0} ms")]
+    BodyTimeout(u64),
 }
 
 impl SignatureError {
@@ -89,6 +107,18 @@ impl SignatureError {
             SignatureError::Replayed(_) => (StatusCode::UNAUTHORIZED, "replayed_signature"),
             SignatureError::Digest(_) => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             SignatureError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            SignatureError::ReplayCacheFull(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "replay_cache_full")
+            }
+            SignatureError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        }
+    }
+
+    /// Seconds the caller should wait before retrying, for the `Retry-After` header.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            SignatureError::ReplayCacheFull(secs) => Some(*secs),
+            _ => None,
         }
     }
 }
@@ -98,12 +128,22 @@ impl SignatureError {
 pub struct SignaturePolicy {
     /// How far `created` may be ahead of our clock.
     pub max_clock_skew: Duration,
-    /// How old (by `created`) a signature may be; also how long nonces are remembered.
+    /// How old (by `created`) a signature may be; nonces are remembered this long plus the
+    /// clock skew.
     pub max_age: Duration,
-    /// Nonces remembered at most (oldest forgotten first).
+    /// Nonces remembered at most. A nonce is never forgotten while its signature could still
+    /// be accepted: when the cache is full of live nonces, new signed requests are refused
+    /// (503 `replay_cache_full` with `Retry-After`) until the oldest expire. Size it above
+    /// the signed requests you expect in `max_age + max_clock_skew`, and rate limit callers
+    /// ([`RateLimitLayer`](crate::RateLimitLayer)) so that nobody can fill it alone.
     pub replay_capacity: usize,
-    /// Largest body buffered to check its digest.
+    /// Largest body buffered to check its digest (default 64 KiB); a larger signed body is
+    /// refused with 413 `body_too_large`, without reading more than this.
     pub max_body: usize,
+    /// Time the whole signed body may take to arrive once the headers verified (default
+    /// 10 s); a slower one is refused with 408 `body_timeout`, so that a signer cannot hold
+    /// the verifier by trickling its body.
+    pub body_timeout: Duration,
 }
 
 impl Default for SignaturePolicy {
@@ -112,7 +152,8 @@ impl Default for SignaturePolicy {
             max_clock_skew: Duration::from_secs(30),
             max_age: Duration::from_secs(300),
             replay_capacity: 100_000,
-            max_body: 2 << 20,
+            max_body: 64 << 10,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -121,10 +162,20 @@ impl Default for SignaturePolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct SignatureFailure(pub(crate) SignatureError);
 
+/// Nonces of verified signatures, by their `created` time, so that the expired ones are
+/// dropped first and live ones never.
 #[derive(Debug, Default)]
 struct ReplayCache {
     seen: HashSet<(NodeId, String)>,
-    order: VecDeque<(u64, NodeId, String)>,
+    by_created: BTreeMap<u64, Vec<(NodeId, String)>>,
+}
+
+/// What the headers of a signed request proved.
+struct SignedHead {
+    peer: NodeId,
+    nonce: String,
+    created: u64,
+    covers_digest: bool,
 }
 
 /// A layer verifying RFC 9421 signatures on requests that did not arrive over Meshara. It
@@ -189,10 +240,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let request = if request.extensions().get::<VerifiedPeer>().is_some() {
-                request // authenticated by the Meshara connection already
+            let extensions = request.extensions();
+            let request = if extensions.get::<VerifiedPeer>().is_some()
+                || extensions.get::<SignatureFailure>().is_some()
+            {
+                request // authenticated by the Meshara connection, or checked by an outer layer
             } else {
-                layer.verify(request).await
+                match layer.verify(request).await {
+                    Ok(request) => request,
+                    Err(refusal) => return Ok(*refusal),
+                }
             };
             inner.call(request).await
         })
@@ -200,50 +257,102 @@ where
 }
 
 impl VerifySignaturesLayer {
-    async fn verify(&self, request: Request) -> Request {
+    /// Verifies `request`'s signature, leaving a [`VerifiedPeer`] or a [`SignatureFailure`]
+    /// in its extensions; `Err` is an answer to send at once (the signer is rate limited).
+    async fn verify(&self, request: Request) -> Result<Request, Box<Response>> {
         let (mut parts, body) = request.into_parts();
-        let signed = parts.headers.contains_key("signature-input");
-        // Buffer a signed body (bounded) to check its digest; unsigned requests pass untouched.
-        let (body, outcome) = if !signed {
-            (body, Err(SignatureError::Missing))
-        } else {
-            match http_body_util::Limited::new(body, self.policy.max_body)
-                .collect()
-                .await
-            {
-                Ok(collected) => {
-                    let bytes = collected.to_bytes();
-                    let path = parts
-                        .extensions
-                        .get::<OriginalUri>()
-                        .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
-                    let outcome = self.check(&parts.method, &path, &parts.headers, &bytes);
-                    (Body::from(bytes), outcome)
-                }
-                Err(_) => (
-                    Body::empty(),
-                    Err(SignatureError::BodyTooLarge(self.policy.max_body)),
-                ),
+        // Unsigned requests pass untouched.
+        if !parts.headers.contains_key("signature-input") {
+            parts
+                .extensions
+                .insert(SignatureFailure(SignatureError::Missing));
+            return Ok(Request::from_parts(parts, body));
+        }
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let now = unix_secs();
+        // Everything but the body first: a forged, expired or replayed request is refused
+        // without reading its body.
+        let head = match self.check_head(&parts.method, &uri, &parts.headers, now) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::debug!(error = %e, "refused an HTTP message signature");
+                parts.extensions.insert(SignatureFailure(e));
+                return Ok(Request::from_parts(parts, body));
             }
         };
+        // An outer RateLimitLayer charges the signer now, before the body is buffered.
+        if let Some(charge) = parts.extensions.remove::<DeferredKeyCharge>() {
+            charge.charge(head.peer)?;
+        }
+        let too_large = SignatureError::BodyTooLarge(self.policy.max_body);
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.policy.max_body as u64) {
+            parts.extensions.insert(SignatureFailure(too_large));
+            return Ok(Request::from_parts(parts, Body::empty()));
+        }
+        let collect = http_body_util::Limited::new(body, self.policy.max_body).collect();
+        let bytes = match tokio::time::timeout(self.policy.body_timeout, collect).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => {
+                parts.extensions.insert(SignatureFailure(too_large));
+                return Ok(Request::from_parts(parts, Body::empty()));
+            }
+            Err(_) => {
+                let ms = u64::try_from(self.policy.body_timeout.as_millis()).unwrap_or(u64::MAX);
+                tracing::debug!(peer = %head.peer, "a signed body did not arrive in time");
+                parts
+                    .extensions
+                    .insert(SignatureFailure(SignatureError::BodyTimeout(ms)));
+                return Ok(Request::from_parts(parts, Body::empty()));
+            }
+        };
+        let outcome = self
+            .check_body(&head, &parts.headers, &bytes)
+            // Only a verified request consumes its nonce.
+            .and_then(|()| self.remember(head.peer, head.nonce, head.created, now));
         match outcome {
-            Ok(peer) => {
-                parts.extensions.insert(VerifiedPeer(peer));
+            Ok(()) => {
+                parts.extensions.insert(VerifiedPeer(head.peer));
             }
             Err(e) => {
+                tracing::debug!(peer = %head.peer, error = %e, "refused a signed request");
                 parts.extensions.insert(SignatureFailure(e));
             }
         }
-        Request::from_parts(parts, body)
+        Ok(Request::from_parts(parts, Body::from(bytes)))
     }
 
-    fn check(
+    fn check_body(
+        &self,
+        head: &SignedHead,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        if !head.covers_digest {
+            return Err(SignatureError::MissingComponent("content-digest"));
+        }
+        check_digest(headers, body)
+    }
+
+    /// Verifies everything the headers carry (the signature covers `Content-Digest`, not the
+    /// body), and that the nonce is not known yet.
+    fn check_head(
         &self,
         method: &axum::http::Method,
         uri: &axum::http::Uri,
         headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<NodeId, SignatureError> {
+        now: u64,
+    ) -> Result<SignedHead, SignatureError> {
         let malformed = |what: &str| SignatureError::Malformed(what.to_owned());
         let input = header_str(headers, "signature-input")?;
         let signature = header_str(headers, "signature")?;
@@ -305,7 +414,6 @@ impl VerifySignaturesLayer {
             .map(|s| s.as_str().to_owned())
             .filter(|n| !n.is_empty() && n.len() <= 128)
             .ok_or_else(|| malformed("nonce (1..=128 characters) is required"))?;
-        let now = unix_secs();
         if created > now + self.policy.max_clock_skew.as_secs() {
             return Err(SignatureError::FromTheFuture(created - now));
         }
@@ -344,11 +452,13 @@ impl VerifySignaturesLayer {
         if uri.query().is_some() && !covers("@query") {
             return Err(SignatureError::MissingComponent("@query"));
         }
-        if !body.is_empty() {
-            if !covers("content-digest") {
-                return Err(SignatureError::MissingComponent("content-digest"));
-            }
-            check_digest(headers, body)?;
+        let covers_digest = covers("content-digest");
+        let may_have_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if may_have_body && !covers_digest {
+            return Err(SignatureError::MissingComponent("content-digest"));
         }
         let mut base = String::new();
         for name in &covered {
@@ -361,9 +471,19 @@ impl VerifySignaturesLayer {
         peer.verifying_key()
             .verify_strict(base.as_bytes(), &signature)
             .map_err(|_| SignatureError::Invalid(peer))?;
-        // Only a verified signature consumes its nonce.
-        self.remember(peer, nonce, created, now)?;
-        Ok(peer)
+        if self.replay_lock().seen.contains(&(peer, nonce.clone())) {
+            return Err(SignatureError::Replayed(peer));
+        }
+        Ok(SignedHead {
+            peer,
+            nonce,
+            created,
+            covers_digest,
+        })
+    }
+
+    fn replay_lock(&self) -> std::sync::MutexGuard<'_, ReplayCache> {
+        self.replay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn remember(
@@ -373,20 +493,37 @@ impl VerifySignaturesLayer {
         created: u64,
         now: u64,
     ) -> Result<(), SignatureError> {
-        let mut cache = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-        let horizon = now
-            .saturating_sub(self.policy.max_age.as_secs() + self.policy.max_clock_skew.as_secs());
-        while let Some((t, p, n)) = cache.order.front().cloned() {
-            if t >= horizon && cache.order.len() < self.policy.replay_capacity {
+        let window = self.policy.max_age.as_secs() + self.policy.max_clock_skew.as_secs();
+        let mut cache = self.replay_lock();
+        // Forget the nonces whose signatures can no longer be accepted, and only those.
+        let horizon = now.saturating_sub(window);
+        while let Some(entry) = cache.by_created.first_entry() {
+            if *entry.key() >= horizon {
                 break;
             }
-            cache.order.pop_front();
-            cache.seen.remove(&(p, n));
+            for key in entry.remove() {
+                cache.seen.remove(&key);
+            }
         }
-        if !cache.seen.insert((peer, nonce.clone())) {
+        if cache.seen.contains(&(peer, nonce.clone())) {
             return Err(SignatureError::Replayed(peer));
         }
-        cache.order.push_back((created, peer, nonce));
+        if cache.seen.len() >= self.policy.replay_capacity {
+            let oldest = cache.by_created.keys().next().copied().unwrap_or(now);
+            let wait = (oldest + window + 1).saturating_sub(now).max(1);
+            tracing::warn!(
+                capacity = self.policy.replay_capacity,
+                retry_after_s = wait,
+                "the signature replay cache is full of live nonces; refusing signed requests"
+            );
+            return Err(SignatureError::ReplayCacheFull(wait));
+        }
+        cache.seen.insert((peer, nonce.clone()));
+        cache
+            .by_created
+            .entry(created)
+            .or_default()
+            .push((peer, nonce));
         Ok(())
     }
 }
@@ -576,4 +713,40 @@ pub fn sign_request_with<B>(
         .map_err(|e| SignatureError::Malformed(e.to_string()))?,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_nonces_are_never_evicted_and_expired_ones_are() {
+        let layer = VerifySignaturesLayer::new(SignaturePolicy {
+            max_clock_skew: Duration::from_secs(1),
+            max_age: Duration::from_secs(10),
+            replay_capacity: 2,
+            max_body: 1024,
+            body_timeout: Duration::from_secs(1),
+        });
+        let peer = Identity::generate().node_id();
+        let t = 1_000_000;
+        assert_eq!(layer.remember(peer, "a".into(), t, t), Ok(()));
+        assert_eq!(layer.remember(peer, "b".into(), t + 5, t + 5), Ok(()));
+        // Full of live nonces: refused, with the wait until the oldest (created t) expires.
+        assert_eq!(
+            layer.remember(peer, "c".into(), t + 6, t + 6),
+            Err(SignatureError::ReplayCacheFull(6))
+        );
+        // "a" is still remembered at the very end of its window (t + max_age + skew)…
+        assert_eq!(
+            layer.remember(peer, "a".into(), t, t + 11),
+            Err(SignatureError::Replayed(peer))
+        );
+        // …and forgotten after it, which makes room.
+        assert_eq!(layer.remember(peer, "c".into(), t + 12, t + 12), Ok(()));
+        assert_eq!(
+            layer.remember(peer, "b".into(), t + 5, t + 12),
+            Err(SignatureError::Replayed(peer))
+        );
+    }
 }

@@ -13,6 +13,7 @@ use meshara_axum::proto;
 use meshara_core::{Event, Identity, Node, NodeBuilder};
 use prost::Message as _;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::ServiceExt;
 
 #[derive(Clone)]
@@ -42,9 +43,14 @@ async fn pair() -> (Node, Node) {
     (a, b)
 }
 
+/// The bearer token the test apps require; the helpers below send it.
+const TOKEN: &str = "test-token-b1946ac92492d2347c6235b4d2611184";
+const BEARER: &str = "Bearer test-token-b1946ac92492d2347c6235b4d2611184";
+
 fn app(node: &Node) -> Router {
+    let access = meshara_axum::Access::bearer(TOKEN).allow_host("meshara.test");
     Router::new()
-        .nest("/meshara", meshara_axum::routes())
+        .nest("/meshara", meshara_axum::routes(access))
         .with_state(AppState { node: node.clone() })
 }
 
@@ -60,7 +66,10 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (St
     raw(app, req.body(body).unwrap()).await
 }
 
-async fn raw(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+async fn raw(app: &Router, mut req: Request<Body>) -> (StatusCode, Value) {
+    req.headers_mut()
+        .entry(header::AUTHORIZATION)
+        .or_insert(BEARER.parse().unwrap());
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
@@ -362,7 +371,8 @@ async fn sse_and_websocket_deliver_events_in_order() {
     let res = sender
         .send_request(
             Request::get("/meshara/events")
-                .header(header::HOST, "x")
+                .header(header::HOST, "meshara.test")
+                .header(header::AUTHORIZATION, BEARER)
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -378,9 +388,13 @@ async fn sse_and_websocket_deliver_events_in_order() {
     let mut sse = res.into_body();
 
     // WebSocket.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/meshara/events/ws"))
-        .await
+    let mut ws_request = format!("ws://{addr}/meshara/events/ws")
+        .into_client_request()
         .unwrap();
+    ws_request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, BEARER.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request).await.unwrap();
 
     // Give both subscriptions a moment to attach before sending.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -455,8 +469,10 @@ fn proto_request(uri: &str, msg: &impl prost::Message) -> Request<Body> {
 /// Sends `req` and decodes a protobuf answer of type `T` (or a `meshara.api.v1.Error`).
 async fn proto_call<T: prost::Message + Default>(
     app: &Router,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> (StatusCode, Result<T, proto::Error>) {
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, BEARER.parse().unwrap());
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     assert_eq!(
@@ -795,6 +811,10 @@ async fn http(
     parts
         .headers
         .insert(header::HOST, "meshara.test".parse().unwrap());
+    parts
+        .headers
+        .entry(header::AUTHORIZATION)
+        .or_insert(BEARER.parse().unwrap());
     let res = sender
         .send_request(Request::from_parts(parts, body))
         .await

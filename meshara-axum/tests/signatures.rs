@@ -276,3 +276,117 @@ async fn refusals(app: &Target) {
     let v: Value = serde_json::from_str(&b).unwrap();
     assert!(v["message"].as_str().unwrap().contains("RFC 9421"), "{b}");
 }
+
+/// The attack on a replay cache that evicts by capacity: capture an honest signed request,
+/// flood the verifier with fresh valid signatures (throwaway keys cost nothing) until the
+/// captured nonce would be evicted, then replay it. A live nonce is never forgotten: the flood
+/// is refused with 503 `replay_cache_full` instead, the replay with 401, and honest callers
+/// are served again once the flood's nonces expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_the_replay_cache_does_not_enable_replays() {
+    let policy = SignaturePolicy {
+        max_clock_skew: std::time::Duration::ZERO,
+        max_age: std::time::Duration::from_secs(3),
+        replay_capacity: 20,
+        ..SignaturePolicy::default()
+    };
+    let (target, server) = Target::server(app(policy)).await;
+    let alice = Identity::generate();
+    // Alice's request, as the attacker captured it on the wire.
+    let captured = signed(&alice, "GET", "/whoami", b"");
+    let capture = |req: &Request<Body>| {
+        let mut copy = Request::get("/whoami").body(Body::empty()).unwrap();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    };
+    let replay = capture(&captured);
+    let (status, body) = send(&target, captured).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The flood: many more fresh signatures than the cache holds.
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (status, body) = send(
+            &target,
+            signed(&Identity::generate(), "GET", "/whoami", b""),
+        )
+        .await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(code(&body), "replay_cache_full", "{body}");
+                refused += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(refused >= 40, "only {refused} flood requests refused");
+    // The replay is still recognized.
+    let (status, body) = send(&target, capture(&replay)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(code(&body), "replayed_signature");
+
+    // Once the window has passed, the captured request is too old, and honest callers are
+    // served again.
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+    let (status, body) = send(&target, capture(&replay)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(code(&body), "expired_signature");
+    let (status, body) = send(&target, signed(&alice, "GET", "/whoami", b"")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, alice.node_id().to_string());
+    server.abort();
+}
+
+/// A signer whose headers verify trickles its body to hold the verifier: refused with 408
+/// `body_timeout` once the policy's body timeout runs out; an honest signer is served
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_signed_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let policy = SignaturePolicy {
+        body_timeout: std::time::Duration::from_secs(1),
+        ..SignaturePolicy::default()
+    };
+    let (target, server) = Target::server(app(policy)).await;
+    let Target::Server(addr) = target.clone() else {
+        unreachable!()
+    };
+    let slow = Identity::generate();
+    let body = vec![b'x'; 100];
+    let req = signed(&slow, "POST", "/echo", &body);
+    let mut head =
+        String::from("POST /echo HTTP/1.1\r\nhost: meshara.test\r\ncontent-length: 100\r\n");
+    for (name, value) in req.headers() {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..10]).await.unwrap();
+
+    let me = Identity::generate();
+    let (status, answer) = send(&target, signed(&me, "POST", "/echo", b"quick")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, format!("{}:quick", me.node_id()));
+
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("body_timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "still waiting for the body: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    server.abort();
+}
