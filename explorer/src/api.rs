@@ -127,43 +127,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|Path(path): Path<String>| async move { asset(&path) }),
         );
     if let Some(token) = state.node_token.clone() {
-        let node_api = meshara_axum::routes::<NodeApi>()
-            .with_state(NodeApi {
-                node: state.node.clone(),
-            })
-            .layer(axum::middleware::from_fn(
-                move |req: Request, next: Next| {
-                    let token = token.clone();
-                    async move { bearer(&token, req, next).await }
-                },
-            ));
+        // Bearer token, and the browser defences of `meshara_axum`: a foreign Origin or a Host
+        // that is not ours is refused before the token is even looked at.
+        let access = state
+            .config
+            .node
+            .api_hosts
+            .iter()
+            .fold(meshara_axum::Access::bearer(&token), |a, h| a.allow_host(h));
+        let node_api = meshara_axum::routes::<NodeApi>(access).with_state(NodeApi {
+            node: state.node.clone(),
+        });
         app = app.nest("/meshara", node_api);
     }
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn(security_headers))
         .layer(state.http_metrics.layer())
         .with_state(state)
-}
-
-/// The node API answers only with `Authorization: Bearer <token>`: it can send messages as
-/// the explorer's node, and a browser page on another site must not reach it.
-async fn bearer(token: &str, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
-    if !ok {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the node API needs the bearer token from <data_dir>/node-api.token",
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {

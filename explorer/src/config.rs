@@ -149,10 +149,15 @@ pub struct NodeSection {
     /// standing connections of its own.
     #[serde(default)]
     pub bootstrap: Vec<String>,
-    /// Mount the node's HTTP API (`meshara_axum::routes()`) at `/meshara`, behind a bearer
+    /// Mount the node's HTTP API (`meshara_axum::routes`) at `/meshara`, behind a bearer
     /// token written to `<data_dir>/node-api.token`.
     #[serde(default = "yes")]
     pub api: bool,
+    /// Host names (`name` or `name:port`) the node API answers to besides `localhost` and IP
+    /// literals: the names the explorer is served under. Requests naming any other host (DNS
+    /// rebinding) and browser requests from other sites are refused with 403.
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
 }
 
 impl Default for NodeSection {
@@ -161,6 +166,7 @@ impl Default for NodeSection {
             quic_listen: default_quic(),
             bootstrap: Vec::new(),
             api: true,
+            api_hosts: Vec::new(),
         }
     }
 }
@@ -262,6 +268,14 @@ impl Config {
                 }
                 "RELEASES_TRACK" => {
                     config.releases.track = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                "NODE_API_HOSTS" => {
+                    config.node.api_hosts = value
                         .split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())

@@ -58,7 +58,11 @@ fn check_required(doc: &Value, schema: &Value, value: &Value, at: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_as_documented_and_refuses_bad_input() {
     let net = Network::start(8, &[]).await;
-    let Some(h) = explorer(Backend::Sqlite, &[net.bootstrap().to_string()], |_| {}).await else {
+    let Some(h) = explorer(Backend::Sqlite, &[net.bootstrap().to_string()], |c| {
+        c.node.api_hosts = vec!["explorer.test".into()];
+    })
+    .await
+    else {
         return;
     };
     h.explorer.crawl_now().await.unwrap();
@@ -188,26 +192,45 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
     }
 
     // The node API needs its token.
+    // (The mounted node API answers with meshara-axum's own error body.)
     let (status, v) = call(h.addr, "GET", "/meshara/status", None).await;
-    assert_error(status, &v, 401, "node API without token");
+    assert_eq!(status, 401, "node API without token: {v}");
+    assert_eq!(v["error"], "unauthorized", "{v}");
     let token = h.explorer.node_api_token().unwrap().to_owned();
-    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let res = sender
-        .send_request(
-            hyper::Request::get("/meshara/status")
-                .header("host", "x")
-                .header("authorization", format!("Bearer {token}"))
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let node_api = |host: &'static str, origin: Option<&'static str>| {
+        let token = token.clone();
+        async move {
+            let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = hyper::Request::get("/meshara/status")
+                .header("host", host)
+                .header("authorization", format!("Bearer {token}"));
+            if let Some(origin) = origin {
+                req = req.header("origin", origin);
+            }
+            sender
+                .send_request(
+                    req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // With the token, under the configured name and on loopback: served.
+    assert_eq!(node_api("explorer.test", None).await, 200);
+    assert_eq!(node_api("127.0.0.1", None).await, 200);
+    // A rebound name (DNS rebinding) or a page of another site: refused even with the token.
+    assert_eq!(node_api("attacker.example", None).await, 403);
+    assert_eq!(
+        node_api("explorer.test", Some("https://attacker.example")).await,
+        403
+    );
 
     // Health, readiness, metrics.
     assert_eq!(get(h.addr, "/healthz").await, "ok");
