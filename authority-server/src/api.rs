@@ -25,6 +25,7 @@ mod roots;
 use crate::auth::{Principal, Role};
 use crate::db::{NewRelease, ReleaseRow, SignatureRow};
 use crate::keys::{DetachedSignature, Draft};
+use crate::names::NameKind;
 use crate::{AppState, now};
 
 /// Roles that may call a route (admin may call every route).
@@ -243,6 +244,12 @@ impl From<crate::db::DbError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// 400 `invalid_name` for a name outside its character set ([`crate::names`]).
+fn check_name(kind: NameKind, name: &str) -> ApiResult<()> {
+    crate::names::check(kind, name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
+}
+
 /// The router: admin API (behind the role table), public endpoints and the dashboard.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
@@ -415,9 +422,7 @@ async fn upload(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = q.name.unwrap_or_else(|| "package".into());
-    if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
-        return Err(ApiError::invalid("name must be 1..=255 bytes without '/'"));
-    }
+    check_name(NameKind::Upload, &name)?;
     let stored =
         s.store
             .put(body.into_data_stream(), s.config.max_package_bytes)
@@ -576,6 +581,8 @@ async fn describe(s: &AppState, spec: &DraftSpec<'_>, expires_at: u64) -> ApiRes
 }
 
 async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiResult<ReleaseRow> {
+    check_name(NameKind::Package, spec.package)?;
+    check_name(NameKind::Channel, spec.channel)?;
     let pkg =
         s.db.package(spec.content_hash)
             .await?
@@ -832,7 +839,13 @@ pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> Ap
         &format!("{}/{} {} #{}", r.package, r.channel, r.semver, r.sequence),
     )
     .await?;
-    tracing::info!(id = r.id, package = %r.package, channel = %r.channel, semver = %r.semver, "release published");
+    tracing::info!(
+        id = r.id,
+        package = %crate::names::escape(&r.package),
+        channel = %crate::names::escape(&r.channel),
+        semver = %crate::names::escape(&r.semver),
+        "release published"
+    );
     Ok(())
 }
 
@@ -1034,9 +1047,7 @@ async fn create_token(
     Json(t): Json<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let role: Role = t.role.parse().map_err(ApiError::invalid)?;
-    if t.name.is_empty() || t.name.len() > 64 {
-        return Err(ApiError::invalid("name must be 1..=64 bytes"));
-    }
+    check_name(NameKind::Token, &t.name)?;
     let (id, token) = crate::auth::create_token(&s.db, &t.name, role).await?;
     s.db.audit(
         &p.name,
@@ -1072,6 +1083,12 @@ async fn update_check(
     State(s): State<Arc<AppState>>,
     Path((package, channel)): Path<(String, String)>,
 ) -> Response {
+    // No release can have another name: answer without recording it.
+    if let Err(e) = check_name(NameKind::Package, &package)
+        .and_then(|()| check_name(NameKind::Channel, &channel))
+    {
+        return e.into_response();
+    }
     s.record_query(&package, &channel, "http", None);
     let (Some(release), Some(signed)) = (
         s.updater.latest(&package, &channel),

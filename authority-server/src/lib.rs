@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod keys;
+pub mod names;
 pub mod storage;
 mod web;
 
@@ -111,8 +112,9 @@ impl AppState {
         self.checks.fetch_add(1, Ordering::Relaxed);
         let row = QueryRow {
             at: now(),
-            package: package.chars().take(64).collect(),
-            channel: channel.chars().take(64).collect(),
+            // Names from the mesh are not checked: keep them escaped.
+            package: names::escape(package).chars().take(64).collect(),
+            channel: names::escape(channel).chars().take(64).collect(),
             via: via.to_owned(),
             peer,
         };

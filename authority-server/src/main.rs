@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use meshara_authority::config::Config;
 use meshara_authority::keys::{self, AnyDraft};
-use meshara_authority::{Authority, auth, db};
+use meshara_authority::{Authority, auth, db, names};
 
 #[derive(Parser)]
 #[command(
@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 root.keys.len()
             );
             for k in &root.keys {
-                println!("  key {}: {}", k.name, k.key);
+                println!("  key {}: {}", names::escape(&k.name), k.key);
             }
             println!(
                 "ship root.pb with your application: nodes trust it and every root it rotates to"
@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { config, name, role } => {
             let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            names::check(names::NameKind::Token, &name)?;
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let db = db::Db::connect(&config.database_url()).await?;
             let (id, token) = auth::create_token(&db, &name, role).await?;
@@ -158,37 +159,17 @@ async fn main() -> anyhow::Result<()> {
             let identity = meshara_core::Keystore::new(&key)
                 .load(&passphrase()?)?
                 .identity;
+            // Names are checked and escaped before anything reaches the terminal, and each
+            // key is shown by its public key, so a draft cannot hide a key from its signer.
+            eprint!(
+                "{}",
+                draft
+                    .summary(&identity.node_id())
+                    .context("refusing to sign this draft")?
+            );
             let sig = match draft {
-                AnyDraft::Release(d) => {
-                    eprintln!(
-                        "signing release {}/{} {} (sequence {}, {} bytes, content {}) with {}",
-                        d.package,
-                        d.channel,
-                        d.semver,
-                        d.sequence,
-                        d.size,
-                        d.content_hash,
-                        identity.node_id()
-                    );
-                    d.sign(&identity)?
-                }
-                AnyDraft::Root(d) => {
-                    eprintln!(
-                        "signing root {} (root threshold {}, release threshold {}, expires {}) with {}",
-                        d.sequence,
-                        d.root_threshold,
-                        d.release_threshold,
-                        d.expires_at,
-                        identity.node_id()
-                    );
-                    for k in &d.keys {
-                        eprintln!("  key {} {} ({})", k.name, k.key, k.roles.join(", "));
-                    }
-                    for k in &d.revoked {
-                        eprintln!("  revokes {k}");
-                    }
-                    d.sign(&identity)?
-                }
+                AnyDraft::Release(d) => d.sign(&identity)?,
+                AnyDraft::Root(d) => d.sign(&identity)?,
             };
             println!("{}", serde_json::to_string_pretty(&sig)?);
         }

@@ -127,6 +127,9 @@ pub(super) async fn create(
             "valid_days must be 1..={MAX_VALID_DAYS}"
         )));
     }
+    for k in &spec.keys {
+        super::check_name(crate::names::NameKind::Key, &k.name)?;
+    }
     let keys = spec
         .keys
         .iter()
