@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+mod http;
 pub mod keys;
 pub mod names;
 pub mod storage;
@@ -84,6 +85,7 @@ struct Metrics {
     served_bytes: Gauge,
     peers: Gauge,
     dropped_checks: Counter,
+    connections: http::ConnMetrics,
 }
 
 /// Everything the handlers share.
@@ -253,6 +255,21 @@ impl Authority {
             metrics.served_bytes.clone(),
         );
         registry.register("peers", "Connected Meshara peers", metrics.peers.clone());
+        registry.register(
+            "http_connections_open",
+            "Open HTTP connections",
+            metrics.connections.open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused at the connection caps",
+            metrics.connections.refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed by the header-read or idle timeout",
+            metrics.connections.timed_out.clone(),
+        );
 
         let state = Arc::new(AppState {
             config: config.clone(),
@@ -290,15 +307,13 @@ impl Authority {
             source,
         })?;
         let app = api::router(state.clone());
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        tasks.spawn(http::serve(
+            listener,
+            app,
+            config.http.clone(),
+            state.metrics.connections.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(http = %http_addr, node = %node.node_id(), quic = ?node.quic_addr(), database = ?db.backend(), "authority running");
         Ok(Authority {
             state,

@@ -4,7 +4,12 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 use common::{Backend, Harness, PASSPHRASE};
 use data_encoding::BASE64;
@@ -200,5 +205,158 @@ async fn names_with_control_characters_are_refused_by_the_api_and_by_sign() {
         h.call("GET", "/api/v1/me", Some(&publisher), None).await.0,
         StatusCode::OK
     );
+    h.stop().await;
+}
+
+/// A connection from `from` (any address in 127/8 is loopback) that sends half a request head
+/// and then nothing.
+async fn half_head(to: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
+    let mut tcp = socket.connect(to).await.unwrap();
+    tcp.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: authority.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    tcp
+}
+
+/// Reads until the server closes; returns when (after `since`) and what it sent, or `None`
+/// if it is still open after `wait`.
+async fn closed_within(
+    tcp: &mut TcpStream,
+    since: Instant,
+    wait: Duration,
+) -> Option<(Duration, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(wait, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some((since.elapsed(), String::from_utf8_lossy(&got).into_owned()))
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Item 3: slow-loris connections (half a request head, then silence) from loopback
+/// addresses. Beyond the per-address cap and the global cap they are answered 503 and closed
+/// at once; the ones accepted are closed by the header-read timeout; a silent connection and
+/// an idle keep-alive connection are closed by the idle timeout; an honest client from
+/// another address is served during the attack and everyone is served after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_connections_time_out_and_are_capped_while_honest_clients_are_served() {
+    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    h.restart_with(|c| {
+        c.http.header_read_timeout_secs = 1;
+        c.http.idle_timeout_secs = 30;
+        c.http.max_connections = 40;
+        c.http.max_connections_per_ip = 10;
+    })
+    .await;
+    let viewer = h.token("viewer").await;
+
+    // One attacker address: 10 held, 5 refused at once.
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(half_head(h.addr, attacker).await);
+    }
+    for _ in 0..5 {
+        let mut extra = half_head(h.addr, attacker).await;
+        let (when, said) = closed_within(&mut extra, Instant::now(), Duration::from_secs(1))
+            .await
+            .expect("refused at once");
+        assert!(said.starts_with("HTTP/1.1 503"), "{said:?} after {when:?}");
+    }
+    // An honest client on another address is served meanwhile.
+    let (status, me) = h.call("GET", "/api/v1/me", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "still during the attack"
+    );
+    // The held ones are closed by the header-read timeout (1 s), not before.
+    for tcp in &mut held {
+        let (when, said) = closed_within(tcp, started, Duration::from_secs(5))
+            .await
+            .expect("closed by the header-read timeout");
+        assert!(
+            when >= Duration::from_millis(900),
+            "held until the timeout: {when:?}"
+        );
+        assert!(!said.contains("200 OK"), "{said:?}");
+    }
+
+    // Many addresses: the global cap (40) holds; the 41st is refused, and the slots come back
+    // once the timeout has closed the attack.
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        for _ in 0..10 {
+            held.push(half_head(h.addr, Ipv4Addr::new(127, 0, 1, 10 + i)).await);
+        }
+    }
+    let mut over = half_head(h.addr, Ipv4Addr::new(127, 0, 1, 99)).await;
+    let (_, said) = closed_within(&mut over, Instant::now(), Duration::from_secs(1))
+        .await
+        .expect("refused at the global cap");
+    assert!(said.starts_with("HTTP/1.1 503"), "{said:?}");
+    for tcp in &mut held {
+        closed_within(tcp, started, Duration::from_secs(5))
+            .await
+            .expect("closed by the header-read timeout");
+    }
+    let (status, _) = h.call("GET", "/api/v1/me", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, m) = h.call("GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap();
+    assert!(
+        metric(m, "meshara_authority_http_connections_refused_total") >= 6,
+        "{m}"
+    );
+    assert!(
+        metric(m, "meshara_authority_http_connections_timed_out_total") >= 50,
+        "{m}"
+    );
+
+    // The idle timeout on its own (a long header timeout): a silent connection and a
+    // keep-alive connection that went quiet after a request are closed.
+    h.restart_with(|c| {
+        c.http.header_read_timeout_secs = 60;
+        c.http.idle_timeout_secs = 1;
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(h.addr).await.unwrap();
+    let mut kept = TcpStream::connect(h.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: authority.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (when, said) = closed_within(&mut kept, started, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(
+        said.starts_with("HTTP/1.1 200") && said.ends_with("ok"),
+        "{said:?}"
+    );
+    assert!(when >= Duration::from_millis(900), "{when:?}");
+    let (when, _) = closed_within(&mut silent, started, Duration::from_secs(5))
+        .await
+        .expect("a silent connection is closed");
+    assert!(when >= Duration::from_millis(900), "{when:?}");
+    assert_eq!(h.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
     h.stop().await;
 }
