@@ -75,6 +75,12 @@ pub const ROUTES: &[RouteDoc] = &[
         "Upload a package (raw body, streamed; ?name=)"
     ),
     route!(
+        "DELETE",
+        "/api/v1/packages/{hash}",
+        PUBLISH,
+        "Delete a package no release uses"
+    ),
+    route!(
         "GET",
         "/api/v1/releases",
         ANY,
@@ -256,6 +262,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/me", get(me))
         .route("/api/v1/health", get(health))
         .route("/api/v1/packages", get(packages).put(upload))
+        .route("/api/v1/packages/{hash}", delete(delete_package))
         .route("/api/v1/releases", get(releases).post(create_release))
         .route("/api/v1/releases/{id}", get(one_release))
         .route("/api/v1/releases/{id}/draft", get(export_draft))
@@ -274,12 +281,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/tokens", get(tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
+        // Inner to `authorize`: bodies are read only for callers the role table admits.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
-        ))
-        // Uploads stream to disk with their own limit.
-        .layer(axum::extract::DefaultBodyLimit::disable());
+        ));
     Router::new()
         .merge(admin)
         .route("/v1/updates/{package}/{channel}", get(update_check))
@@ -299,8 +309,73 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/style.css",
             get(|| async { static_file("text/css; charset=utf-8", crate::web::STYLE) }),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.http.body_limit_bytes,
+        ))
         .layer(state.http_metrics.layer())
         .with_state(state)
+}
+
+/// The upload route, whose body streams to disk under its own limits.
+const UPLOAD: (&str, &str) = ("PUT", "/api/v1/packages");
+
+/// Reads the body of every admin request but an upload, at most `http.body_limit_bytes`
+/// within `http.body_timeout_secs`, before the handler runs: 413 `too_large` or 408
+/// `body_timeout` otherwise.
+async fn read_body(
+    State(s): State<Arc<AppState>>,
+    matched: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    if (request.method().as_str(), matched.as_str()) == UPLOAD {
+        return next.run(request).await;
+    }
+    let limit = s.config.http.body_limit_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let read = async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| Some(e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(None::<String>);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let timeout = std::time::Duration::from_secs(s.config.http.body_timeout_secs);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(None)) => too_large(),
+        Ok(Err(Some(e))) => ApiError::invalid(format!("reading the body: {e}")).into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {}s", timeout.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -423,18 +498,42 @@ async fn upload(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = q.name.unwrap_or_else(|| "package".into());
     check_name(NameKind::Upload, &name)?;
-    let stored =
-        s.store
-            .put(body.into_data_stream(), s.config.max_package_bytes)
-            .await
-            .map_err(|e| match e {
-                crate::storage::StorageError::TooLarge { .. } => {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-                }
-                crate::storage::StorageError::Empty
-                | crate::storage::StorageError::Interrupted(_) => ApiError::invalid(e.to_string()),
-                e => ApiError::internal(e),
-            })?;
+    let Ok(_slot) = s.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "{} uploads are running; try again later",
+                s.config.http.max_concurrent_uploads
+            ),
+        ));
+    };
+    let quota = s.config.storage_quota_bytes;
+    let reservation = Reservation::take(&s, s.db.stored_bytes().await?)?;
+    let limit = reservation.bytes;
+    let http = &s.config.http;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(http.upload_timeout_secs);
+    let stall = std::time::Duration::from_secs(http.upload_stall_secs);
+    let stored = s
+        .store
+        .put(body.into_data_stream(), limit, deadline, stall)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::TooLarge { .. } if limit < s.config.max_package_bytes => {
+                quota_exceeded(quota)
+            }
+            crate::storage::StorageError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            crate::storage::StorageError::TimedOut(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_timeout", e.to_string())
+            }
+            crate::storage::StorageError::Empty | crate::storage::StorageError::Interrupted(_) => {
+                ApiError::invalid(e.to_string())
+            }
+            e => ApiError::internal(e),
+        })?;
     let row = crate::db::PackageRow {
         hash: stored.hash.clone(),
         name,
@@ -452,6 +551,93 @@ async fn upload(
     .await?;
     let row = s.db.package(&stored.hash).await?.unwrap_or(row);
     Ok((StatusCode::CREATED, Json(json!(row))))
+}
+
+fn quota_exceeded(quota: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+        format!(
+            "the upload does not fit in the storage quota of {quota} bytes; delete unused packages"
+        ),
+    )
+}
+
+/// Bytes an upload in progress may still write, counted against the storage quota until it
+/// ends (so that uploads running together cannot pass the quota between them).
+struct Reservation {
+    state: Arc<AppState>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Reserves what is left of the quota (at most `max_package_bytes`) given `stored`
+    /// bytes; 507 when nothing is left.
+    fn take(s: &Arc<AppState>, stored: u64) -> ApiResult<Reservation> {
+        let quota = s.config.storage_quota_bytes;
+        let mut reserved = s.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let left = quota.saturating_sub(stored).saturating_sub(*reserved);
+        let bytes = left.min(s.config.max_package_bytes);
+        if bytes == 0 {
+            return Err(quota_exceeded(quota));
+        }
+        *reserved += bytes;
+        Ok(Reservation {
+            state: s.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = self
+            .state
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *reserved = reserved.saturating_sub(self.bytes);
+    }
+}
+
+/// `DELETE /api/v1/packages/{hash}`: removes a package no release uses (409 otherwise).
+async fn delete_package(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(hash): Path<String>,
+) -> ApiResult<StatusCode> {
+    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::invalid(
+            "a package hash is 64 lowercase hex digits",
+        ));
+    }
+    let pkg =
+        s.db.package(&hash)
+            .await?
+            .ok_or_else(|| ApiError::not_found("package"))?;
+    if !s.db.delete_package(&hash).await? {
+        let used: Vec<String> =
+            s.db.releases()
+                .await?
+                .iter()
+                .filter(|r| r.content_hash == hash)
+                .map(|r| r.id.to_string())
+                .collect();
+        return Err(ApiError::conflict(format!(
+            "releases {} use this package",
+            used.join(", ")
+        )));
+    }
+    s.store.remove(&hash).await.map_err(ApiError::internal)?;
+    s.db.audit(
+        &p.name,
+        "package.delete",
+        &hash,
+        &format!("{} ({} bytes)", pkg.name, pkg.size),
+    )
+    .await?;
+    tracing::info!(hash, by = %crate::names::escape(&p.name), "package deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A release as the API shows it.

@@ -477,6 +477,27 @@ impl Db {
         Ok(self.packages().await?.into_iter().find(|p| p.hash == hash))
     }
 
+    /// Bytes all stored packages take.
+    pub async fn stored_bytes(&self) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query("SELECT COALESCE(SUM(size), 0) AS n FROM packages")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes a package's record unless a release uses it. Returns whether it was deleted.
+    pub async fn delete_package(&self, hash: &str) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "DELETE FROM packages WHERE hash = $1 \
+             AND NOT EXISTS (SELECT 1 FROM releases WHERE content_hash = $1)",
+        )
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     // --- releases ---
 
     /// Creates a draft with the next sequence of its package and channel; `body` makes the

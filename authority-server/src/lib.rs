@@ -103,6 +103,10 @@ pub struct AppState {
     registry: Registry,
     stopping: AtomicBool,
     checks: AtomicU64,
+    /// Upload slots (`http.max_concurrent_uploads`).
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// Bytes reserved by uploads in progress (counted against the storage quota).
+    reserved: std::sync::Mutex<u64>,
 }
 
 impl AppState {
@@ -285,6 +289,10 @@ impl Authority {
             registry,
             stopping: AtomicBool::new(false),
             checks: AtomicU64::new(0),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                config.http.max_concurrent_uploads,
+            )),
+            reserved: std::sync::Mutex::new(0),
         });
         let _ = state_slot.set(Arc::downgrade(&state));
 

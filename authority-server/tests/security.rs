@@ -360,3 +360,213 @@ async fn slow_connections_time_out_and_are_capped_while_honest_clients_are_serve
     assert_eq!(h.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
     h.stop().await;
 }
+
+/// Sends a raw request head (and `body`) from a fresh connection; returns the stream.
+async fn raw(to: SocketAddr, head: &str, body: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(to).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp
+}
+
+/// Writes up to `total` bytes of `chunk`-sized pieces (chunked encoding when `chunked`),
+/// stopping when the server stops reading; returns what was written and the response.
+async fn flood(mut tcp: TcpStream, total: usize, chunked: bool) -> (usize, String) {
+    let piece = vec![b'['; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let framed = if chunked {
+            [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat()
+        } else {
+            piece.clone()
+        };
+        match tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&framed)).await {
+            Ok(Ok(())) => sent += piece.len(),
+            _ => break,
+        }
+    }
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    (sent, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Item 2: JSON routes read at most `http.body_limit_bytes` (a huge or endless body is
+/// answered 413 long before it is all sent) within `http.body_timeout_secs`; uploads are
+/// capped in number, time out when they stall, and stop at the storage quota (507); a
+/// publisher deletes unused packages (audited) to make room; honest calls go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_uploads_and_storage_are_bounded() {
+    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    h.restart_with(|c| {
+        c.http.body_limit_bytes = 64 * 1024;
+        c.http.body_timeout_secs = 1;
+        c.http.upload_stall_secs = 1;
+        c.http.max_concurrent_uploads = 2;
+        c.max_package_bytes = 200_000;
+        c.storage_quota_bytes = 300_000;
+    })
+    .await;
+    let publisher = h.token("publisher").await;
+    let viewer = h.token("viewer").await;
+    let auth = format!("Authorization: Bearer {publisher}\r\n");
+
+    // A 300 MB JSON body, declared or chunked: refused after at most the limit is read.
+    let head = format!(
+        "POST /api/v1/releases HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: 300000000\r\n\r\n"
+    );
+    let (sent, said) = flood(raw(h.addr, &head, b"").await, 300_000_000, false).await;
+    assert!(said.starts_with("HTTP/1.1 413"), "{said:?}");
+    assert!(sent < 64 << 20, "refused before the body was sent: {sent}");
+    let head = format!(
+        "POST /api/v1/releases HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let (sent, said) = flood(raw(h.addr, &head, b"").await, 300_000_000, true).await;
+    assert!(
+        said.starts_with("HTTP/1.1 413") && said.contains("too_large"),
+        "{said:?}"
+    );
+    assert!(sent < 64 << 20, "refused before the body was sent: {sent}");
+    // Without a token the body is not read at all.
+    let head = "POST /api/v1/roots HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+         Content-Length: 300000000\r\n\r\n";
+    let (_, said) = flood(raw(h.addr, head, b"").await, 1 << 20, false).await;
+    assert!(said.starts_with("HTTP/1.1 401"), "{said:?}");
+
+    // A JSON body that stops arriving: 408 after the body timeout.
+    let started = Instant::now();
+    let head = format!(
+        "POST /api/v1/releases HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n"
+    );
+    let mut slow = raw(h.addr, &head, b"{\"package\":").await;
+    let (when, said) = closed_within(&mut slow, started, Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert!(
+        said.starts_with("HTTP/1.1 408") && said.contains("body_timeout"),
+        "{said:?}"
+    );
+    assert!(when >= Duration::from_millis(900), "{when:?}");
+
+    // Two stalled uploads hold both upload slots: a third is refused with 429 while they
+    // run; they time out (408) and leave nothing behind; then uploads work again.
+    let started = Instant::now();
+    let head = format!(
+        "PUT /api/v1/packages?name=slow HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 100000\r\n\r\n"
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(raw(h.addr, &head, &[1; 1000]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, v) = h
+        .upload(&publisher, "third", common::content(1000, 3))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "too_many_uploads");
+    for tcp in &mut stalled {
+        let (when, said) = closed_within(tcp, started, Duration::from_secs(5))
+            .await
+            .expect("answered");
+        assert!(
+            said.starts_with("HTTP/1.1 408") && said.contains("upload_timeout"),
+            "{said:?}"
+        );
+        assert!(when >= Duration::from_millis(900), "{when:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(h.data().join("incoming"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Above max_package_bytes: 413. The quota: 300 000 bytes. Two packages fill it; a third
+    // is refused with 507.
+    let (status, v) = h
+        .upload(&publisher, "big.bin", common::content(200_001, 3))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let (status, a) = h
+        .upload(&publisher, "a.bin", common::content(150_000, 1))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let (status, b) = h
+        .upload(&publisher, "b.bin", common::content(150_000, 2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
+    let (status, v) = h.upload(&publisher, "c.bin", common::content(10, 3)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded");
+
+    // A release uses `a`: it cannot be deleted. `b` can, by a publisher, not a viewer.
+    let (status, v) = h
+        .call(
+            "POST",
+            "/api/v1/releases",
+            Some(&publisher),
+            Some(json!({
+                "package": "app", "channel": "stable", "semver": "1.0.0", "content_hash": a["hash"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let del = |hash: &Value| format!("/api/v1/packages/{}", hash.as_str().unwrap());
+    let (status, v) = h
+        .call("DELETE", &del(&a["hash"]), Some(&publisher), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let (status, _) = h
+        .call("DELETE", &del(&b["hash"]), Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = h
+        .call(
+            "DELETE",
+            "/api/v1/packages/..%2F..%2Froot.pb",
+            Some(&publisher),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, v) = h
+        .call("DELETE", &del(&b["hash"]), Some(&publisher), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    assert!(
+        !h.data()
+            .join("packages")
+            .join(b["hash"].as_str().unwrap())
+            .exists()
+    );
+    assert!(
+        h.data()
+            .join("packages")
+            .join(a["hash"].as_str().unwrap())
+            .exists()
+    );
+    assert!(h.data().join("root.pb").exists());
+    let (status, _) = h
+        .call("DELETE", &del(&b["hash"]), Some(&publisher), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, log) = h.call("GET", "/api/v1/audit", Some(&viewer), None).await;
+    let entry = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "package.delete")
+        .expect("the deletion is audited");
+    assert_eq!(
+        (&entry["target"], &entry["actor"]),
+        (&b["hash"], &json!("a publisher"))
+    );
+    // Room again.
+    let (status, v) = h.upload(&publisher, "c.bin", common::content(10, 3)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (_, doc) = h.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert!(doc["paths"]["/api/v1/packages/{hash}"]["delete"].is_object());
+    h.stop().await;
+}
