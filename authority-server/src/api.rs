@@ -1267,6 +1267,7 @@ async fn revoke_token(
 /// The public update check: the newest published release's signed metadata.
 async fn update_check(
     State(s): State<Arc<AppState>>,
+    client: Option<Extension<crate::http::ClientAddr>>,
     Path((package, channel)): Path<(String, String)>,
 ) -> Response {
     // No release can have another name: answer without recording it.
@@ -1275,7 +1276,18 @@ async fn update_check(
     {
         return e.into_response();
     }
-    s.record_query(&package, &channel, "http", None);
+    // An IPv6 client usually holds a whole /64: it is one client.
+    let client = client.map_or_else(
+        || "unknown".to_owned(),
+        |c| match c.0.0.ip() {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            ip => ip.to_canonical().to_string(),
+        },
+    );
+    s.record_query(&client, &package, &channel, "http", None);
     let (Some(release), Some(signed)) = (
         s.updater.latest(&package, &channel),
         s.updater.latest_signed(&package, &channel),
@@ -1391,5 +1403,6 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Records an update check from a node over Meshara.
 pub(crate) fn meshara_query(s: &AppState, peer: NodeId, package: &str, channel: &str) {
-    s.record_query(package, channel, "meshara", Some(peer.to_string()));
+    let peer = peer.to_string();
+    s.record_query(&peer, package, channel, "meshara", Some(peer.clone()));
 }

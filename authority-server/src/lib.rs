@@ -85,6 +85,7 @@ struct Metrics {
     served_bytes: Gauge,
     peers: Gauge,
     dropped_checks: Counter,
+    over_budget_checks: Counter,
     connections: http::ConnMetrics,
 }
 
@@ -103,19 +104,81 @@ pub struct AppState {
     registry: Registry,
     stopping: AtomicBool,
     checks: AtomicU64,
+    query_budget: QueryBudget,
     /// Upload slots (`http.max_concurrent_uploads`).
     uploads: Arc<tokio::sync::Semaphore>,
     /// Bytes reserved by uploads in progress (counted against the storage quota).
     reserved: std::sync::Mutex<u64>,
 }
 
+/// Update checks recorded per client and window ([`config::QueryLogSection`]), so that one
+/// client cannot flush the other clients' checks out of the query log.
+struct QueryBudget {
+    per_client: u32,
+    window: Duration,
+    max_clients: usize,
+    clients: std::sync::Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+}
+
+impl QueryBudget {
+    fn new(c: &config::QueryLogSection) -> Self {
+        Self {
+            per_client: c.per_client,
+            window: Duration::from_secs(c.window_secs),
+            max_clients: c.max_clients,
+            clients: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether `client` may have one more check recorded now.
+    fn allow(&self, client: &str) -> bool {
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if !clients.contains_key(client) && clients.len() >= self.max_clients {
+            clients.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            if clients.len() >= self.max_clients {
+                // Still full: the oldest window goes.
+                if let Some(oldest) = clients
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| k.clone())
+                {
+                    clients.remove(&oldest);
+                }
+            }
+        }
+        let entry = clients.entry(client.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.per_client {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
+}
+
 impl AppState {
-    fn record_query(&self, package: &str, channel: &str, via: &str, peer: Option<String>) {
+    /// Counts an update check, and records it in the query log unless `client` (an IP
+    /// address or a node id) used up its budget for the window.
+    fn record_query(
+        &self,
+        client: &str,
+        package: &str,
+        channel: &str,
+        via: &str,
+        peer: Option<String>,
+    ) {
         self.metrics
             .checks
             .get_or_create(&vec![("via".to_owned(), via.to_owned())])
             .inc();
         self.checks.fetch_add(1, Ordering::Relaxed);
+        if !self.query_budget.allow(client) {
+            self.metrics.over_budget_checks.inc();
+            return;
+        }
         let row = QueryRow {
             at: now(),
             // Names from the mesh are not checked: keep them escaped.
@@ -247,6 +310,11 @@ impl Authority {
             "Update checks not written to the database (writer behind)",
             metrics.dropped_checks.clone(),
         );
+        registry.register(
+            "update_checks_over_budget",
+            "Update checks not written to the database (the client's query_log budget was used up)",
+            metrics.over_budget_checks.clone(),
+        );
         registry.register("packages", "Stored packages", metrics.packages.clone());
         registry.register(
             "releases_published",
@@ -289,6 +357,7 @@ impl Authority {
             registry,
             stopping: AtomicBool::new(false),
             checks: AtomicU64::new(0),
+            query_budget: QueryBudget::new(&config.query_log),
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.http.max_concurrent_uploads,
             )),

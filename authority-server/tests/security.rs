@@ -570,3 +570,102 @@ async fn bodies_uploads_and_storage_are_bounded() {
     assert!(doc["paths"]["/api/v1/packages/{hash}"]["delete"].is_object());
     h.stop().await;
 }
+
+/// One update check from `from`; returns the status line.
+async fn check_from(to: SocketAddr, from: Ipv4Addr, path: &str) -> String {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
+    let mut tcp = socket.connect(to).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.unwrap();
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Item 5: a client flooding the public update check gets every answer but only
+/// `query_log.per_client` of its checks recorded per window, so the other clients' checks,
+/// before and after the flood, stay in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_check_flood_cannot_flush_the_query_log() {
+    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    h.restart_with(|c| {
+        c.query_log.per_client = 5;
+        c.query_log.window_secs = 600;
+    })
+    .await;
+    let viewer = h.token("viewer").await;
+    let early = Ipv4Addr::new(127, 0, 2, 1);
+    let flooder = Ipv4Addr::new(127, 0, 2, 2);
+    let late = Ipv4Addr::new(127, 0, 2, 3);
+    for _ in 0..3 {
+        assert!(
+            check_from(h.addr, early, "/v1/updates/app/stable")
+                .await
+                .contains("404")
+        );
+    }
+    for i in 0..400 {
+        let status = check_from(h.addr, flooder, &format!("/v1/updates/flood/c{}", i % 3)).await;
+        assert!(status.contains("404"), "every check is answered: {status}");
+    }
+    for _ in 0..2 {
+        assert!(
+            check_from(h.addr, late, "/v1/updates/app/beta")
+                .await
+                .contains("404")
+        );
+    }
+    let counts = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, q) = h.call("GET", "/api/v1/queries", Some(&viewer), None).await;
+            let count = |channel: &str| {
+                q["by_channel"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["package"] == "app" && c["channel"] == channel)
+                    .map(|c| c["count"].as_i64().unwrap())
+                    .sum::<i64>()
+            };
+            if count("beta") == 2 {
+                let flood: i64 = q["by_channel"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["package"] == "flood")
+                    .map(|c| c["count"].as_i64().unwrap())
+                    .sum();
+                return (
+                    count("stable"),
+                    count("beta"),
+                    flood,
+                    q["total"].as_i64().unwrap(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the late client's checks are recorded");
+    assert_eq!(counts, (3, 2, 5, 10), "(early, late, flood, total)");
+    let (_, m) = h.call("GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap();
+    assert_eq!(
+        metric(m, "meshara_authority_update_checks_over_budget_total"),
+        395,
+        "{m}"
+    );
+    assert!(
+        metric(m, "meshara_authority_update_checks_total{via=\"http\"}") >= 405,
+        "{m}"
+    );
+    h.stop().await;
+}
