@@ -669,3 +669,57 @@ async fn an_update_check_flood_cannot_flush_the_query_log() {
     );
     h.stop().await;
 }
+
+/// Item 7: every response (dashboard, API, errors, public endpoints) says `nosniff` and
+/// `no-referrer`; the dashboard's CSP forbids `<base>` and foreign form targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_the_security_headers() {
+    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    for (path, token, status) in [
+        ("/", None, StatusCode::OK),
+        ("/app.js", None, StatusCode::OK),
+        ("/style.css", None, StatusCode::OK),
+        ("/api/v1/me", Some(h.admin.clone()), StatusCode::OK),
+        ("/api/v1/me", None, StatusCode::UNAUTHORIZED),
+        ("/v1/updates/app/stable", None, StatusCode::NOT_FOUND),
+        ("/api/v1/openapi.json", None, StatusCode::OK),
+        ("/healthz", None, StatusCode::OK),
+        ("/metrics", None, StatusCode::OK),
+        ("/no/such/route", None, StatusCode::NOT_FOUND),
+    ] {
+        let mut req = hyper::Request::get(path);
+        if let Some(t) = &token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let tcp = TcpStream::connect(h.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let res = sender
+            .send_request(
+                req.header(hyper::header::HOST, "authority.test")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        let headers = res.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+        if ["/", "/app.js", "/style.css"].contains(&path) {
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            for directive in [
+                "default-src 'self'",
+                "frame-ancestors 'none'",
+                "base-uri 'none'",
+                "form-action 'self'",
+            ] {
+                assert!(csp.contains(directive), "{path}: {csp}");
+            }
+        }
+    }
+    h.stop().await;
+}
