@@ -37,6 +37,39 @@ pub enum ConfigError {
     },
 }
 
+/// Reads a keystore passphrase from `path`: the file's content without a trailing newline.
+/// Refused when it is not a regular file, when other users may read or write it (mode
+/// `o+rwx`: make it 0600 or 0640), or when it is empty.
+pub fn read_passphrase_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "passphrase_file".to_owned(),
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".to_owned()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(bad(format!(
+            "mode {mode:o} lets every user of this machine read it; chmod 600 (or 640)"
+        )));
+    }
+    let mut text = std::fs::read(path).map_err(read)?;
+    while matches!(text.last(), Some(b'\n' | b'\r')) {
+        text.pop();
+    }
+    if text.is_empty() {
+        return Err(bad("empty".to_owned()));
+    }
+    Ok(text)
+}
+
 /// The server's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -457,6 +490,24 @@ mod tests {
         assert_eq!(c.http_listen.port(), 9100);
         assert_eq!(c.node.quic_listen.port(), 9000);
         assert!(c.database_url().starts_with("sqlite:///srv/a/authority.db"));
+    }
+
+    #[test]
+    fn passphrase_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        std::fs::write(&path, "secret words\r\n").unwrap();
+        for (mode, ok) in [(0o600, true), (0o640, true), (0o604, false), (0o666, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match read_passphrase_file(&path) {
+                Ok(p) => assert!(ok && p == b"secret words", "{mode:o}"),
+                Err(e) => assert!(!ok && !e.to_string().contains("secret"), "{mode:o}: {e}"),
+            }
+        }
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_passphrase_file(&path).is_err(), "empty");
+        assert!(read_passphrase_file(dir.path()).is_err(), "a directory");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum DbError {
     /// The URL names a database this build does not support.
     #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
     Unsupported(String),
+    /// The SQLite file or its directory could not be created or restricted.
+    #[error("database file: {0}")]
+    File(String),
     /// A migration failed.
     #[error("migration {version} failed: {source}")]
     Migration {
@@ -268,6 +271,55 @@ pub struct NewRelease<'a> {
     pub created_by: &'a str,
 }
 
+/// Creates the SQLite file of `url` (and its directory) readable by this user only, before
+/// SQLite would create it with the umask's mode, and takes group and other access away from
+/// an existing one and its `-wal` and `-shm` files (SQLite gives those the database's mode).
+fn restrict_sqlite_file(url: &str) -> Result<(), DbError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(path);
+    let io =
+        |what: &str, e: std::io::Error| DbError::File(format!("{what} {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("creating the directory of", e))?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| io("restricting", e))?;
+            tracing::info!(file = %file.display(), "database file restricted to its owner");
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and runs the
     /// migrations not yet applied.
@@ -280,6 +332,9 @@ impl Db {
         } else {
             return Err(DbError::Unsupported(url.to_owned()));
         };
+        if backend == Backend::Sqlite {
+            restrict_sqlite_file(url)?;
+        }
         let pool = AnyPoolOptions::new()
             // One writer at a time is what SQLite allows anyway; more only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })

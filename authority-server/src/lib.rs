@@ -253,8 +253,23 @@ impl Authority {
             .validate()
             .map_err(|e| StartError::Other(e.to_string()))?;
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data)
-            .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&data)
+                .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
+            if let Ok(meta) = std::fs::metadata(&data) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        dir = %data.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the data directory is open to other users; chmod 700 it"
+                    );
+                }
+            }
+        }
         let store = PackageStore::open(&data)?;
         let db = Db::connect(&config.database_url()).await?;
         let listed: HashSet<String> = db.packages().await?.into_iter().map(|p| p.hash).collect();

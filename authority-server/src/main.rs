@@ -1,11 +1,11 @@
 //! `meshara-authority`: the update authority server and its offline tools.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool: stdout is its output
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use meshara_authority::config::Config;
+use meshara_authority::config::{Config, read_passphrase_file};
 use meshara_authority::keys::{self, AnyDraft};
 use meshara_authority::{Authority, auth, db, names};
 
@@ -16,6 +16,11 @@ use meshara_authority::{Authority, auth, db, names};
     about = "The Meshara update authority"
 )]
 struct Cli {
+    /// File holding the keystore passphrase (else MESHARA_AUTHORITY_KEY_PASSPHRASE, else
+    /// `passphrase_file` in the configuration or MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE).
+    /// Refused when every user may read it.
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,10 +80,23 @@ enum Command {
     },
 }
 
-fn passphrase() -> anyhow::Result<Vec<u8>> {
+/// The keystore passphrase: `--passphrase-file`, else `MESHARA_AUTHORITY_KEY_PASSPHRASE`,
+/// else the configured file (`passphrase_file`, `MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE`).
+fn passphrase(flag: Option<&Path>, configured: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = flag {
+        return Ok(read_passphrase_file(path)?);
+    }
     match std::env::var("MESHARA_AUTHORITY_KEY_PASSPHRASE") {
-        Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
-        _ => bail!("set MESHARA_AUTHORITY_KEY_PASSPHRASE to the passphrase of the keystores"),
+        Ok(p) if !p.is_empty() => return Ok(p.into_bytes()),
+        _ => {}
+    }
+    let env_file = std::env::var_os("MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE").map(PathBuf::from);
+    match configured.or(env_file.as_deref()) {
+        Some(path) => Ok(read_passphrase_file(path)?),
+        None => bail!(
+            "the keystores need a passphrase: --passphrase-file FILE, \
+             MESHARA_AUTHORITY_KEY_PASSPHRASE or MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE"
+        ),
     }
 }
 
@@ -91,10 +109,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let flag = cli.passphrase_file.as_deref();
+    match cli.command {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let authority = Authority::start(config.clone(), &passphrase()?).await?;
+            let passphrase = passphrase(flag, config.passphrase_file.as_deref())?;
+            let authority = Authority::start(config.clone(), &passphrase).await?;
             let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
             println!("meshara-authority");
             println!("  dashboard + admin API: http://{}/", authority.http_addr());
@@ -117,7 +138,13 @@ async fn main() -> anyhow::Result<()> {
             valid_days,
         } => {
             std::fs::create_dir_all(&data_dir)?;
-            let signed = keys::init(&data_dir, n, threshold, &passphrase()?, valid_days)?;
+            let signed = keys::init(
+                &data_dir,
+                n,
+                threshold,
+                &passphrase(flag, None)?,
+                valid_days,
+            )?;
             let root = meshara_core::update::Root::decode(&signed.body)?;
             println!("authority set up in {}", data_dir.display());
             println!(
@@ -144,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("token {id} for {name} ({role}); it is not shown again");
         }
         Command::Keygen { out } => {
-            let key = keys::generate(&out, &passphrase()?)?;
+            let key = keys::generate(&out, &passphrase(flag, None)?)?;
             println!("{key}");
             eprintln!(
                 "created {}; give the public key above to the authority's admins",
@@ -157,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
             let draft: AnyDraft = serde_json::from_str(&text)
                 .context("the draft is neither a release draft nor a root draft")?;
             let identity = meshara_core::Keystore::new(&key)
-                .load(&passphrase()?)?
+                .load(&passphrase(flag, None)?)?
                 .identity;
             // Names are checked and escaped before anything reaches the terminal, and each
             // key is shown by its public key, so a draft cannot hide a key from its signer.

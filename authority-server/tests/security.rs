@@ -723,3 +723,109 @@ async fn responses_carry_the_security_headers() {
     }
     h.stop().await;
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Item 6: the real binary takes its passphrase from a file (refusing one every user may
+/// read, without echoing it), creates `authority.db` 0600 in a 0700 directory and tightens an
+/// existing 0644 one (with its `-wal` and `-shm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_private_and_the_passphrase_comes_from_a_private_file() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    meshara_authority::keys::init(&data, 3, 2, PASSPHRASE, 365).unwrap();
+    let secret = dir.path().join("passphrase");
+    std::fs::write(&secret, [PASSPHRASE, b"\n"].concat()).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // An authority.db left world-readable by an older version.
+    std::fs::write(data.join("authority.db"), b"").unwrap();
+    std::fs::set_permissions(
+        data.join("authority.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let serve = |data: &std::path::Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meshara-authority"));
+        c.arg("--passphrase-file")
+            .arg(&secret)
+            .arg("serve")
+            .env_remove("MESHARA_AUTHORITY_KEY_PASSPHRASE")
+            .env_remove("MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE")
+            .env("MESHARA_AUTHORITY_DATA_DIR", data)
+            .env("MESHARA_AUTHORITY_HTTP_LISTEN", "127.0.0.1:0")
+            .env("MESHARA_AUTHORITY_QUIC_LISTEN", "127.0.0.1:0")
+            .env("MESHARA_AUTHORITY_LOG", "warn");
+        c
+    };
+
+    // World-readable: refused, naming the fix, not showing the secret.
+    let out = serve(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        !stderr.contains(std::str::from_utf8(PASSPHRASE).unwrap()),
+        "{stderr}"
+    );
+
+    // 0600: the server starts with it, and the database is its owner's alone.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = serve(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("the server printed its address")
+            .unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(
+        common::call(addr, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    assert_eq!(
+        common::call(addr, "GET", "/api/v1/me", Some(&admin), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("authority.db")), 0o600);
+    for extra in ["authority.db-wal", "authority.db-shm"] {
+        if data.join(extra).exists() {
+            assert_eq!(mode(&data.join(extra)), 0o600, "{extra}");
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // `token` on a data directory that does not exist yet creates it 0700, the database 0600.
+    let fresh = dir.path().join("fresh/data");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshara-authority"))
+        .args(["token", "--name", "ops", "--role", "viewer"])
+        .env("MESHARA_AUTHORITY_DATA_DIR", &fresh)
+        .env("MESHARA_AUTHORITY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(&fresh.join("authority.db")), 0o600);
+}
