@@ -175,6 +175,12 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
     route!(
         "GET",
+        "/api/v1/audit/verify",
+        ANY,
+        "Check the audit log's hash chain"
+    ),
+    route!(
+        "GET",
         "/api/v1/tokens",
         ADMIN,
         "API tokens (never their secrets)"
@@ -279,6 +285,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/roots/{sequence}/publish", post(roots::publish))
         .route("/api/v1/queries", get(queries))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/tokens", get(tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         // Inner to `authorize`: bodies are read only for callers the role table admits.
@@ -461,7 +468,7 @@ async fn authorize(
 }
 
 async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
-    Json(json!({"name": p.name, "role": p.role.as_str()}))
+    Json(json!({"id": p.token_id, "name": p.name, "role": p.role.as_str()}))
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
@@ -561,7 +568,7 @@ async fn upload(
     };
     s.db.insert_package(&row).await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "package.upload",
         &row.hash,
         &format!("{} ({} bytes)", row.name, row.size),
@@ -648,7 +655,7 @@ async fn delete_package(
     }
     s.store.remove(&hash).await.map_err(ApiError::internal)?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "package.delete",
         &hash,
         &format!("{} ({} bytes)", pkg.name, pkg.size),
@@ -849,7 +856,7 @@ async fn create_release(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.draft",
         &row.id.to_string(),
         &format!(
@@ -919,7 +926,7 @@ async fn sign(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.sign",
         &id.to_string(),
         &format!("with server-held key {}", w.key),
@@ -956,7 +963,7 @@ async fn attach(
     s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.attach_signature",
         &id.to_string(),
         &format!("offline signature by {key}"),
@@ -1020,7 +1027,11 @@ async fn check_quorum(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMe
 
 /// Publishes a release whose quorum is met: hands it to the authority node, which verifies
 /// it once more, announces it and serves it.
-pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> ApiResult<()> {
+pub(crate) async fn publish_now(
+    s: &AppState,
+    r: &ReleaseRow,
+    actor: crate::db::Actor<'_>,
+) -> ApiResult<()> {
     let signed = check_quorum(s, r).await?;
     // Idempotent: after a crash between the node accepting a release and the database
     // recording it, publishing again records it instead of failing as a rollback.
@@ -1075,14 +1086,14 @@ async fn publish(
             check_quorum(&s, &r).await?;
             s.db.set_status(id, "scheduled", Some(at), None).await?;
             s.db.audit(
-                &p.name,
+                p.actor(),
                 "release.schedule",
                 &id.to_string(),
                 &format!("at {at}"),
             )
             .await?;
         }
-        _ => publish_now(&s, &r, &p.name).await?,
+        _ => publish_now(&s, &r, p.actor()).await?,
     }
     let r = load(&s, id).await?;
     Ok(Json(view(&s, &r).await?))
@@ -1115,7 +1126,7 @@ async fn rollout(
     s.db.set_rollout(id, i64::from(w.percent), &BASE64.encode(&body))
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.rollout",
         &id.to_string(),
         &format!("{}% (signatures cleared)", w.percent),
@@ -1155,7 +1166,7 @@ async fn rollback(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.rollback",
         &row.id.to_string(),
         &format!(
@@ -1181,7 +1192,7 @@ async fn revoke(
     }
     s.db.set_status(id, "revoked", r.publish_at, r.published_at)
         .await?;
-    s.db.audit(&p.name, "release.revoke", &id.to_string(), "")
+    s.db.audit(p.actor(), "release.revoke", &id.to_string(), "")
         .await?;
     // Nodes only move forward: the revocation takes effect when a newer release restoring
     // the previous content is published. Draft it now.
@@ -1207,7 +1218,7 @@ async fn revoke(
             )
             .await?;
             s.db.audit(
-                &p.name,
+                p.actor(),
                 "release.rollback",
                 &row.id.to_string(),
                 &format!(
@@ -1238,6 +1249,19 @@ async fn audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(s.db.audit_log(200).await?)))
 }
 
+/// `GET /api/v1/audit/verify`: the chain check ([`crate::db::Db::verify_audit`]); `ok` is
+/// false when an entry was edited, inserted or deleted.
+async fn verify_audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let check = s.db.verify_audit().await?;
+    if let Some(b) = &check.broken {
+        tracing::error!(id = b.id, reason = %b.reason, "the audit log's hash chain is broken");
+    }
+    Ok(Json(json!({
+        "ok": check.broken.is_none(), "entries": check.entries, "head": check.head,
+        "broken": check.broken,
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -1254,7 +1278,7 @@ async fn create_token(
     check_name(NameKind::Token, &t.name)?;
     let (id, token) = crate::auth::create_token(&s.db, &t.name, role).await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "token.create",
         &id,
         &format!("{} as {}", t.name, role),
@@ -1278,7 +1302,7 @@ async fn revoke_token(
     if !s.db.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
     }
-    s.db.audit(&p.name, "token.revoke", &id, "").await?;
+    s.db.audit(p.actor(), "token.revoke", &id, "").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -461,7 +461,7 @@ async fn republish(state: &AppState) {
         if current.is_some_and(|c| c >= r.sequence as u64) {
             continue;
         }
-        if let Err(e) = api::publish_now(state, r, "system").await {
+        if let Err(e) = api::publish_now(state, r, db::Actor::internal("system")).await {
             tracing::warn!(id = r.id, error = ?e, "could not republish a release");
         }
     }
@@ -473,7 +473,7 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
     if state.db.token_count().await? > 0 {
         return Ok(());
     }
-    let (_, token) = auth::create_token(&state.db, "admin", auth::Role::Admin).await?;
+    let (id, token) = auth::create_token(&state.db, "admin", auth::Role::Admin).await?;
     let path = state.config.data_dir.join(ADMIN_TOKEN_FILE);
     {
         use std::io::Write;
@@ -490,7 +490,12 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
     }
     state
         .db
-        .audit("system", "token.create", "admin", "first start")
+        .audit(
+            db::Actor::internal("system"),
+            "token.create",
+            &id,
+            "admin as admin (first start)",
+        )
         .await?;
     tracing::info!(path = %path.display(), "created the first admin token");
     Ok(())
@@ -541,13 +546,13 @@ async fn scheduler(state: Arc<AppState>, shutdown: CancellationToken) {
             continue;
         };
         for r in due {
-            if let Err(e) = api::publish_now(&state, &r, "scheduler").await {
+            if let Err(e) = api::publish_now(&state, &r, db::Actor::internal("scheduler")).await {
                 tracing::warn!(id = r.id, error = ?e, "scheduled publish failed; back to draft");
                 let _ = state.db.set_status(r.id, "draft", None, None).await;
                 let _ = state
                     .db
                     .audit(
-                        "scheduler",
+                        db::Actor::internal("scheduler"),
                         "release.schedule_failed",
                         &r.id.to_string(),
                         &format!("{e:?}"),

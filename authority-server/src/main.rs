@@ -61,6 +61,13 @@ enum Command {
         #[arg(long)]
         role: String,
     },
+    /// Checks the audit log's hash chain; exits 1 if an entry was edited, inserted or
+    /// deleted, and prints the newest entry's hash (record it elsewhere).
+    AuditVerify {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Creates a signing key in a keystore file (for an offline signer).
     Keygen {
         /// Keystore file to create.
@@ -165,10 +172,30 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let db = db::Db::connect(&config.database_url()).await?;
             let (id, token) = auth::create_token(&db, &name, role).await?;
-            db.audit("cli", "token.create", &id, &format!("{name} as {role}"))
-                .await?;
+            db.audit(
+                db::Actor::internal("cli"),
+                "token.create",
+                &id,
+                &format!("{name} as {role}"),
+            )
+            .await?;
             println!("{token}");
             eprintln!("token {id} for {name} ({role}); it is not shown again");
+        }
+        Command::AuditVerify { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let db = db::Db::connect(&config.database_url()).await?;
+            let check = db.verify_audit().await?;
+            db.close().await;
+            println!("{}", serde_json::to_string_pretty(&check)?);
+            if let Some(b) = check.broken {
+                bail!(
+                    "the audit log was tampered with at entry {}: {}",
+                    b.id,
+                    b.reason
+                );
+            }
+            eprintln!("audit log intact: {} entries", check.entries);
         }
         Command::Keygen { out } => {
             let key = keys::generate(&out, &passphrase(flag, None)?)?;

@@ -394,9 +394,10 @@ async fn flood(mut tcp: TcpStream, total: usize, chunked: bool) -> (usize, Strin
 /// answered 413 long before it is all sent) within `http.body_timeout_secs`; uploads are
 /// capped in number, time out when they stall, and stop at the storage quota (507); a
 /// publisher deletes unused packages (audited) to make room; honest calls go through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_uploads_and_storage_are_bounded() {
-    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+async fn bounded(backend: Backend) {
+    let Some(mut h) = Harness::start(backend).await else {
+        return;
+    };
     h.restart_with(|c| {
         c.http.body_limit_bytes = 64 * 1024;
         c.http.body_timeout_secs = 1;
@@ -569,6 +570,16 @@ async fn bodies_uploads_and_storage_are_bounded() {
     let (_, doc) = h.call("GET", "/api/v1/openapi.json", None, None).await;
     assert!(doc["paths"]["/api/v1/packages/{hash}"]["delete"].is_object());
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_uploads_and_storage_are_bounded_on_sqlite() {
+    bounded(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_uploads_and_storage_are_bounded_on_postgres() {
+    bounded(Backend::Postgres).await;
 }
 
 /// One update check from `from`; returns the status line.
@@ -828,4 +839,270 @@ async fn the_database_is_private_and_the_passphrase_comes_from_a_private_file() 
     );
     assert_eq!(mode(&fresh), 0o700);
     assert_eq!(mode(&fresh.join("authority.db")), 0o600);
+}
+
+/// A second connection to the server's database, as someone with access to it would open.
+async fn open_db(h: &Harness) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&h.config.database_url())
+        .await
+        .unwrap()
+}
+
+async fn verified(h: &Harness) -> Value {
+    let (status, v) = h
+        .call("GET", "/api/v1/audit/verify", Some(&h.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+/// Item 4: audit entries carry the acting token's id and are hash-chained; editing a row,
+/// deleting one or inserting one directly in the database is detected by the API and by the
+/// real `audit-verify` command, while the server keeps serving.
+async fn audit_chain(backend: Backend) {
+    let Some(mut h) = Harness::start(backend).await else {
+        return;
+    };
+    // Two tokens with the same name: the audit log tells them apart by id.
+    let mut ids = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (status, v) = h
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&h.admin),
+                Some(json!({"name": "ci", "role": "publisher"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(v["id"].as_str().unwrap().to_owned());
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        let (status, _) = h
+            .upload(t, &format!("p{i}.bin"), common::content(1000, i as u8))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, log) = h.call("GET", "/api/v1/audit", Some(&h.admin), None).await;
+    let uploads: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "package.upload")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["actor_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uploads,
+        [
+            ("ci".to_owned(), ids[1].clone()),
+            ("ci".to_owned(), ids[0].clone())
+        ]
+    );
+    let (_, me) = h.call("GET", "/api/v1/me", Some(&h.admin), None).await;
+    let admin_id = me["id"].as_str().unwrap().to_owned();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.create" && e["actor_id"] == admin_id.as_str())
+    );
+
+    let v = verified(&h).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["broken"].is_null()),
+        (Some(true), true),
+        "{v}"
+    );
+    let entries = v["entries"].as_u64().unwrap();
+    assert!(entries >= 5, "{v}");
+
+    // Tampering 1: the first upload is re-attributed to the other token.
+    let db = open_db(&h).await;
+    let target: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT MIN(id) AS id FROM audit WHERE action = 'package.upload'")
+            .fetch_one(&db)
+            .await
+            .unwrap(),
+        "id",
+    )
+    .unwrap();
+    sqlx::query("UPDATE audit SET actor_id = $1 WHERE id = $2")
+        .bind(&ids[1])
+        .bind(target)
+        .execute(&db)
+        .await
+        .unwrap();
+    let v = verified(&h).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["broken"]["id"].as_i64(), Some(target), "{v}");
+    if matches!(backend, Backend::Sqlite) {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshara-authority"))
+            .arg("audit-verify")
+            .env("MESHARA_AUTHORITY_DATA_DIR", h.data())
+            .env("MESHARA_AUTHORITY_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("entry {target}")), "{stderr}");
+    }
+    // Put it back: the chain holds again (the hash covers exactly the fields).
+    sqlx::query("UPDATE audit SET actor_id = $1 WHERE id = $2")
+        .bind(&ids[0])
+        .bind(target)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(verified(&h).await["ok"], true);
+
+    // Tampering 2: an entry deleted from the middle.
+    sqlx::query("DELETE FROM audit WHERE id = $1")
+        .bind(target)
+        .execute(&db)
+        .await
+        .unwrap();
+    let v = verified(&h).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["broken"]["id"].as_i64().unwrap() > target, "{v}");
+
+    // Tampering 3: an entry forged at the end, with a made-up hash.
+    let db2 = open_db(&h).await;
+    sqlx::query("DELETE FROM audit")
+        .execute(&db2)
+        .await
+        .unwrap();
+    h.call(
+        "POST",
+        "/api/v1/tokens",
+        Some(&h.admin),
+        Some(json!({"name": "x", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(
+        verified(&h).await["ok"],
+        true,
+        "a fresh chain after the deletion of everything"
+    );
+    sqlx::query("INSERT INTO audit (at, actor_id, actor, action, target, detail, hash) VALUES (1, '', 'system', 'release.publish', '1', '', $1)")
+        .bind("0".repeat(64))
+        .execute(&db2)
+        .await
+        .unwrap();
+    let v = verified(&h).await;
+    assert_eq!(v["ok"], false, "{v}");
+    db.close().await;
+    db2.close().await;
+    // The server still serves honest clients.
+    assert_eq!(
+        h.call("GET", "/api/v1/me", Some(&tokens[0]), None).await.0,
+        StatusCode::OK
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tampering_is_detected_on_sqlite() {
+    audit_chain(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tampering_is_detected_on_postgres() {
+    audit_chain(Backend::Postgres).await;
+}
+
+/// Item 4, upgrades: a database at schema 2 with audit entries (as the previous version left
+/// it) is migrated, its entries sealed into the chain, and new entries chain onto them.
+async fn audit_upgrade(url: String) {
+    sqlx::any::install_default_drivers();
+    let postgres = url.starts_with("postgres");
+    let dialect = if postgres { "postgres" } else { "sqlite" };
+    let old = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE meshara_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&old)
+    .await
+    .unwrap();
+    for (version, file) in [(1, "0001_init.sql"), (2, "0002_roots.sql")] {
+        let path = format!("{}/migrations/{dialect}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let sql = std::fs::read_to_string(path).unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO meshara_migrations (version, applied_at) VALUES ($1, 0)")
+            .bind(version)
+            .execute(&old)
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, 'alice', 'package.upload', $2, '')")
+            .bind(i64::from(i))
+            .bind(format!("h{i}"))
+            .execute(&old)
+            .await
+            .unwrap();
+    }
+    old.close().await;
+
+    let db = meshara_authority::db::Db::connect(&url).await.unwrap();
+    let check = db.verify_audit().await.unwrap();
+    assert_eq!(
+        (check.entries, check.broken.clone()),
+        (3, None),
+        "{check:?}"
+    );
+    db.audit(
+        meshara_authority::db::Actor::internal("system"),
+        "token.create",
+        "t",
+        "",
+    )
+    .await
+    .unwrap();
+    let after = db.verify_audit().await.unwrap();
+    assert_eq!((after.entries, after.broken), (4, None));
+    let log = db.audit_log(10).await.unwrap();
+    assert_eq!(
+        log[1].hash, check.head,
+        "the new entry follows the sealed ones"
+    );
+    assert_eq!(log[3].actor, "alice");
+    db.close().await;
+    // Connecting again does not re-seal: an entry edited now stays detected.
+    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit SET actor = 'mallory' WHERE target = 'h1'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    let db = meshara_authority::db::Db::connect(&url).await.unwrap();
+    assert!(db.verify_audit().await.unwrap().broken.is_some());
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_audit_logs_are_sealed_on_upgrade_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    audit_upgrade(format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("old.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_audit_logs_are_sealed_on_upgrade_on_postgres() {
+    if let Some(url) = common::postgres_url().await {
+        audit_upgrade(url).await;
+    }
 }
