@@ -1306,10 +1306,40 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who made an update check, for the query log's budget: the TCP peer, or the last address
+/// of `X-Forwarded-For` when the peer is a trusted proxy; an IPv6 client by its /64 (one
+/// client usually holds a whole /64).
+fn client_key(s: &AppState, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+    use std::net::IpAddr;
+    let Some(mut ip) = peer.map(|ip| ip.to_canonical()) else {
+        return "unknown".to_owned();
+    };
+    if s.config.http.trusted_proxies.contains(&ip) {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse::<IpAddr>().ok());
+        if let Some(forwarded) = forwarded {
+            ip = forwarded.to_canonical();
+        }
+    }
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 /// The public update check: the newest published release's signed metadata.
 async fn update_check(
     State(s): State<Arc<AppState>>,
     client: Option<Extension<crate::http::ClientAddr>>,
+    headers: HeaderMap,
     Path((package, channel)): Path<(String, String)>,
 ) -> Response {
     // No release can have another name: answer without recording it.
@@ -1318,17 +1348,7 @@ async fn update_check(
     {
         return e.into_response();
     }
-    // An IPv6 client usually holds a whole /64: it is one client.
-    let client = client.map_or_else(
-        || "unknown".to_owned(),
-        |c| match c.0.0.ip() {
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-            ip => ip.to_canonical().to_string(),
-        },
-    );
+    let client = client_key(&s, client.map(|c| c.0.0.ip()), &headers);
     s.record_query(&client, &package, &channel, "http", None);
     let (Some(release), Some(signed)) = (
         s.updater.latest(&package, &channel),

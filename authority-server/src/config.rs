@@ -143,6 +143,11 @@ pub struct HttpSection {
     /// Uploads running at once at most; more are answered 429.
     #[serde(default = "default_max_uploads")]
     pub max_concurrent_uploads: usize,
+    /// Reverse proxies whose `X-Forwarded-For` (its last address) names the client of an
+    /// update check, for the query log's per-client budget. Empty: the TCP peer is the client,
+    /// and the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for HttpSection {
@@ -157,6 +162,7 @@ impl Default for HttpSection {
             upload_timeout_secs: default_upload_timeout(),
             upload_stall_secs: default_upload_stall(),
             max_concurrent_uploads: default_max_uploads(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -490,6 +496,45 @@ mod tests {
         assert_eq!(c.http_listen.port(), 9100);
         assert_eq!(c.node.quic_listen.port(), 9000);
         assert!(c.database_url().starts_with("sqlite:///srv/a/authority.db"));
+    }
+
+    #[test]
+    fn limits_sections_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv\"\nstorage_quota_bytes = 2147483648\npassphrase_file = \"/etc/p\"\n\
+             [http]\nheader_read_timeout_secs = 5\nmax_connections = 100\n\
+             trusted_proxies = [\"127.0.0.1\", \"::1\"]\n[query_log]\nper_client = 3\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.http.header_read_timeout_secs, 5);
+        assert_eq!(c.http.idle_timeout_secs, 60, "defaults fill the rest");
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert_eq!(
+            (c.query_log.per_client, c.storage_quota_bytes),
+            (3, 2 << 30)
+        );
+        assert_eq!(c.passphrase_file.as_deref(), Some(Path::new("/etc/p")));
+        for (toml, needle) in [
+            (
+                "[http]\nheader_read_timeout_secs = 0\n",
+                "http.header_read_timeout_secs",
+            ),
+            (
+                "[http]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
+                "per_ip",
+            ),
+            ("[http]\nbody_limit_bytes = 10\n", "http.body_limit_bytes"),
+            ("storage_quota_bytes = 1\n", "storage_quota_bytes"),
+            ("[query_log]\nwindow_secs = 0\n", "query_log.window_secs"),
+        ] {
+            std::fs::write(&path, format!("data_dir = \"/srv\"\n{toml}")).unwrap();
+            let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+            assert!(e.contains(needle), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -584,11 +584,16 @@ async fn bodies_uploads_and_storage_are_bounded_on_postgres() {
 
 /// One update check from `from`; returns the status line.
 async fn check_from(to: SocketAddr, from: Ipv4Addr, path: &str) -> String {
+    check_via(to, from, path, "").await
+}
+
+/// One update check from `from` with extra header lines.
+async fn check_via(to: SocketAddr, from: Ipv4Addr, path: &str, extra: &str) -> String {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
     let mut tcp = socket.connect(to).await.unwrap();
     tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{extra}\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -610,6 +615,7 @@ async fn an_update_check_flood_cannot_flush_the_query_log() {
     h.restart_with(|c| {
         c.query_log.per_client = 5;
         c.query_log.window_secs = 600;
+        c.http.trusted_proxies = vec![IpAddr::V4(Ipv4Addr::new(127, 0, 2, 9))];
     })
     .await;
     let viewer = h.token("viewer").await;
@@ -624,7 +630,10 @@ async fn an_update_check_flood_cannot_flush_the_query_log() {
         );
     }
     for i in 0..400 {
-        let status = check_from(h.addr, flooder, &format!("/v1/updates/flood/c{}", i % 3)).await;
+        // A spoofed X-Forwarded-For from an address that is not a trusted proxy is ignored.
+        let spoof = format!("X-Forwarded-For: 198.18.{}.{}\r\n", i / 250, i % 250);
+        let path = format!("/v1/updates/flood/c{}", i % 3);
+        let status = check_via(h.addr, flooder, &path, &spoof).await;
         assert!(status.contains("404"), "every check is answered: {status}");
     }
     for _ in 0..2 {
@@ -678,6 +687,44 @@ async fn an_update_check_flood_cannot_flush_the_query_log() {
         metric(m, "meshara_authority_update_checks_total{via=\"http\"}") >= 405,
         "{m}"
     );
+
+    // Behind a trusted proxy, the client is the last X-Forwarded-For address: a flooding
+    // client is bounded and another client of the same proxy is still recorded.
+    let proxy = Ipv4Addr::new(127, 0, 2, 9);
+    for _ in 0..50 {
+        check_via(
+            h.addr,
+            proxy,
+            "/v1/updates/proxied/flood",
+            "X-Forwarded-For: 203.0.113.7\r\n",
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        let xff = "X-Forwarded-For: 203.0.113.7, 203.0.113.8\r\n";
+        check_via(h.addr, proxy, "/v1/updates/proxied/honest", xff).await;
+    }
+    let proxied = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, q) = h.call("GET", "/api/v1/queries", Some(&viewer), None).await;
+            let count = |channel: &str| {
+                q["by_channel"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["package"] == "proxied" && c["channel"] == channel)
+                    .map(|c| c["count"].as_i64().unwrap())
+                    .sum::<i64>()
+            };
+            if count("honest") == 3 {
+                return count("flood");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the proxied honest client's checks are recorded");
+    assert_eq!(proxied, 5);
     h.stop().await;
 }
 
