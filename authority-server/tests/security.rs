@@ -133,6 +133,36 @@ async fn names_with_control_characters_are_refused_by_the_api_and_by_sign() {
         })))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
+    let release_id = v["id"].as_i64().unwrap();
+
+    // A release draft: the honest one is signed and shows its names; one whose package name
+    // carries an escape sequence (re-encoded, as an altered draft would be) is refused.
+    let (_, exported) = h
+        .call(
+            "GET",
+            &format!("/api/v1/releases/{release_id}/draft"),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    let (ok, stdout, stderr) = sign_with_binary(&h, &exported);
+    assert!(
+        ok && stderr.contains("signing release app/stable 1.0.0"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("signature"), "{stdout}");
+    let draft: meshara_authority::keys::Draft = serde_json::from_value(exported).unwrap();
+    let mut release =
+        meshara_core::update::Release::decode(&BASE64.decode(draft.body.as_bytes()).unwrap())
+            .unwrap();
+    release.package = "app\u{1b}[2K\u{1b}[1Aother".to_owned();
+    let evil = meshara_authority::keys::Draft::new(release_id, &release.encode().unwrap()).unwrap();
+    let (ok, stdout, stderr) = sign_with_binary(&h, &serde_json::to_value(&evil).unwrap());
+    assert!(!ok && stdout.is_empty(), "{stderr}");
+    assert!(
+        !has_control(&stderr) && stderr.contains("\\u{1b}[2K"),
+        "{stderr:?}"
+    );
 
     // An honest rotation drafted on the server: `sign` shows each key by its public key and
     // signs; the server accepts the signature.
