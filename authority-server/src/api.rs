@@ -1310,7 +1310,6 @@ async fn revoke_token(
 /// of `X-Forwarded-For` when the peer is a trusted proxy; an IPv6 client by its /64 (one
 /// client usually holds a whole /64).
 fn client_key(s: &AppState, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
-    use std::net::IpAddr;
     let Some(mut ip) = peer.map(|ip| ip.to_canonical()) else {
         return "unknown".to_owned();
     };
@@ -1321,18 +1320,12 @@ fn client_key(s: &AppState, peer: Option<std::net::IpAddr>, headers: &HeaderMap)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .next_back()
-            .and_then(|last| last.trim().parse::<IpAddr>().ok());
+            .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok());
         if let Some(forwarded) = forwarded {
-            ip = forwarded.to_canonical();
+            ip = forwarded;
         }
     }
-    match ip {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+    crate::http::client_bucket(ip).to_string()
 }
 
 /// The public update check: the newest published release's signed metadata.

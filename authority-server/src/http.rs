@@ -30,6 +30,17 @@ use crate::config::HttpSection;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
+/// The address a client is counted by: an IPv4 address (IPv4-mapped IPv6 included) as is,
+/// an IPv6 address by its /64, which one client usually holds whole.
+pub(crate) fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
 /// Connection counters shown in `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConnMetrics {
@@ -45,7 +56,7 @@ pub(crate) struct ConnMetrics {
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
 Content-Type: text/plain\r\nContent-Length: 21\r\n\r\ntoo many connections\n";
 
-/// Open connections per IP address.
+/// Open connections per client address ([`client_bucket`]).
 #[derive(Default)]
 struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
@@ -206,7 +217,8 @@ pub(crate) async fn serve(
             refuse(tcp, peer, "the connection cap", &metrics);
             continue;
         };
-        let Some(slot) = PerIp::take(&per_ip, peer.ip(), limits.max_connections_per_ip) else {
+        let bucket = client_bucket(peer.ip());
+        let Some(slot) = PerIp::take(&per_ip, bucket, limits.max_connections_per_ip) else {
             refuse(tcp, peer, "the per-address connection cap", &metrics);
             continue;
         };
@@ -295,5 +307,36 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_ne!(client_bucket(a), client_bucket(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            client_bucket(mapped),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        let table = Arc::new(PerIp::default());
+        let first = PerIp::take(&table, client_bucket(a), 1).unwrap();
+        assert!(
+            PerIp::take(&table, client_bucket(b), 1).is_none(),
+            "same /64"
+        );
+        drop(first);
+        assert!(
+            PerIp::take(&table, client_bucket(b), 1).is_some(),
+            "slot returned"
+        );
     }
 }
