@@ -420,7 +420,11 @@ impl AnyDraft {
     /// `keygen` printed) before its name, every name escaped ([`names::escape`]). Refuses a
     /// draft whose names are outside the allowed character sets, or whose fields do not match
     /// its body.
-    pub fn summary(&self, signer: &NodeId) -> Result<String, KeyError> {
+    ///
+    /// With `known`, the root the signer already trusts (for example the `root.pb` shipped to
+    /// nodes), every key of a root draft is marked as listed there or `NEW`, and the keys it
+    /// drops are named, so that a key slipped into a rotation stands out.
+    pub fn summary(&self, signer: &NodeId, known: Option<&Root>) -> Result<String, KeyError> {
         use std::fmt::Write as _;
         let mut out = String::new();
         match self {
@@ -460,16 +464,43 @@ impl AnyDraft {
                     d.expires_at,
                     d.keys.len()
                 );
-                for (i, k) in d.keys.iter().enumerate() {
+                if let Some(known) = known {
                     let _ = writeln!(
                         out,
-                        "  key {}/{}: {} roles {} name {}",
+                        "  compared with the root you trust (sequence {})",
+                        known.sequence
+                    );
+                }
+                let mut added = 0;
+                for (i, k) in d.keys.iter().enumerate() {
+                    let mark = match known {
+                        None => "",
+                        Some(known) if k.key.parse().is_ok_and(|key| known.key(&key).is_some()) => {
+                            " (listed now)"
+                        }
+                        Some(_) => {
+                            added += 1;
+                            " NEW: not in the root you trust"
+                        }
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  key {}/{}: {} roles {} name {}{mark}",
                         i + 1,
                         d.keys.len(),
                         k.key,
                         k.roles.join(","),
                         names::quoted(&k.name)
                     );
+                }
+                if let Some(known) = known {
+                    for k in &known.keys {
+                        if !d.keys.iter().any(|e| e.key == k.key.to_string()) {
+                            let _ =
+                                writeln!(out, "  drops {} name {}", k.key, names::quoted(&k.name));
+                        }
+                    }
+                    let _ = writeln!(out, "  {added} new key(s): check each with its holder");
                 }
                 for k in &d.revoked {
                     let _ = writeln!(out, "  revokes {k}");

@@ -84,6 +84,10 @@ enum Command {
         /// The keystore holding the signing key.
         #[arg(long)]
         key: PathBuf,
+        /// The signed root you trust (e.g. the root.pb your nodes ship): a root draft's keys
+        /// are then marked as listed there or NEW.
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -205,7 +209,14 @@ async fn main() -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Sign { draft, key } => {
+        Command::Sign { draft, key, root } => {
+            let known = match &root {
+                Some(path) => {
+                    let signed = keys::read_root(path)?;
+                    Some(meshara_core::update::Root::decode(&signed.body)?)
+                }
+                None => None,
+            };
             let text = std::fs::read_to_string(&draft)
                 .with_context(|| format!("reading {}", draft.display()))?;
             let draft: AnyDraft = serde_json::from_str(&text)
@@ -218,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             eprint!(
                 "{}",
                 draft
-                    .summary(&identity.node_id())
+                    .summary(&identity.node_id(), known.as_ref())
                     .context("refusing to sign this draft")?
             );
             let sig = match draft {

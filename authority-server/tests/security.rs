@@ -24,11 +24,16 @@ use serde_json::{Value, json};
 fn sign_with_binary(h: &Harness, draft: &Value) -> (bool, String, String) {
     let path = h.dir.path().join("draft.json");
     std::fs::write(&path, serde_json::to_vec_pretty(draft).unwrap()).unwrap();
+    // The signer compares with the root the harness shipped (root.pb before any rotation).
+    let shipped = h.dir.path().join("shipped-root.pb");
+    meshara_authority::keys::write_root(&shipped, &h.first_root).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_meshara-authority"))
         .args(["sign", "--draft"])
         .arg(&path)
         .arg("--key")
         .arg(h.dir.path().join("k3.key"))
+        .arg("--root")
+        .arg(&shipped)
         .env(
             "MESHARA_AUTHORITY_KEY_PASSPHRASE",
             std::str::from_utf8(PASSPHRASE).unwrap(),
@@ -187,7 +192,11 @@ async fn names_with_control_characters_are_refused_by_the_api_and_by_sign() {
         assert!(stderr.contains(&k), "{k} shown: {stderr}");
     }
     assert!(
-        stderr.contains("key 4/4:") && stderr.contains("name \"k4\""),
+        stderr.contains(&format!(
+            "key 4/4: {} roles root,release name \"k4\" NEW",
+            fresh.node_id()
+        )) && stderr.contains("1 new key(s)")
+            && stderr.matches("(listed now)").count() == 3,
         "{stderr}"
     );
     let (status, v) = h
@@ -229,6 +238,19 @@ async fn names_with_control_characters_are_refused_by_the_api_and_by_sign() {
     );
     // The library refuses as well.
     assert!(evil.sign(&h.offline).is_err());
+
+    // With a plausible name the attacker's key cannot hide: it is shown by its public key and
+    // marked NEW against the root the signer trusts.
+    root.keys.last_mut().unwrap().name = "k5".to_owned();
+    let plausible = RootDraft::new(&root.encode().unwrap()).unwrap();
+    let (_, _, stderr) = sign_with_binary(&h, &serde_json::to_value(&plausible).unwrap());
+    assert!(
+        stderr.contains(&format!(
+            "key 5/5: {} roles root,release name \"k5\" NEW",
+            attacker.node_id()
+        )) && stderr.contains("2 new key(s)"),
+        "{stderr}"
+    );
 
     // The server still serves honest callers.
     assert_eq!(
