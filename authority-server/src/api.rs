@@ -25,6 +25,7 @@ mod roots;
 use crate::auth::{Principal, Role};
 use crate::db::{NewRelease, ReleaseRow, SignatureRow};
 use crate::keys::{DetachedSignature, Draft};
+use crate::names::NameKind;
 use crate::{AppState, now};
 
 /// Roles that may call a route (admin may call every route).
@@ -72,6 +73,12 @@ pub const ROUTES: &[RouteDoc] = &[
         "/api/v1/packages",
         PUBLISH,
         "Upload a package (raw body, streamed; ?name=)"
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/packages/{hash}",
+        PUBLISH,
+        "Delete a package no release uses"
     ),
     route!(
         "GET",
@@ -168,6 +175,12 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
     route!(
         "GET",
+        "/api/v1/audit/verify",
+        ANY,
+        "Check the audit log's hash chain"
+    ),
+    route!(
+        "GET",
         "/api/v1/tokens",
         ADMIN,
         "API tokens (never their secrets)"
@@ -243,12 +256,19 @@ impl From<crate::db::DbError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// 400 `invalid_name` for a name outside its character set ([`crate::names`]).
+fn check_name(kind: NameKind, name: &str) -> ApiResult<()> {
+    crate::names::check(kind, name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
+}
+
 /// The router: admin API (behind the role table), public endpoints and the dashboard.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/v1/me", get(me))
         .route("/api/v1/health", get(health))
         .route("/api/v1/packages", get(packages).put(upload))
+        .route("/api/v1/packages/{hash}", delete(delete_package))
         .route("/api/v1/releases", get(releases).post(create_release))
         .route("/api/v1/releases/{id}", get(one_release))
         .route("/api/v1/releases/{id}/draft", get(export_draft))
@@ -265,14 +285,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/roots/{sequence}/publish", post(roots::publish))
         .route("/api/v1/queries", get(queries))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/tokens", get(tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
+        // Inner to `authorize`: bodies are read only for callers the role table admits.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
-        ))
-        // Uploads stream to disk with their own limit.
-        .layer(axum::extract::DefaultBodyLimit::disable());
+        ));
     Router::new()
         .merge(admin)
         .route("/v1/updates/{package}/{channel}", get(update_check))
@@ -292,8 +316,94 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/style.css",
             get(|| async { static_file("text/css; charset=utf-8", crate::web::STYLE) }),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.http.body_limit_bytes,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
         .layer(state.http_metrics.layer())
         .with_state(state)
+}
+
+/// The dashboard's Content-Security-Policy: its own files only, no framing, no `<base>`,
+/// forms only to itself.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Headers on every response: no MIME sniffing (a JSON error echoing input is never run as
+/// a script or page), no referrer leaving the dashboard.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// The upload route, whose body streams to disk under its own limits.
+const UPLOAD: (&str, &str) = ("PUT", "/api/v1/packages");
+
+/// Reads the body of every admin request but an upload, at most `http.body_limit_bytes`
+/// within `http.body_timeout_secs`, before the handler runs: 413 `too_large` or 408
+/// `body_timeout` otherwise.
+async fn read_body(
+    State(s): State<Arc<AppState>>,
+    matched: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    if (request.method().as_str(), matched.as_str()) == UPLOAD {
+        return next.run(request).await;
+    }
+    let limit = s.config.http.body_limit_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let read = async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| Some(e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(None::<String>);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let timeout = std::time::Duration::from_secs(s.config.http.body_timeout_secs);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(None)) => too_large(),
+        Ok(Err(Some(e))) => ApiError::invalid(format!("reading the body: {e}")).into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {}s", timeout.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -301,10 +411,7 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         ],
         body,
     )
@@ -361,7 +468,7 @@ async fn authorize(
 }
 
 async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
-    Json(json!({"name": p.name, "role": p.role.as_str()}))
+    Json(json!({"id": p.token_id, "name": p.name, "role": p.role.as_str()}))
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
@@ -415,21 +522,43 @@ async fn upload(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = q.name.unwrap_or_else(|| "package".into());
-    if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
-        return Err(ApiError::invalid("name must be 1..=255 bytes without '/'"));
-    }
-    let stored =
-        s.store
-            .put(body.into_data_stream(), s.config.max_package_bytes)
-            .await
-            .map_err(|e| match e {
-                crate::storage::StorageError::TooLarge { .. } => {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-                }
-                crate::storage::StorageError::Empty
-                | crate::storage::StorageError::Interrupted(_) => ApiError::invalid(e.to_string()),
-                e => ApiError::internal(e),
-            })?;
+    check_name(NameKind::Upload, &name)?;
+    let Ok(_slot) = s.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "{} uploads are running; try again later",
+                s.config.http.max_concurrent_uploads
+            ),
+        ));
+    };
+    let quota = s.config.storage_quota_bytes;
+    let reservation = Reservation::take(&s, s.db.stored_bytes().await?)?;
+    let limit = reservation.bytes;
+    let http = &s.config.http;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(http.upload_timeout_secs);
+    let stall = std::time::Duration::from_secs(http.upload_stall_secs);
+    let stored = s
+        .store
+        .put(body.into_data_stream(), limit, deadline, stall)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::TooLarge { .. } if limit < s.config.max_package_bytes => {
+                quota_exceeded(quota)
+            }
+            crate::storage::StorageError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            crate::storage::StorageError::TimedOut(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_timeout", e.to_string())
+            }
+            crate::storage::StorageError::Empty | crate::storage::StorageError::Interrupted(_) => {
+                ApiError::invalid(e.to_string())
+            }
+            e => ApiError::internal(e),
+        })?;
     let row = crate::db::PackageRow {
         hash: stored.hash.clone(),
         name,
@@ -439,7 +568,7 @@ async fn upload(
     };
     s.db.insert_package(&row).await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "package.upload",
         &row.hash,
         &format!("{} ({} bytes)", row.name, row.size),
@@ -447,6 +576,93 @@ async fn upload(
     .await?;
     let row = s.db.package(&stored.hash).await?.unwrap_or(row);
     Ok((StatusCode::CREATED, Json(json!(row))))
+}
+
+fn quota_exceeded(quota: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+        format!(
+            "the upload does not fit in the storage quota of {quota} bytes; delete unused packages"
+        ),
+    )
+}
+
+/// Bytes an upload in progress may still write, counted against the storage quota until it
+/// ends (so that uploads running together cannot pass the quota between them).
+struct Reservation {
+    state: Arc<AppState>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Reserves what is left of the quota (at most `max_package_bytes`) given `stored`
+    /// bytes; 507 when nothing is left.
+    fn take(s: &Arc<AppState>, stored: u64) -> ApiResult<Reservation> {
+        let quota = s.config.storage_quota_bytes;
+        let mut reserved = s.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let left = quota.saturating_sub(stored).saturating_sub(*reserved);
+        let bytes = left.min(s.config.max_package_bytes);
+        if bytes == 0 {
+            return Err(quota_exceeded(quota));
+        }
+        *reserved += bytes;
+        Ok(Reservation {
+            state: s.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = self
+            .state
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *reserved = reserved.saturating_sub(self.bytes);
+    }
+}
+
+/// `DELETE /api/v1/packages/{hash}`: removes a package no release uses (409 otherwise).
+async fn delete_package(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(hash): Path<String>,
+) -> ApiResult<StatusCode> {
+    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::invalid(
+            "a package hash is 64 lowercase hex digits",
+        ));
+    }
+    let pkg =
+        s.db.package(&hash)
+            .await?
+            .ok_or_else(|| ApiError::not_found("package"))?;
+    if !s.db.delete_package(&hash).await? {
+        let used: Vec<String> =
+            s.db.releases()
+                .await?
+                .iter()
+                .filter(|r| r.content_hash == hash)
+                .map(|r| r.id.to_string())
+                .collect();
+        return Err(ApiError::conflict(format!(
+            "releases {} use this package",
+            used.join(", ")
+        )));
+    }
+    s.store.remove(&hash).await.map_err(ApiError::internal)?;
+    s.db.audit(
+        p.actor(),
+        "package.delete",
+        &hash,
+        &format!("{} ({} bytes)", pkg.name, pkg.size),
+    )
+    .await?;
+    tracing::info!(hash, by = %crate::names::escape(&p.name), "package deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A release as the API shows it.
@@ -576,6 +792,8 @@ async fn describe(s: &AppState, spec: &DraftSpec<'_>, expires_at: u64) -> ApiRes
 }
 
 async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiResult<ReleaseRow> {
+    check_name(NameKind::Package, spec.package)?;
+    check_name(NameKind::Channel, spec.channel)?;
     let pkg =
         s.db.package(spec.content_hash)
             .await?
@@ -638,7 +856,7 @@ async fn create_release(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.draft",
         &row.id.to_string(),
         &format!(
@@ -708,7 +926,7 @@ async fn sign(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.sign",
         &id.to_string(),
         &format!("with server-held key {}", w.key),
@@ -745,7 +963,7 @@ async fn attach(
     s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.attach_signature",
         &id.to_string(),
         &format!("offline signature by {key}"),
@@ -809,7 +1027,11 @@ async fn check_quorum(s: &AppState, r: &ReleaseRow) -> ApiResult<proto::SignedMe
 
 /// Publishes a release whose quorum is met: hands it to the authority node, which verifies
 /// it once more, announces it and serves it.
-pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> ApiResult<()> {
+pub(crate) async fn publish_now(
+    s: &AppState,
+    r: &ReleaseRow,
+    actor: crate::db::Actor<'_>,
+) -> ApiResult<()> {
     let signed = check_quorum(s, r).await?;
     // Idempotent: after a crash between the node accepting a release and the database
     // recording it, publishing again records it instead of failing as a rollback.
@@ -832,7 +1054,13 @@ pub(crate) async fn publish_now(s: &AppState, r: &ReleaseRow, actor: &str) -> Ap
         &format!("{}/{} {} #{}", r.package, r.channel, r.semver, r.sequence),
     )
     .await?;
-    tracing::info!(id = r.id, package = %r.package, channel = %r.channel, semver = %r.semver, "release published");
+    tracing::info!(
+        id = r.id,
+        package = %crate::names::escape(&r.package),
+        channel = %crate::names::escape(&r.channel),
+        semver = %crate::names::escape(&r.semver),
+        "release published"
+    );
     Ok(())
 }
 
@@ -858,14 +1086,14 @@ async fn publish(
             check_quorum(&s, &r).await?;
             s.db.set_status(id, "scheduled", Some(at), None).await?;
             s.db.audit(
-                &p.name,
+                p.actor(),
                 "release.schedule",
                 &id.to_string(),
                 &format!("at {at}"),
             )
             .await?;
         }
-        _ => publish_now(&s, &r, &p.name).await?,
+        _ => publish_now(&s, &r, p.actor()).await?,
     }
     let r = load(&s, id).await?;
     Ok(Json(view(&s, &r).await?))
@@ -898,7 +1126,7 @@ async fn rollout(
     s.db.set_rollout(id, i64::from(w.percent), &BASE64.encode(&body))
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.rollout",
         &id.to_string(),
         &format!("{}% (signatures cleared)", w.percent),
@@ -938,7 +1166,7 @@ async fn rollback(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "release.rollback",
         &row.id.to_string(),
         &format!(
@@ -964,7 +1192,7 @@ async fn revoke(
     }
     s.db.set_status(id, "revoked", r.publish_at, r.published_at)
         .await?;
-    s.db.audit(&p.name, "release.revoke", &id.to_string(), "")
+    s.db.audit(p.actor(), "release.revoke", &id.to_string(), "")
         .await?;
     // Nodes only move forward: the revocation takes effect when a newer release restoring
     // the previous content is published. Draft it now.
@@ -990,7 +1218,7 @@ async fn revoke(
             )
             .await?;
             s.db.audit(
-                &p.name,
+                p.actor(),
                 "release.rollback",
                 &row.id.to_string(),
                 &format!(
@@ -1021,6 +1249,19 @@ async fn audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(s.db.audit_log(200).await?)))
 }
 
+/// `GET /api/v1/audit/verify`: the chain check ([`crate::db::Db::verify_audit`]); `ok` is
+/// false when an entry was edited, inserted or deleted.
+async fn verify_audit(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let check = s.db.verify_audit().await?;
+    if let Some(b) = &check.broken {
+        tracing::error!(id = b.id, reason = %b.reason, "the audit log's hash chain is broken");
+    }
+    Ok(Json(json!({
+        "ok": check.broken.is_none(), "entries": check.entries, "head": check.head,
+        "broken": check.broken,
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -1034,12 +1275,10 @@ async fn create_token(
     Json(t): Json<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let role: Role = t.role.parse().map_err(ApiError::invalid)?;
-    if t.name.is_empty() || t.name.len() > 64 {
-        return Err(ApiError::invalid("name must be 1..=64 bytes"));
-    }
+    check_name(NameKind::Token, &t.name)?;
     let (id, token) = crate::auth::create_token(&s.db, &t.name, role).await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "token.create",
         &id,
         &format!("{} as {}", t.name, role),
@@ -1063,16 +1302,47 @@ async fn revoke_token(
     if !s.db.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
     }
-    s.db.audit(&p.name, "token.revoke", &id, "").await?;
+    s.db.audit(p.actor(), "token.revoke", &id, "").await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who made an update check, for the query log's budget: the TCP peer, or the last address
+/// of `X-Forwarded-For` when the peer is a trusted proxy; an IPv6 client by its /64 (one
+/// client usually holds a whole /64).
+fn client_key(s: &AppState, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+    let Some(mut ip) = peer.map(|ip| ip.to_canonical()) else {
+        return "unknown".to_owned();
+    };
+    if s.config.http.trusted_proxies.contains(&ip) {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok());
+        if let Some(forwarded) = forwarded {
+            ip = forwarded;
+        }
+    }
+    crate::http::client_bucket(ip).to_string()
 }
 
 /// The public update check: the newest published release's signed metadata.
 async fn update_check(
     State(s): State<Arc<AppState>>,
+    client: Option<Extension<crate::http::ClientAddr>>,
+    headers: HeaderMap,
     Path((package, channel)): Path<(String, String)>,
 ) -> Response {
-    s.record_query(&package, &channel, "http", None);
+    // No release can have another name: answer without recording it.
+    if let Err(e) = check_name(NameKind::Package, &package)
+        .and_then(|()| check_name(NameKind::Channel, &channel))
+    {
+        return e.into_response();
+    }
+    let client = client_key(&s, client.map(|c| c.0.0.ip()), &headers);
+    s.record_query(&client, &package, &channel, "http", None);
     let (Some(release), Some(signed)) = (
         s.updater.latest(&package, &channel),
         s.updater.latest_signed(&package, &channel),
@@ -1188,5 +1458,6 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Records an update check from a node over Meshara.
 pub(crate) fn meshara_query(s: &AppState, peer: NodeId, package: &str, channel: &str) {
-    s.record_query(package, channel, "meshara", Some(peer.to_string()));
+    let peer = peer.to_string();
+    s.record_query(&peer, package, channel, "meshara", Some(peer.clone()));
 }

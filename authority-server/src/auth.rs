@@ -64,6 +64,16 @@ pub struct Principal {
     pub role: Role,
 }
 
+impl Principal {
+    /// The caller as the audit log records it: token id and name.
+    pub fn actor(&self) -> crate::db::Actor<'_> {
+        crate::db::Actor {
+            id: &self.token_id,
+            name: &self.name,
+        }
+    }
+}
+
 /// The stored form of a token.
 pub fn hash_token(token: &str) -> String {
     HEXLOWER.encode(blake3::hash(token.as_bytes()).as_bytes())

@@ -17,6 +17,9 @@ pub enum DbError {
     /// The URL names a database this build does not support.
     #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
     Unsupported(String),
+    /// The SQLite file or its directory could not be created or restricted.
+    #[error("database file: {0}")]
+    File(String),
     /// A migration failed.
     #[error("migration {version} failed: {source}")]
     Migration {
@@ -41,11 +44,19 @@ pub enum Backend {
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_roots.sql")),
+    (3, include_str!("../migrations/sqlite/0003_audit_chain.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_roots.sql")),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_audit_chain.sql"),
+    ),
 ];
+
+/// The migration that starts the audit chain: applying it seals the entries already there.
+const AUDIT_CHAIN_MIGRATION: i64 = 3;
 
 /// The database.
 #[derive(Debug, Clone)]
@@ -177,6 +188,22 @@ fn root_row(r: &AnyRow) -> Result<RootRow, sqlx::Error> {
     })
 }
 
+/// Who did something, for the audit log: a token (its id and name) or the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor<'a> {
+    /// The token id; empty for the server itself.
+    pub id: &'a str,
+    /// The token's name, or `system`, `scheduler`, `cli`.
+    pub name: &'a str,
+}
+
+impl<'a> Actor<'a> {
+    /// The server itself (no token): `system`, `scheduler`, `cli`.
+    pub fn internal(name: &'a str) -> Self {
+        Actor { id: "", name }
+    }
+}
+
 /// An audit entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRow {
@@ -184,7 +211,10 @@ pub struct AuditRow {
     pub id: i64,
     /// Unix seconds.
     pub at: i64,
-    /// Token name, or `scheduler` / `system`.
+    /// The acting token's id (unique); empty for the server itself and for entries written
+    /// before token ids were recorded.
+    pub actor_id: String,
+    /// Token name (not unique), or `scheduler` / `system` / `cli`.
     pub actor: String,
     /// Action, e.g. `release.publish`.
     pub action: String,
@@ -192,6 +222,97 @@ pub struct AuditRow {
     pub target: String,
     /// Details.
     pub detail: String,
+    /// BLAKE3 (hex) over the previous entry's hash and this entry's fields ([`audit_hash`]).
+    pub hash: String,
+}
+
+/// The hash of an audit entry: BLAKE3 over a domain tag, the previous entry's hash (hex,
+/// empty for the first entry) and every field, each length-prefixed so that no two entries
+/// encode alike.
+pub fn audit_hash(prev: &str, row: &AuditRow) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"meshara-authority audit v1\0");
+    let id = row.id.to_string();
+    let at = row.at.to_string();
+    for field in [
+        prev,
+        &id,
+        &at,
+        &row.actor_id,
+        &row.actor,
+        &row.action,
+        &row.target,
+        &row.detail,
+    ] {
+        h.update(&(field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    data_encoding::HEXLOWER.encode(h.finalize().as_bytes())
+}
+
+/// The outcome of checking the audit chain.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditCheck {
+    /// Entries checked.
+    pub entries: u64,
+    /// The newest entry's hash: record it elsewhere to detect later removal of the newest
+    /// entries, which a chain alone cannot show.
+    pub head: String,
+    /// The first entry that does not match the chain (edited, inserted, reordered, or
+    /// following a deleted one), with why; `None` when the chain holds.
+    pub broken: Option<AuditBreak>,
+}
+
+/// Where and why the audit chain breaks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditBreak {
+    /// The entry's id.
+    pub id: i64,
+    /// Why.
+    pub reason: String,
+}
+
+const AUDIT_COLUMNS: &str = "id, at, actor_id, actor, action, target, detail, hash";
+
+fn audit_row(r: &AnyRow) -> Result<AuditRow, sqlx::Error> {
+    Ok(AuditRow {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        actor_id: r.try_get("actor_id")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        detail: r.try_get("detail")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// Seals the entries written before the chain existed, oldest first (run once, inside the
+/// migration that adds the chain).
+async fn seal_legacy_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
+    )))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut prev = String::new();
+    for r in &rows {
+        let row = audit_row(r)?;
+        let hash = audit_hash(&prev, &row);
+        sqlx::query("UPDATE audit SET hash = $1 WHERE id = $2")
+            .bind(&hash)
+            .bind(row.id)
+            .execute(&mut **tx)
+            .await?;
+        prev = hash;
+    }
+    if !rows.is_empty() {
+        tracing::info!(
+            entries = rows.len(),
+            "sealed the existing audit entries into the chain"
+        );
+    }
+    Ok(())
 }
 
 /// One update check a node made.
@@ -268,6 +389,55 @@ pub struct NewRelease<'a> {
     pub created_by: &'a str,
 }
 
+/// Creates the SQLite file of `url` (and its directory) readable by this user only, before
+/// SQLite would create it with the umask's mode, and takes group and other access away from
+/// an existing one and its `-wal` and `-shm` files (SQLite gives those the database's mode).
+fn restrict_sqlite_file(url: &str) -> Result<(), DbError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(path);
+    let io =
+        |what: &str, e: std::io::Error| DbError::File(format!("{what} {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("creating the directory of", e))?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| io("restricting", e))?;
+            tracing::info!(file = %file.display(), "database file restricted to its owner");
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and runs the
     /// migrations not yet applied.
@@ -280,6 +450,9 @@ impl Db {
         } else {
             return Err(DbError::Unsupported(url.to_owned()));
         };
+        if backend == Backend::Sqlite {
+            restrict_sqlite_file(url)?;
+        }
         let pool = AnyPoolOptions::new()
             // One writer at a time is what SQLite allows anyway; more only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
@@ -329,6 +502,9 @@ impl Db {
                     .bind(crate::now())
                     .execute(&mut *tx)
                     .await?;
+                if *version == AUDIT_CHAIN_MIGRATION {
+                    seal_legacy_audit(&mut tx).await?;
+                }
                 Ok::<_, sqlx::Error>(())
             };
             run.await.map_err(|source| DbError::Migration {
@@ -475,6 +651,28 @@ impl Db {
     /// One package.
     pub async fn package(&self, hash: &str) -> Result<Option<PackageRow>, DbError> {
         Ok(self.packages().await?.into_iter().find(|p| p.hash == hash))
+    }
+
+    /// Bytes all stored packages take.
+    pub async fn stored_bytes(&self) -> Result<u64, DbError> {
+        let n: i64 =
+            sqlx::query("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS n FROM packages")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes a package's record unless a release uses it. Returns whether it was deleted.
+    pub async fn delete_package(&self, hash: &str) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "DELETE FROM packages WHERE hash = $1 \
+             AND NOT EXISTS (SELECT 1 FROM releases WHERE content_hash = $1)",
+        )
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     // --- releases ---
@@ -748,47 +946,108 @@ impl Db {
 
     // --- audit ---
 
-    /// Appends to the audit log.
+    /// Appends to the audit log, chained to the newest entry. Appends are serialized (a table
+    /// lock on PostgreSQL, the write lock on SQLite, taken by the insert) so that every entry
+    /// chains to the one before it.
     pub async fn audit(
         &self,
-        actor: &str,
+        actor: Actor<'_>,
         action: &str,
         target: &str,
         detail: &str,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE audit IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut row = AuditRow {
+            id: 0,
+            at: crate::now(),
+            actor_id: actor.id.to_owned(),
+            actor: actor.name.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+            hash: String::new(),
+        };
+        row.id = sqlx::query(
+            "INSERT INTO audit (at, actor_id, actor, action, target, detail, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, '') RETURNING id",
         )
-        .bind(crate::now())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
+        .bind(row.at)
+        .bind(&row.actor_id)
+        .bind(&row.actor)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(&row.detail)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let prev: String =
+            sqlx::query("SELECT hash FROM audit WHERE id < $1 ORDER BY id DESC LIMIT 1")
+                .bind(row.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("hash"))
+                .transpose()?
+                .unwrap_or_default();
+        sqlx::query("UPDATE audit SET hash = $1 WHERE id = $2")
+            .bind(audit_hash(&prev, &row))
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// The newest `limit` audit entries.
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT $1",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1"
+        )))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(audit_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Checks the whole audit chain, oldest first: every entry's hash must be the hash of its
+    /// fields and of the entry before it.
+    pub async fn verify_audit(&self) -> Result<AuditCheck, DbError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut prev = String::new();
+        let mut entries = 0;
+        for r in &rows {
+            let row = audit_row(r)?;
+            entries += 1;
+            let expected = audit_hash(&prev, &row);
+            if row.hash != expected {
+                let reason = if row.hash.is_empty() {
+                    "the entry has no hash".to_owned()
+                } else {
+                    "the entry's hash does not match its fields and the entry before it \
+                     (edited, inserted, or an entry before it was deleted)"
+                        .to_owned()
+                };
+                return Ok(AuditCheck {
+                    entries,
+                    head: prev,
+                    broken: Some(AuditBreak { id: row.id, reason }),
+                });
+            }
+            prev = row.hash;
+        }
+        Ok(AuditCheck {
+            entries,
+            head: prev,
+            broken: None,
+        })
     }
 
     // --- queries ---

@@ -10,6 +10,8 @@ use meshara_core::{Identity, KdfParams, Keystore, NodeId, proto};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::names::{self, NameKind};
+
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,6 +34,9 @@ pub enum KeyError {
     /// Input is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A name is outside its character set.
+    #[error(transparent)]
+    Name(#[from] names::NameError),
 }
 
 /// The server-held keys, by name.
@@ -65,6 +70,7 @@ impl ServerKeys {
             ) else {
                 continue;
             };
+            names::check(NameKind::Key, name)?;
             let unlocked =
                 Keystore::new(&path)
                     .load(passphrase)
@@ -249,9 +255,31 @@ impl Draft {
         })
     }
 
-    /// Checks that the readable fields match the body (so a signer sees what they sign),
-    /// and signs the body.
+    /// Checks that the package and channel are in the allowed character set
+    /// ([`crate::names`]) and that the version is a plain semantic version, so that printing
+    /// them cannot hide anything.
+    pub fn check_names(&self) -> Result<(), KeyError> {
+        names::check(NameKind::Package, &self.package)?;
+        names::check(NameKind::Channel, &self.channel)?;
+        if self.semver.is_empty()
+            || self.semver.len() > update::MAX_NAME
+            || !self
+                .semver
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b))
+        {
+            return Err(KeyError::Invalid(format!(
+                "version {} is not a semantic version",
+                names::quoted(&self.semver)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the names ([`Draft::check_names`]) and that the readable fields match the body
+    /// (so a signer sees what they sign), and signs the body.
     pub fn sign(&self, key: &Identity) -> Result<DetachedSignature, KeyError> {
+        self.check_names()?;
         sign_checked(self, &self.body, key, |body| {
             Draft::new(self.release_id, body)
         })
@@ -266,13 +294,9 @@ fn sign_checked<T: PartialEq>(
     key: &Identity,
     rebuild: impl FnOnce(&[u8]) -> Result<T, KeyError>,
 ) -> Result<DetachedSignature, KeyError> {
-    let body = BASE64
-        .decode(body.as_bytes())
-        .map_err(|_| KeyError::Invalid("draft body is not base64".into()))?;
+    let body = decode_body(body)?;
     if rebuild(&body)? != *draft {
-        return Err(KeyError::Invalid(
-            "the draft's fields do not match its body; refusing to sign".into(),
-        ));
+        return Err(mismatch());
     }
     let sig = update::signature(&body, key);
     Ok(DetachedSignature {
@@ -363,8 +387,19 @@ impl RootDraft {
         })
     }
 
-    /// Checks that the readable fields match the body, and signs the body.
+    /// Checks that every key name is in the allowed character set ([`crate::names`]), so
+    /// that printing the draft cannot hide a key.
+    pub fn check_names(&self) -> Result<(), KeyError> {
+        for k in &self.keys {
+            names::check(NameKind::Key, &k.name)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the names ([`RootDraft::check_names`]) and that the readable fields match the
+    /// body, and signs the body.
     pub fn sign(&self, key: &Identity) -> Result<DetachedSignature, KeyError> {
+        self.check_names()?;
         sign_checked(self, &self.body, key, RootDraft::new)
     }
 }
@@ -377,6 +412,114 @@ pub enum AnyDraft {
     Root(RootDraft),
     /// A release.
     Release(Draft),
+}
+
+impl AnyDraft {
+    /// What `meshara-authority sign` shows before signing with `signer`: every field a signer
+    /// must check, each key of a root by its public key (its fingerprint: the NodeId text
+    /// `keygen` printed) before its name, every name escaped ([`names::escape`]). Refuses a
+    /// draft whose names are outside the allowed character sets, or whose fields do not match
+    /// its body.
+    ///
+    /// With `known`, the root the signer already trusts (for example the `root.pb` shipped to
+    /// nodes), every key of a root draft is marked as listed there or `NEW`, and the keys it
+    /// drops are named, so that a key slipped into a rotation stands out.
+    pub fn summary(&self, signer: &NodeId, known: Option<&Root>) -> Result<String, KeyError> {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        match self {
+            AnyDraft::Release(d) => {
+                d.check_names()?;
+                let body = decode_body(&d.body)?;
+                if Draft::new(d.release_id, &body)? != *d {
+                    return Err(mismatch());
+                }
+                let _ = writeln!(
+                    out,
+                    "signing release {}/{} {} (sequence {}, {} bytes, content {}{}, expires {})",
+                    names::escape(&d.package),
+                    names::escape(&d.channel),
+                    names::escape(&d.semver),
+                    d.sequence,
+                    d.size,
+                    d.content_hash,
+                    d.rollout_percent
+                        .map(|p| format!(", rollout {p}%"))
+                        .unwrap_or_default(),
+                    d.expires_at,
+                );
+            }
+            AnyDraft::Root(d) => {
+                d.check_names()?;
+                let body = decode_body(&d.body)?;
+                if RootDraft::new(&body)? != *d {
+                    return Err(mismatch());
+                }
+                let _ = writeln!(
+                    out,
+                    "signing root {} (root threshold {}, release threshold {}, expires {}, {} keys)",
+                    d.sequence,
+                    d.root_threshold,
+                    d.release_threshold,
+                    d.expires_at,
+                    d.keys.len()
+                );
+                if let Some(known) = known {
+                    let _ = writeln!(
+                        out,
+                        "  compared with the root you trust (sequence {})",
+                        known.sequence
+                    );
+                }
+                let mut added = 0;
+                for (i, k) in d.keys.iter().enumerate() {
+                    let mark = match known {
+                        None => "",
+                        Some(known) if k.key.parse().is_ok_and(|key| known.key(&key).is_some()) => {
+                            " (listed now)"
+                        }
+                        Some(_) => {
+                            added += 1;
+                            " NEW: not in the root you trust"
+                        }
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  key {}/{}: {} roles {} name {}{mark}",
+                        i + 1,
+                        d.keys.len(),
+                        k.key,
+                        k.roles.join(","),
+                        names::quoted(&k.name)
+                    );
+                }
+                if let Some(known) = known {
+                    for k in &known.keys {
+                        if !d.keys.iter().any(|e| e.key == k.key.to_string()) {
+                            let _ =
+                                writeln!(out, "  drops {} name {}", k.key, names::quoted(&k.name));
+                        }
+                    }
+                    let _ = writeln!(out, "  {added} new key(s): check each with its holder");
+                }
+                for k in &d.revoked {
+                    let _ = writeln!(out, "  revokes {k}");
+                }
+            }
+        }
+        let _ = writeln!(out, "signer: {signer}");
+        Ok(out)
+    }
+}
+
+fn decode_body(body: &str) -> Result<Vec<u8>, KeyError> {
+    BASE64
+        .decode(body.as_bytes())
+        .map_err(|_| KeyError::Invalid("draft body is not base64".into()))
+}
+
+fn mismatch() -> KeyError {
+    KeyError::Invalid("the draft's fields do not match its body; refusing to sign".into())
 }
 
 /// The root after `current`: `keys` with the thresholds, valid for `valid_days`, revoking

@@ -10,7 +10,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+mod http;
 pub mod keys;
+pub mod names;
 pub mod storage;
 mod web;
 
@@ -83,6 +85,8 @@ struct Metrics {
     served_bytes: Gauge,
     peers: Gauge,
     dropped_checks: Counter,
+    over_budget_checks: Counter,
+    connections: http::ConnMetrics,
 }
 
 /// Everything the handlers share.
@@ -100,19 +104,86 @@ pub struct AppState {
     registry: Registry,
     stopping: AtomicBool,
     checks: AtomicU64,
+    query_budget: QueryBudget,
+    /// Upload slots (`http.max_concurrent_uploads`).
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// Bytes reserved by uploads in progress (counted against the storage quota).
+    reserved: std::sync::Mutex<u64>,
+}
+
+/// Update checks recorded per client and window ([`config::QueryLogSection`]), so that one
+/// client cannot flush the other clients' checks out of the query log.
+struct QueryBudget {
+    per_client: u32,
+    window: Duration,
+    max_clients: usize,
+    clients: std::sync::Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+}
+
+impl QueryBudget {
+    fn new(c: &config::QueryLogSection) -> Self {
+        Self {
+            per_client: c.per_client,
+            window: Duration::from_secs(c.window_secs),
+            max_clients: c.max_clients,
+            clients: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether `client` may have one more check recorded now.
+    fn allow(&self, client: &str) -> bool {
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if !clients.contains_key(client) && clients.len() >= self.max_clients {
+            clients.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            if clients.len() >= self.max_clients {
+                // Still full: the oldest window goes.
+                if let Some(oldest) = clients
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| k.clone())
+                {
+                    clients.remove(&oldest);
+                }
+            }
+        }
+        let entry = clients.entry(client.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.per_client {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
 }
 
 impl AppState {
-    fn record_query(&self, package: &str, channel: &str, via: &str, peer: Option<String>) {
+    /// Counts an update check, and records it in the query log unless `client` (an IP
+    /// address or a node id) used up its budget for the window.
+    fn record_query(
+        &self,
+        client: &str,
+        package: &str,
+        channel: &str,
+        via: &str,
+        peer: Option<String>,
+    ) {
         self.metrics
             .checks
             .get_or_create(&vec![("via".to_owned(), via.to_owned())])
             .inc();
         self.checks.fetch_add(1, Ordering::Relaxed);
+        if !self.query_budget.allow(client) {
+            self.metrics.over_budget_checks.inc();
+            return;
+        }
         let row = QueryRow {
             at: now(),
-            package: package.chars().take(64).collect(),
-            channel: channel.chars().take(64).collect(),
+            // Names from the mesh are not checked: keep them escaped.
+            package: names::escape(package).chars().take(64).collect(),
+            channel: names::escape(channel).chars().take(64).collect(),
             via: via.to_owned(),
             peer,
         };
@@ -182,8 +253,23 @@ impl Authority {
             .validate()
             .map_err(|e| StartError::Other(e.to_string()))?;
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data)
-            .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&data)
+                .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
+            if let Ok(meta) = std::fs::metadata(&data) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        dir = %data.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the data directory is open to other users; chmod 700 it"
+                    );
+                }
+            }
+        }
         let store = PackageStore::open(&data)?;
         let db = Db::connect(&config.database_url()).await?;
         let listed: HashSet<String> = db.packages().await?.into_iter().map(|p| p.hash).collect();
@@ -239,6 +325,11 @@ impl Authority {
             "Update checks not written to the database (writer behind)",
             metrics.dropped_checks.clone(),
         );
+        registry.register(
+            "update_checks_over_budget",
+            "Update checks not written to the database (the client's query_log budget was used up)",
+            metrics.over_budget_checks.clone(),
+        );
         registry.register("packages", "Stored packages", metrics.packages.clone());
         registry.register(
             "releases_published",
@@ -251,6 +342,21 @@ impl Authority {
             metrics.served_bytes.clone(),
         );
         registry.register("peers", "Connected Meshara peers", metrics.peers.clone());
+        registry.register(
+            "http_connections_open",
+            "Open HTTP connections",
+            metrics.connections.open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused at the connection caps",
+            metrics.connections.refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed by the header-read or idle timeout",
+            metrics.connections.timed_out.clone(),
+        );
 
         let state = Arc::new(AppState {
             config: config.clone(),
@@ -266,6 +372,11 @@ impl Authority {
             registry,
             stopping: AtomicBool::new(false),
             checks: AtomicU64::new(0),
+            query_budget: QueryBudget::new(&config.query_log),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                config.http.max_concurrent_uploads,
+            )),
+            reserved: std::sync::Mutex::new(0),
         });
         let _ = state_slot.set(Arc::downgrade(&state));
 
@@ -288,15 +399,13 @@ impl Authority {
             source,
         })?;
         let app = api::router(state.clone());
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        tasks.spawn(http::serve(
+            listener,
+            app,
+            config.http.clone(),
+            state.metrics.connections.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(http = %http_addr, node = %node.node_id(), quic = ?node.quic_addr(), database = ?db.backend(), "authority running");
         Ok(Authority {
             state,
@@ -352,7 +461,7 @@ async fn republish(state: &AppState) {
         if current.is_some_and(|c| c >= r.sequence as u64) {
             continue;
         }
-        if let Err(e) = api::publish_now(state, r, "system").await {
+        if let Err(e) = api::publish_now(state, r, db::Actor::internal("system")).await {
             tracing::warn!(id = r.id, error = ?e, "could not republish a release");
         }
     }
@@ -364,7 +473,7 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
     if state.db.token_count().await? > 0 {
         return Ok(());
     }
-    let (_, token) = auth::create_token(&state.db, "admin", auth::Role::Admin).await?;
+    let (id, token) = auth::create_token(&state.db, "admin", auth::Role::Admin).await?;
     let path = state.config.data_dir.join(ADMIN_TOKEN_FILE);
     {
         use std::io::Write;
@@ -381,7 +490,12 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
     }
     state
         .db
-        .audit("system", "token.create", "admin", "first start")
+        .audit(
+            db::Actor::internal("system"),
+            "token.create",
+            &id,
+            "admin as admin (first start)",
+        )
         .await?;
     tracing::info!(path = %path.display(), "created the first admin token");
     Ok(())
@@ -432,13 +546,13 @@ async fn scheduler(state: Arc<AppState>, shutdown: CancellationToken) {
             continue;
         };
         for r in due {
-            if let Err(e) = api::publish_now(&state, &r, "scheduler").await {
+            if let Err(e) = api::publish_now(&state, &r, db::Actor::internal("scheduler")).await {
                 tracing::warn!(id = r.id, error = ?e, "scheduled publish failed; back to draft");
                 let _ = state.db.set_status(r.id, "draft", None, None).await;
                 let _ = state
                     .db
                     .audit(
-                        "scheduler",
+                        db::Actor::internal("scheduler"),
                         "release.schedule_failed",
                         &r.id.to_string(),
                         &format!("{e:?}"),

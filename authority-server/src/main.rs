@@ -1,13 +1,13 @@
 //! `meshara-authority`: the update authority server and its offline tools.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool: stdout is its output
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use meshara_authority::config::Config;
+use meshara_authority::config::{Config, read_passphrase_file};
 use meshara_authority::keys::{self, AnyDraft};
-use meshara_authority::{Authority, auth, db};
+use meshara_authority::{Authority, auth, db, names};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,11 @@ use meshara_authority::{Authority, auth, db};
     about = "The Meshara update authority"
 )]
 struct Cli {
+    /// File holding the keystore passphrase (else MESHARA_AUTHORITY_KEY_PASSPHRASE, else
+    /// `passphrase_file` in the configuration or MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE).
+    /// Refused when every user may read it.
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +61,13 @@ enum Command {
         #[arg(long)]
         role: String,
     },
+    /// Checks the audit log's hash chain; exits 1 if an entry was edited, inserted or
+    /// deleted, and prints the newest entry's hash (record it elsewhere).
+    AuditVerify {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Creates a signing key in a keystore file (for an offline signer).
     Keygen {
         /// Keystore file to create.
@@ -72,13 +84,30 @@ enum Command {
         /// The keystore holding the signing key.
         #[arg(long)]
         key: PathBuf,
+        /// The signed root you trust (e.g. the root.pb your nodes ship): a root draft's keys
+        /// are then marked as listed there or NEW.
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
-fn passphrase() -> anyhow::Result<Vec<u8>> {
+/// The keystore passphrase: `--passphrase-file`, else `MESHARA_AUTHORITY_KEY_PASSPHRASE`,
+/// else the configured file (`passphrase_file`, `MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE`).
+fn passphrase(flag: Option<&Path>, configured: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = flag {
+        return Ok(read_passphrase_file(path)?);
+    }
     match std::env::var("MESHARA_AUTHORITY_KEY_PASSPHRASE") {
-        Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
-        _ => bail!("set MESHARA_AUTHORITY_KEY_PASSPHRASE to the passphrase of the keystores"),
+        Ok(p) if !p.is_empty() => return Ok(p.into_bytes()),
+        _ => {}
+    }
+    let env_file = std::env::var_os("MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE").map(PathBuf::from);
+    match configured.or(env_file.as_deref()) {
+        Some(path) => Ok(read_passphrase_file(path)?),
+        None => bail!(
+            "the keystores need a passphrase: --passphrase-file FILE, \
+             MESHARA_AUTHORITY_KEY_PASSPHRASE or MESHARA_AUTHORITY_KEY_PASSPHRASE_FILE"
+        ),
     }
 }
 
@@ -91,10 +120,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let flag = cli.passphrase_file.as_deref();
+    match cli.command {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let authority = Authority::start(config.clone(), &passphrase()?).await?;
+            let passphrase = passphrase(flag, config.passphrase_file.as_deref())?;
+            let authority = Authority::start(config.clone(), &passphrase).await?;
             let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
             println!("meshara-authority");
             println!("  dashboard + admin API: http://{}/", authority.http_addr());
@@ -117,7 +149,13 @@ async fn main() -> anyhow::Result<()> {
             valid_days,
         } => {
             std::fs::create_dir_all(&data_dir)?;
-            let signed = keys::init(&data_dir, n, threshold, &passphrase()?, valid_days)?;
+            let signed = keys::init(
+                &data_dir,
+                n,
+                threshold,
+                &passphrase(flag, None)?,
+                valid_days,
+            )?;
             let root = meshara_core::update::Root::decode(&signed.body)?;
             println!("authority set up in {}", data_dir.display());
             println!(
@@ -126,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
                 root.keys.len()
             );
             for k in &root.keys {
-                println!("  key {}: {}", k.name, k.key);
+                println!("  key {}: {}", names::escape(&k.name), k.key);
             }
             println!(
                 "ship root.pb with your application: nodes trust it and every root it rotates to"
@@ -134,61 +172,69 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { config, name, role } => {
             let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            names::check(names::NameKind::Token, &name)?;
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let db = db::Db::connect(&config.database_url()).await?;
             let (id, token) = auth::create_token(&db, &name, role).await?;
-            db.audit("cli", "token.create", &id, &format!("{name} as {role}"))
-                .await?;
+            db.audit(
+                db::Actor::internal("cli"),
+                "token.create",
+                &id,
+                &format!("{name} as {role}"),
+            )
+            .await?;
             println!("{token}");
             eprintln!("token {id} for {name} ({role}); it is not shown again");
         }
+        Command::AuditVerify { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let db = db::Db::connect(&config.database_url()).await?;
+            let check = db.verify_audit().await?;
+            db.close().await;
+            println!("{}", serde_json::to_string_pretty(&check)?);
+            if let Some(b) = check.broken {
+                bail!(
+                    "the audit log was tampered with at entry {}: {}",
+                    b.id,
+                    b.reason
+                );
+            }
+            eprintln!("audit log intact: {} entries", check.entries);
+        }
         Command::Keygen { out } => {
-            let key = keys::generate(&out, &passphrase()?)?;
+            let key = keys::generate(&out, &passphrase(flag, None)?)?;
             println!("{key}");
             eprintln!(
                 "created {}; give the public key above to the authority's admins",
                 out.display()
             );
         }
-        Command::Sign { draft, key } => {
+        Command::Sign { draft, key, root } => {
+            let known = match &root {
+                Some(path) => {
+                    let signed = keys::read_root(path)?;
+                    Some(meshara_core::update::Root::decode(&signed.body)?)
+                }
+                None => None,
+            };
             let text = std::fs::read_to_string(&draft)
                 .with_context(|| format!("reading {}", draft.display()))?;
             let draft: AnyDraft = serde_json::from_str(&text)
                 .context("the draft is neither a release draft nor a root draft")?;
             let identity = meshara_core::Keystore::new(&key)
-                .load(&passphrase()?)?
+                .load(&passphrase(flag, None)?)?
                 .identity;
+            // Names are checked and escaped before anything reaches the terminal, and each
+            // key is shown by its public key, so a draft cannot hide a key from its signer.
+            eprint!(
+                "{}",
+                draft
+                    .summary(&identity.node_id(), known.as_ref())
+                    .context("refusing to sign this draft")?
+            );
             let sig = match draft {
-                AnyDraft::Release(d) => {
-                    eprintln!(
-                        "signing release {}/{} {} (sequence {}, {} bytes, content {}) with {}",
-                        d.package,
-                        d.channel,
-                        d.semver,
-                        d.sequence,
-                        d.size,
-                        d.content_hash,
-                        identity.node_id()
-                    );
-                    d.sign(&identity)?
-                }
-                AnyDraft::Root(d) => {
-                    eprintln!(
-                        "signing root {} (root threshold {}, release threshold {}, expires {}) with {}",
-                        d.sequence,
-                        d.root_threshold,
-                        d.release_threshold,
-                        d.expires_at,
-                        identity.node_id()
-                    );
-                    for k in &d.keys {
-                        eprintln!("  key {} {} ({})", k.name, k.key, k.roles.join(", "));
-                    }
-                    for k in &d.revoked {
-                        eprintln!("  revokes {k}");
-                    }
-                    d.sign(&identity)?
-                }
+                AnyDraft::Release(d) => d.sign(&identity)?,
+                AnyDraft::Root(d) => d.sign(&identity)?,
             };
             println!("{}", serde_json::to_string_pretty(&sig)?);
         }

@@ -26,6 +26,9 @@ pub enum StorageError {
     /// The body was empty.
     #[error("empty package")]
     Empty,
+    /// The body did not arrive in time (in all, or a pause too long); nothing was kept.
+    #[error("upload too slow: {0}")]
+    TimedOut(&'static str),
     /// Reading the body failed (the client went away); nothing was kept.
     #[error("upload interrupted: {0}")]
     Interrupted(String),
@@ -91,8 +94,25 @@ impl PackageStore {
         self.dir.join(hash)
     }
 
-    /// Streams `body` into the store, at most `limit` bytes.
-    pub async fn put<S, E>(&self, body: S, limit: u64) -> Result<Stored, StorageError>
+    /// Removes a package's file (nothing if it is not there).
+    pub async fn remove(&self, hash: &str) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.path(hash)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StorageError::Io("removing a package", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Streams `body` into the store, at most `limit` bytes, all of them before `deadline`
+    /// and with no pause longer than `stall`.
+    pub async fn put<S, E>(
+        &self,
+        body: S,
+        limit: u64,
+        deadline: tokio::time::Instant,
+        stall: std::time::Duration,
+    ) -> Result<Stored, StorageError>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -102,7 +122,7 @@ impl PackageStore {
         let tmp = self
             .incoming
             .join(format!("{}.upload", HEXLOWER.encode(&nonce)));
-        let result = self.receive(body, limit, &tmp).await;
+        let result = self.receive(body, limit, deadline, stall, &tmp).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
@@ -113,6 +133,8 @@ impl PackageStore {
         &self,
         mut body: S,
         limit: u64,
+        deadline: tokio::time::Instant,
+        stall: std::time::Duration,
         tmp: &Path,
     ) -> Result<Stored, StorageError>
     where
@@ -124,7 +146,14 @@ impl PackageStore {
             .map_err(|e| StorageError::Io("creating an upload", e))?;
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::time::timeout_at(deadline, tokio::time::timeout(stall, body.next()));
+            let chunk = match next.await {
+                Err(_) => return Err(StorageError::TimedOut("the upload timeout passed")),
+                Ok(Err(_)) => return Err(StorageError::TimedOut("no data for too long")),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
             let chunk = chunk.map_err(|e| StorageError::Interrupted(e.to_string()))?;
             size += chunk.len() as u64;
             if size > limit {

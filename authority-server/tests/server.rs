@@ -387,7 +387,8 @@ async fn roles(backend: Backend) {
         let path = r
             .path
             .replace("{id}", "999999")
-            .replace("{sequence}", "999999");
+            .replace("{sequence}", "999999")
+            .replace("{hash}", &"0".repeat(64));
         for token in [None, Some("mat_notatoken"), Some("Bearer"), Some("")] {
             let (status, v) = h.call(r.method, &path, token, Some(json!({}))).await;
             assert_eq!(

@@ -438,6 +438,10 @@
       el('div', { class: 'field' }, el('label', { for: fileId }, 'Package file'), file),
       el('div', { class: 'field' }, el('label', { for: nameId }, 'Name (optional)'), name),
       submit);
+    const uploadLabel = (raw) => {
+      const label = raw.replace(/[^A-Za-z0-9._+~-]/g, '_').replace(/^[^A-Za-z0-9]+/, '').slice(0, 255);
+      return label || 'package';
+    };
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       const chosen = file.files && file.files[0];
@@ -445,7 +449,9 @@
         showError('Choose a file to upload first.');
         return;
       }
-      const fileName = name.value.trim() || chosen.name;
+      // A typed name goes as typed (the server explains a refusal); a file's own name is
+      // fitted to the upload-name character set: letters, digits, . _ - + ~, first a letter or digit.
+      const fileName = name.value.trim() || uploadLabel(chosen.name);
       runAction(submit, async () => {
         const result = await api('PUT', `/packages?name=${encodeURIComponent(fileName)}`, { raw: chosen });
         return `Uploaded ${fileName} (${shortText(result && result.hash, 12)}, ${fmtSize(result && result.size)}).`;

@@ -127,6 +127,9 @@ pub(super) async fn create(
             "valid_days must be 1..={MAX_VALID_DAYS}"
         )));
     }
+    for k in &spec.keys {
+        super::check_name(crate::names::NameKind::Key, &k.name)?;
+    }
     let keys = spec
         .keys
         .iter()
@@ -167,7 +170,7 @@ pub(super) async fn create(
     s.db.draft_root(sequence, &BASE64.encode(&encoded), &p.name)
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "root.draft",
         &sequence.to_string(),
         &format!(
@@ -228,7 +231,7 @@ pub(super) async fn sign(
     )
     .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "root.sign",
         &sequence.to_string(),
         &format!("with server-held key {}", w.key),
@@ -256,7 +259,7 @@ pub(super) async fn attach(
     s.db.add_root_signature(sequence, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "root.attach_signature",
         &sequence.to_string(),
         &format!("offline signature by {key}"),
@@ -290,7 +293,7 @@ pub(super) async fn publish(
     keys::replace_root(&s.config.data_dir.join("root.pb"), &signed).map_err(ApiError::internal)?;
     s.db.set_root_published(sequence).await?;
     s.db.audit(
-        &p.name,
+        p.actor(),
         "root.publish",
         &sequence.to_string(),
         &format!("{} keys", root.keys.len()),

@@ -144,6 +144,17 @@ impl Harness {
         send(self.addr, req).await
     }
 
+    /// Stops the server, changes its configuration and starts it again on the same data.
+    pub async fn restart_with(&mut self, change: impl FnOnce(&mut Config)) {
+        self.stop().await;
+        change(&mut self.config);
+        let a = Authority::start(self.config.clone(), PASSPHRASE)
+            .await
+            .unwrap();
+        self.addr = a.http_addr();
+        self.authority = Some(a);
+    }
+
     pub async fn stop(&mut self) {
         if let Some(a) = self.authority.take() {
             a.stop().await;
