@@ -347,9 +347,14 @@ impl Explorer {
         let app = api::router(state.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            // Header-read timeout and connection caps, which axum::serve lacks (slowloris).
+            let served = meshara_axum::serve_tcp_with_graceful_shutdown(
+                listener,
+                app,
+                meshara_axum::ServeOptions::default(),
+                async move { stop.cancelled().await },
+            )
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }

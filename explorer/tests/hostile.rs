@@ -312,3 +312,43 @@ async fn hostile_nodes_cost_a_bounded_amount_and_list_nothing_they_invent() {
     assert!(overview["network"]["up"].as_u64().unwrap() >= HONEST as u64);
     h.explorer.stop().await;
 }
+
+/// Slowloris against the explorer's web server: one address opens far more connections than
+/// it may and sends half a request head on each. The connections beyond the per-address cap
+/// are closed at once, the rest when the header timeout runs out, and a browser elsewhere is
+/// served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_heads_do_not_starve_the_web_server() {
+    let Some(h) = explorer(Backend::Sqlite, &[], |_| {}).await else {
+        return;
+    };
+    let per_caller = meshara_axum::ServeOptions::default().max_connections_per_caller;
+    let mut held = Vec::new();
+    for _ in 0..per_caller + 16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(h.addr).await.unwrap();
+        s.write_all(b"GET /api/v1/overview HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // The honest client, from another address, during the attack.
+    assert_eq!(get(h.addr, "/healthz").await, "ok");
+    // The connections over the cap were closed without an answer.
+    let mut closed = 0;
+    for s in &mut held {
+        let mut buf = [0u8; 64];
+        // Closed: end of stream, or a reset.
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 16,
+        "only {closed} connections over the cap were closed"
+    );
+    h.explorer.stop().await;
+}

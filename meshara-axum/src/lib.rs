@@ -125,7 +125,7 @@ pub use layers::{HttpMetrics, HttpMetricsLayer, RateLimit, RateLimitLayer, Recor
 pub use protobuf::{Format, PROTOBUF, Protobuf, ProtobufRejection};
 pub use serve::{
     AllowList, AllowListLayer, ClientError, HTTP_PROTOCOL, MesharaClient, ServeOptions, serve,
-    serve_tcp, serve_with,
+    serve_tcp, serve_tcp_with_graceful_shutdown, serve_with,
 };
 pub use signature::{
     SIGNATURE_LABEL, SignatureError, SignaturePolicy, VerifySignatures, VerifySignaturesLayer,

@@ -153,7 +153,12 @@ impl<K: Eq + Hash + Copy> Drop for CallerSlot<K> {
 
 /// Serves one HTTP/1.1 connection with the header timeout of `options` (and WebSocket
 /// upgrades).
-async fn serve_connection<I, S, B>(io: I, service: S, options: ServeOptions) -> hyper::Result<()>
+async fn serve_connection<I, S, B>(
+    io: I,
+    service: S,
+    options: ServeOptions,
+    mut stopping: Option<tokio::sync::watch::Receiver<bool>>,
+) -> hyper::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -163,12 +168,22 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .with_upgrades()
-        .await
+        .with_upgrades();
+    let Some(stopping) = stopping.as_mut() else {
+        return conn.await;
+    };
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stopping.wait_for(|s| *s) => {}
+    }
+    // Finish the request in flight, then close (an idle connection closes at once).
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 /// Serves `service` — an axum `Router`, or any tower `Service` of axum requests — to Meshara
@@ -232,7 +247,7 @@ where
                     Request::from_parts(parts, Body::new(body))
                 });
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, service, options).await {
+                if let Err(e) = serve_connection(stream, service, options, None).await {
                     tracing::debug!(%peer, error = %e, "HTTP over Meshara connection ended with an error");
                 }
                 drop((permit, slot));
@@ -250,7 +265,8 @@ where
 /// dropped, at most `max_connections` connections are served at once (further ones wait in
 /// the listen backlog) and at most `max_connections_per_caller` per address (IPv4) or /64
 /// (IPv6; further ones are closed at once). WebSocket upgrades work. Runs until the listener
-/// fails; stop it by dropping (aborting) the future.
+/// fails; stop it by dropping (aborting) the future, or gracefully with
+/// [`serve_tcp_with_graceful_shutdown`].
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
@@ -275,13 +291,52 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    serve_tcp_with_graceful_shutdown(listener, service, options, std::future::pending()).await
+}
+
+/// [`serve_tcp`] until `signal` completes: then it stops accepting, lets every connection
+/// finish the request it is serving (idle ones close at once; long-lived responses such as
+/// event streams must end by themselves) and returns once all have closed.
+pub async fn serve_tcp_with_graceful_shutdown<S, B, F>(
+    listener: TcpListener,
+    service: S,
+    options: ServeOptions,
+    signal: F,
+) -> std::io::Result<()>
+where
+    S: Service<Request, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send,
+{
+    let max = options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
     let per_address = PerCaller::<IpAddr>::new(options.max_connections_per_caller.max(1));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::pin!(signal);
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let accepted = tokio::select! {
+            () = &mut signal => None,
+            a = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => Some(a),
+        };
+        let Some((permit, accepted)) = accepted else {
+            // Every connection holds a slot: having them all back means all have closed.
+            let _ = stop.send(true);
+            let _ = slots
+                .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+                .await;
             return Ok(());
         };
-        let (tcp, remote) = match listener.accept().await {
+        let Ok(permit) = permit else {
+            return Ok(());
+        };
+        let (tcp, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if is_transient(&e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
@@ -295,6 +350,7 @@ where
             tracing::warn!(%remote, max = per_address.max, "too many connections from one address; closing one");
             continue;
         };
+        let stopping = stopping.clone();
         let service = service
             .clone()
             .map_request(move |request: http::Request<Incoming>| {
@@ -303,7 +359,7 @@ where
                 Request::from_parts(parts, Body::new(body))
             });
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(tcp, service, options).await {
+            if let Err(e) = serve_connection(tcp, service, options, Some(stopping)).await {
                 tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
             }
             drop((permit, slot));

@@ -230,3 +230,53 @@ async fn meshara_slowloris_is_dropped_and_honest_peers_are_served() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_the_request_in_flight_and_drops_idle_clients() {
+    // A handler that takes a moment, to be caught in flight by the shutdown.
+    let app: Router = Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "done"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meshara_axum::serve_tcp_with_graceful_shutdown(
+        listener,
+        app,
+        ServeOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // An idle client that sent half a request head, and one whose request is running.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /slow HTTP/1.1\r\nho").await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    // The request in flight is answered in full...
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), busy.read_to_string(&mut answer))
+        .await
+        .expect("the request in flight was not finished")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("done"), "{answer}");
+    // ...the half-sent one is closed, and the server returns once both are gone.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), idle.read_to_end(&mut rest)).await;
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("the server did not return after its connections closed")
+        .unwrap()
+        .unwrap();
+    // Nothing accepts any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

@@ -145,9 +145,14 @@ impl Bridge {
             .with_state(shared.clone());
         let stopping = stop_http.clone();
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopping.cancelled().await })
-                .await;
+            // Header-read timeout and connection caps, which axum::serve lacks (slowloris).
+            let served = meshara_axum::serve_tcp_with_graceful_shutdown(
+                listener,
+                app,
+                meshara_axum::ServeOptions::default(),
+                async move { stopping.cancelled().await },
+            )
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }
