@@ -41,33 +41,18 @@ pub enum ConfigError {
 /// Refused when it is not a regular file, when other users may read or write it (mode
 /// `o+rwx`: make it 0600 or 0640), or when it is empty.
 pub fn read_passphrase_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let bad = |reason: String| ConfigError::Invalid {
-        key: "passphrase_file".to_owned(),
-        reason: format!("{}: {reason}", path.display()),
-    };
-    let read = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".to_owned()));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o007 != 0 {
-        return Err(bad(format!(
-            "mode {mode:o} lets every user of this machine read it; chmod 600 (or 640)"
-        )));
-    }
-    let mut text = std::fs::read(path).map_err(read)?;
-    while matches!(text.last(), Some(b'\n' | b'\r')) {
-        text.pop();
-    }
-    if text.is_empty() {
-        return Err(bad("empty".to_owned()));
-    }
-    Ok(text)
+    use meshara_core::KeystoreError;
+    meshara_core::keystore::read_passphrase_file(path).map_err(|e| match e {
+        KeystoreError::Io { path, source } => ConfigError::Read { path, source },
+        KeystoreError::EmptyPassphrase => ConfigError::Invalid {
+            key: "passphrase_file".to_owned(),
+            reason: format!("{}: empty", path.display()),
+        },
+        other => ConfigError::Invalid {
+            key: "passphrase_file".to_owned(),
+            reason: other.to_string(),
+        },
+    })
 }
 
 /// The server's configuration.

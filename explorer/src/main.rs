@@ -40,8 +40,8 @@ enum Command {
 
 fn passphrase() -> anyhow::Result<Vec<u8>> {
     if let Ok(path) = std::env::var("MESHARA_EXPLORER_PASSPHRASE_FILE") {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        return Ok(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+        return meshara_core::keystore::read_passphrase_file(std::path::Path::new(&path))
+            .with_context(|| format!("reading the passphrase file {path}"));
     }
     match std::env::var("MESHARA_EXPLORER_PASSPHRASE") {
         Ok(p) if !p.is_empty() => Ok(p.into_bytes()),

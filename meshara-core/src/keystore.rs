@@ -106,6 +106,14 @@ pub enum KeystoreError {
     /// The bundle text is not valid armor or base64.
     #[error("identity bundle is malformed: {0}")]
     MalformedBundle(String),
+    /// A passphrase file that is not a regular file, or that other users may read or write.
+    #[error("passphrase file {path}: {reason}")]
+    InsecurePassphraseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Reading or writing failed.
     #[error("keystore I/O error on {path}: {source}")]
     Io {
@@ -115,6 +123,36 @@ pub enum KeystoreError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Reads a keystore passphrase from `path`: the file's content without trailing newlines.
+/// Refused when it is not a regular file, when other users may read or write it (any `o+rwx`
+/// bit: make it 0600, or 0640 for a group such as a Kubernetes secret's `defaultMode: 0440`),
+/// or when it is empty. Errors never include the content.
+pub fn read_passphrase_file(path: &Path) -> Result<Vec<u8>, KeystoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let insecure = |reason: String| KeystoreError::InsecurePassphraseFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(insecure("not a regular file".to_owned()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(insecure(format!(
+            "mode {mode:o} lets every user of this machine read it; chmod 600 (or 640)"
+        )));
+    }
+    let mut text = std::fs::read(path).map_err(io_err(path))?;
+    while matches!(text.last(), Some(b'\n' | b'\r')) {
+        text.pop();
+    }
+    if text.is_empty() {
+        return Err(KeystoreError::EmptyPassphrase);
+    }
+    Ok(text)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeystoreError + '_ {
@@ -645,6 +683,27 @@ pub const BUNDLE_KIND: u8 = KIND_BUNDLE;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn passphrase_files_must_be_private_regular_and_non_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passphrase");
+        std::fs::write(&path, "correct horse\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(read_passphrase_file(&path).unwrap(), b"correct horse");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_passphrase_file(&path).unwrap_err().to_string();
+        assert!(e.contains("644") && !e.contains("horse"), "{e}");
+        std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            read_passphrase_file(&path),
+            Err(KeystoreError::EmptyPassphrase)
+        ));
+        assert!(read_passphrase_file(dir.path()).is_err());
+    }
+
     use super::*;
 
     const PASS: &[u8] = b"correct horse battery staple";

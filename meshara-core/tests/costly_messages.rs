@@ -185,3 +185,110 @@ async fn a_peer_flooding_costly_messages_is_capped_and_cut_off() {
     // Still serving after the attacker is gone.
     honest_round_trip(&honest, &server).await;
 }
+
+/// A hostile peer hands the node sealed messages from many made-up senders, none of whom the
+/// node can reach to acknowledge: the acknowledgements it keeps waiting are bounded by
+/// `limits.max_pending_ack_senders`, the messages themselves are still delivered, and an honest
+/// peer keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_for_unreachable_senders_are_bounded() {
+    use futures_util::StreamExt;
+    use meshara_core::crypto::padding::Padding;
+    use meshara_core::{Event, message};
+
+    let max_senders = 8;
+    let server = NodeBuilder::new()
+        .identity(Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .limits(Limits {
+            max_pending_ack_senders: max_senders,
+            ..Limits::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut events = server.events();
+    let honest = node().await;
+    honest.connect(&server.quic_addr().unwrap()).await.unwrap();
+
+    let tcp: SocketAddr = format!("127.0.0.1:{}", server.tcp_addr().unwrap().address.port)
+        .parse()
+        .unwrap();
+    let hostile = Arc::new(Identity::generate());
+    let io = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let conn = StreamConnection::connect(
+        io,
+        &hostile,
+        Some(server.node_id()),
+        TransportKind::Tcp,
+        Some(tcp),
+    )
+    .await
+    .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[1]).await.unwrap();
+    let now = unix_secs();
+    let own = NodeRecordBuilder::new(&hostile, 1).sign(now).unwrap();
+    send.write_all(&frame(proto::envelope::Body::NodeRecord(
+        own.signed().clone(),
+    )))
+    .await
+    .unwrap();
+    // 40 senders with no address anywhere: their acknowledgements have no way back.
+    let senders = 40;
+    let server_record = server.record();
+    let mut frames = bytes::BytesMut::new();
+    for i in 0..senders {
+        let sender = Identity::generate();
+        let record = NodeRecordBuilder::new(&sender, 1).sign(now).unwrap();
+        let (_, msg) = message::new_private_message(
+            &sender.node_id(),
+            &server.node_id(),
+            "text/plain",
+            bytes::Bytes::from(format!("from sender {i}")),
+            now * 1000,
+            true,
+        );
+        let payload = message::encode_payload(&proto::PrivatePayload {
+            body: Some(proto::private_payload::Body::Message(msg)),
+        })
+        .unwrap();
+        let sealed = meshara_core::crypto::seal::seal(
+            &sender,
+            &record,
+            &server_record,
+            &payload,
+            Padding::None,
+        )
+        .unwrap();
+        frames.extend_from_slice(&frame(proto::envelope::Body::Private(
+            proto::PrivateEnvelope {
+                recipient: bytes::Bytes::copy_from_slice(server.node_id().as_bytes()),
+                hop_limit: 1,
+                body: Some(proto::private_envelope::Body::Sealed(sealed)),
+            },
+        )));
+    }
+    send.write_all(&frames).await.unwrap();
+
+    // Every message reaches the application...
+    let mut received = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while received < senders {
+            if let Some(Event::Message(_)) = events.next().await {
+                received += 1;
+            }
+        }
+    })
+    .await
+    .expect("the sealed messages were not all delivered");
+    // ...while acknowledgements are kept for at most `max_senders` senders; the rest are
+    // dropped (their senders would resend) and counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.drops(DropReason::QueueFull) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.drops(DropReason::QueueFull) >= 1);
+    honest_round_trip(&honest, &server).await;
+}

@@ -24,9 +24,8 @@ struct Cli {
 
 fn passphrase(cli: &Cli) -> Result<Vec<u8>> {
     if let Some(path) = &cli.passphrase_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the passphrase file {}", path.display()))?;
-        return Ok(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+        return meshara_core::keystore::read_passphrase_file(path)
+            .with_context(|| format!("reading the passphrase file {}", path.display()));
     }
     match std::env::var("MESHARA_BRIDGE_PASSPHRASE") {
         Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
