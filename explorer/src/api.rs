@@ -250,6 +250,37 @@ fn edges(nodes: &[NodeRow]) -> Vec<[usize; 2]> {
 }
 
 async fn overview(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let generation = s.generation.load(Ordering::Relaxed);
+    let cached = |s: &AppState| {
+        s.overview_cache.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let value = match cached(&s) {
+        Some(v) => v,
+        None => {
+            let _building = s.cache_build.lock().await;
+            match cached(&s) {
+                Some(v) => v,
+                None => {
+                    let v = Arc::new(compute_overview(&s).await?);
+                    if let Ok(mut c) = s.overview_cache.lock() {
+                        *c = Some((generation, v.clone()));
+                    }
+                    v
+                }
+            }
+        }
+    };
+    let mut out = value.as_ref().clone();
+    out["crawling"] = json!(s.crawling.load(Ordering::Relaxed));
+    Ok(Json(out))
+}
+
+/// The overview of the stored network (everything but `crawling`, which is live).
+async fn compute_overview(s: &AppState) -> ApiResult<Value> {
     let nodes = s.db.all_nodes().await?;
     let up = nodes.iter().filter(|n| n.up).count();
     let mut versions: BTreeMap<String, i64> = BTreeMap::new();
@@ -272,7 +303,7 @@ async fn overview(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     }
     let last = s.db.last_crawl().await?;
     let simulated = nodes.iter().any(|n| n.source == "sim");
-    Ok(Json(json!({
+    Ok(json!({
         "network": {
             "listed": nodes.len(),
             "up": up,
@@ -284,10 +315,10 @@ async fn overview(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
         "by_transport": transports.iter().map(|(t, (c, a))| json!({"transport": t, "count": c, "answered": a})).collect::<Vec<_>>(),
         "by_capability": capabilities.iter().map(|(k, c)| json!({"capability": k, "count": c})).collect::<Vec<_>>(),
         "last_crawl": last.as_ref().map(crawl_json),
-        "crawling": s.crawling.load(Ordering::Relaxed),
+        "crawling": false,
         "simulated": simulated,
         "explorer": {"node_id": s.node.node_id().to_string(), "version": env!("CARGO_PKG_VERSION")},
-    })))
+    }))
 }
 
 fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
@@ -376,35 +407,64 @@ async fn graph(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<
     if fresh {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let cached = s.graph_cache.lock().ok().and_then(|c| {
-        c.as_ref()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, v)| v.clone())
-    });
-    let value = match cached {
-        Some(v) => v,
+    let cached = |s: &AppState| {
+        s.graph_cache.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let body = match cached(&s) {
+        Some(b) => b,
         None => {
-            let nodes = s.db.all_nodes().await?;
-            let edges = edges(&nodes);
-            let last = s.db.last_crawl().await?;
-            let value = Arc::new(json!({
-                "crawl_id": last.map(|c| c.id),
-                "simulated": nodes.iter().any(|n| n.source == "sim"),
-                "nodes": nodes.iter().map(|n| json!({
-                    "id": n.id,
-                    "up": n.up,
-                    "version": n.version,
-                    "capabilities": parse_json(&n.capabilities),
-                })).collect::<Vec<_>>(),
-                "edges": edges,
-            }));
-            if let Ok(mut c) = s.graph_cache.lock() {
-                *c = Some((generation, value.clone()));
+            // Concurrent misses wait for one build instead of each loading the network.
+            let _building = s.cache_build.lock().await;
+            match cached(&s) {
+                Some(b) => b,
+                None => {
+                    let nodes = s.db.all_nodes().await?;
+                    let edges = edges(&nodes);
+                    let last = s.db.last_crawl().await?;
+                    let value = json!({
+                        "crawl_id": last.map(|c| c.id),
+                        "simulated": nodes.iter().any(|n| n.source == "sim"),
+                        "nodes": nodes.iter().map(|n| json!({
+                            "id": n.id,
+                            "up": n.up,
+                            "version": n.version,
+                            "capabilities": parse_json(&n.capabilities),
+                        })).collect::<Vec<_>>(),
+                        "edges": edges,
+                    });
+                    let body = bytes::Bytes::from(serde_json::to_vec(&value).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            format!("graph: {e}"),
+                        )
+                    })?);
+                    if let Ok(mut c) = s.graph_cache.lock() {
+                        *c = Some((generation, body.clone()));
+                    }
+                    body
+                }
             }
-            value
         }
     };
-    Ok(([(header::ETAG, etag)], Json(value.as_ref())).into_response())
+    Ok((
+        [
+            (
+                header::ETAG,
+                HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"g\"")),
+            ),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn nodes(

@@ -176,9 +176,14 @@ pub struct AppState {
     node_token: Option<String>,
     /// Follows the configured releases (with `[releases] root`).
     updater: Option<meshara_core::updater::Updater>,
-    /// Bumped on every change to the stored network; keys the graph cache.
+    /// Bumped on every change to the stored network; keys the graph and overview caches.
     generation: AtomicU64,
-    graph_cache: std::sync::Mutex<Option<(u64, Arc<Value>)>>,
+    /// The graph's JSON, serialized once per generation (a 10,000-node network's is ~10 MB).
+    graph_cache: std::sync::Mutex<Option<(u64, bytes::Bytes)>>,
+    /// The overview, computed once per generation.
+    overview_cache: std::sync::Mutex<Option<(u64, Arc<Value>)>>,
+    /// Held while a cache is rebuilt, so that concurrent misses compute it once.
+    cache_build: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -329,6 +334,8 @@ impl Explorer {
             updater,
             generation: AtomicU64::new(0),
             graph_cache: std::sync::Mutex::new(None),
+            overview_cache: std::sync::Mutex::new(None),
+            cache_build: tokio::sync::Mutex::new(()),
         });
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -546,6 +553,8 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
         versions: serde_json::to_string(&versions).unwrap_or_else(|_| "{}".into()),
     };
     state.db.finish_crawl(&row).await?;
+    // Uptimes and the last crawl changed: the overview and the graph are rebuilt.
+    state.changed();
     check_releases(state).await;
     let forgotten = state.db.prune(now - retention).await?;
     if forgotten > 0 {
