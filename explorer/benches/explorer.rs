@@ -10,7 +10,8 @@
 //!    concurrent clients, beside `/healthz` on the same server.
 //!
 //! `cargo bench -p meshara-explorer --bench explorer` (release). Prints a Markdown table for
-//! docs/benchmarks.md. `EXPLORER_BENCH_NODES` overrides 1,000.
+//! docs/benchmarks.md. `EXPLORER_BENCH_NODES` overrides 1,000; `EXPLORER_BENCH_TOPOLOGY=FILE`
+//! loads a topology written by `meshara sim … --topology FILE` instead of simulating one.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -92,15 +93,21 @@ async fn bench_crawl(n: usize) -> Vec<String> {
     for i in 1..n {
         nodes.push(start_node(i, Some(boot.clone())).await);
     }
-    // Let the tables fill.
+    // Let the tables fill: until their total has not moved for five seconds (at most 3 min).
     let mut last = 0;
-    for _ in 0..120 {
+    let mut stable = 0;
+    for _ in 0..180 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let total: usize = nodes.iter().map(|n| n.routing_table().len()).sum();
         if total == last {
-            break;
+            stable += 1;
+            if stable >= 5 {
+                break;
+            }
+        } else {
+            stable = 0;
+            last = total;
         }
-        last = total;
     }
     eprintln!("routing tables: {last} entries");
     // What any crawler can find: the nodes in at least one routing table (a node in none is
@@ -146,7 +153,31 @@ async fn bench_crawl(n: usize) -> Vec<String> {
     let crawl = explorer.crawl_now().await.unwrap();
     let took = started.elapsed();
     let (cpu1, rss1) = (cpu_seconds(), rss_mib());
-    let listed = explorer.db().all_nodes().await.unwrap().len();
+    let listed_ids: std::collections::HashSet<String> = explorer
+        .db()
+        .all_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let listed = listed_ids.len();
+    // Coverage against the ground truth at the end of the crawl (tables keep changing while
+    // it runs): of the nodes in some routing table, how many did the crawl list?
+    let in_table_after: std::collections::HashSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.routing_table())
+        .map(|id| id.to_string())
+        .collect();
+    let covered = in_table_after
+        .iter()
+        .filter(|id| listed_ids.contains(*id))
+        .count();
+    let discoverable = discoverable.max(in_table_after.len());
+    eprintln!(
+        "coverage: {covered} of the {} nodes in some routing table after the crawl",
+        in_table_after.len()
+    );
     eprintln!("crawl: {crawl:?}");
     explorer.stop().await;
     let mut stopping = tokio::task::JoinSet::new();
@@ -156,8 +187,9 @@ async fn bench_crawl(n: usize) -> Vec<String> {
     while stopping.join_next().await.is_some() {}
     vec![
         format!(
-            "| crawl of {n} in-process nodes | {:.1} s: {listed} listed of the {discoverable} in some routing table ({n} started), {} routing-table entries | {:.1} s for {n} bare handshakes, 32 at a time |",
+            "| crawl of {n} in-process nodes | {:.1} s: {covered} of the {} nodes in some routing table listed ({listed} listed in all, {n} started, at most {discoverable} ever in a table), {} routing-table entries | {:.1} s for {n} bare handshakes, 32 at a time |",
             took.as_secs_f64(),
+            in_table_after.len(),
             crawl.edges,
             handshakes.as_secs_f64()
         ),
@@ -218,12 +250,21 @@ async fn bench_graph_and_api() -> Vec<String> {
         "/../meshara-core/simulations/steady-10k.toml"
     ))
     .unwrap();
-    let scenario = meshara_core::routing::sim::Scenario::from_toml(&text).unwrap();
-    eprintln!("simulating steady-10k…");
-    let (_, topology) = meshara_core::routing::sim::run_with_topology(&scenario);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("topology.json");
-    std::fs::write(&file, serde_json::to_vec(&topology).unwrap()).unwrap();
+    // `EXPLORER_BENCH_TOPOLOGY=FILE` reuses a topology written by
+    // `meshara sim meshara-core/simulations/steady-10k.toml --topology FILE` (the simulation
+    // takes minutes).
+    let file = match std::env::var("EXPLORER_BENCH_TOPOLOGY") {
+        Ok(path) => std::path::PathBuf::from(path),
+        Err(_) => {
+            let scenario = meshara_core::routing::sim::Scenario::from_toml(&text).unwrap();
+            eprintln!("simulating steady-10k…");
+            let (_, topology) = meshara_core::routing::sim::run_with_topology(&scenario);
+            let file = dir.path().join("topology.json");
+            std::fs::write(&file, serde_json::to_vec(&topology).unwrap()).unwrap();
+            file
+        }
+    };
     let config = explorer_config(dir.path(), Vec::new());
     let explorer = Explorer::start(config, b"bench").await.unwrap();
     let imported = meshara_explorer::sim::import(explorer.db(), &file)
