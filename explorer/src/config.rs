@@ -158,6 +158,12 @@ pub struct NodeSection {
     /// rebinding) and browser requests from other sites are refused with 403.
     #[serde(default)]
     pub api_hosts: Vec<String>,
+    /// Probe loopback, private and link-local addresses found in records: `true` always,
+    /// `false` never, unset (the default) only on a network of that kind (the explorer listens
+    /// on, or its seeds or a node it reached are, in such a range). Records can name any
+    /// address; this keeps a hostile one from pointing the crawler at internal hosts.
+    #[serde(default)]
+    pub dial_private: Option<bool>,
 }
 
 impl Default for NodeSection {
@@ -167,6 +173,7 @@ impl Default for NodeSection {
             bootstrap: Vec::new(),
             api: true,
             api_hosts: Vec::new(),
+            dial_private: None,
         }
     }
 }

@@ -385,6 +385,15 @@ async fn visit(node: &Node, config: &CrawlSection, record: NodeRecord) -> Outcom
             outcome.probes.push(probe);
             continue;
         }
+        // A record can name any address; the explorer must not be pointed at hosts on its
+        // operator's internal network (the node's own dial policy, `[node] dial_private`).
+        if !node.may_dial_learned(address) {
+            probe.error = Some(
+                "not probed: a non-public address, and the explorer is not on that network".into(),
+            );
+            outcome.probes.push(probe);
+            continue;
+        }
         let addr = PeerAddr {
             node: Some(id),
             address: address.clone(),

@@ -261,6 +261,7 @@ impl Explorer {
             // the node keeps no standing connections of its own (bootstrap addresses are
             // where crawls start), so a visit rarely finds the per-NodeId cap used up.
             target_peers: 0,
+            dial_private: config.node.dial_private,
             ..defaults
         };
         let node = Node::builder()

@@ -352,3 +352,69 @@ async fn half_sent_request_heads_do_not_starve_the_web_server() {
     );
     h.explorer.stop().await;
 }
+
+/// A node advertises, in its signed record, the address of a host on the operator's internal
+/// network (here a canary UDP socket on loopback). An explorer told not to probe non-public
+/// addresses (`[node] dial_private = false`) sends it nothing; one on a loopback network
+/// (its default, `dial_private` unset) does, which is what a devnet needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_naming_internal_hosts_are_not_probed_unless_allowed() {
+    use meshara_core::{Address, Node, NodeConfig};
+
+    let canary = std::net::UdpSocket::bind("127.0.0.24:0").unwrap();
+    canary
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let internal = canary.local_addr().unwrap();
+    let hostile = Node::builder()
+        .identity(Identity::generate())
+        .config(NodeConfig {
+            listen_quic: Some("127.0.10.250:0".parse().unwrap()),
+            mdns: false,
+            advertise: vec![Address {
+                transport: Transport::Quic,
+                host: internal.ip().to_string(),
+                port: internal.port(),
+            }],
+            ..NodeConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let seed = format!(
+        "{}@quic://127.0.10.250:{}",
+        hostile.node_id(),
+        hostile.quic_addr().unwrap().address.port
+    );
+    let canary_heard = |canary: &std::net::UdpSocket| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < deadline {
+            if canary.recv_from(&mut buf).is_ok() {
+                return true;
+            }
+        }
+        false
+    };
+
+    for (dial_private, expect_probe) in [(Some(false), false), (None, true)] {
+        let Some(h) = explorer(Backend::Sqlite, &[seed.clone()], |c| {
+            c.node.dial_private = dial_private;
+        })
+        .await
+        else {
+            return;
+        };
+        h.explorer.crawl_now().await.unwrap();
+        let canary = canary.try_clone().unwrap();
+        let heard = tokio::task::spawn_blocking(move || canary_heard(&canary))
+            .await
+            .unwrap();
+        assert_eq!(
+            heard, expect_probe,
+            "dial_private = {dial_private:?}: canary heard = {heard}"
+        );
+        h.explorer.stop().await;
+    }
+    hostile.stop().await;
+}

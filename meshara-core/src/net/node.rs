@@ -950,6 +950,15 @@ impl Node {
         self.accept_stream_as(io, TransportKind::Stream).await
     }
 
+    /// Whether this node dials `address` when it learns it from another node's record
+    /// ([`NodeConfig::dial_private`](super::config::NodeConfig::dial_private)): public
+    /// addresses and host names yes; loopback, private and link-local ones only on a network
+    /// of that kind or when allowed; unspecified, multicast and broadcast ones never. Tools
+    /// that dial record addresses themselves (a crawler) use it to apply the same policy.
+    pub fn may_dial_learned(&self, address: &Address) -> bool {
+        self.inner.may_dial_learned(address)
+    }
+
     /// Accepts an inbound byte stream in the background: the accept loop of an overlay
     /// transport (Tor, I2P, …) hands each stream over and goes straight back to accepting, so
     /// a stream that never speaks cannot block it.
