@@ -398,7 +398,7 @@ async fn records_naming_internal_hosts_are_not_probed_unless_allowed() {
     };
 
     for (dial_private, expect_probe) in [(Some(false), false), (None, true)] {
-        let Some(h) = explorer(Backend::Sqlite, &[seed.clone()], |c| {
+        let Some(h) = explorer(Backend::Sqlite, std::slice::from_ref(&seed), |c| {
             c.node.dial_private = dial_private;
         })
         .await
