@@ -230,6 +230,19 @@ impl Identity {
         }
     }
 
+    /// Rebuilds an identity from its Ed25519 seed alone (an Ed25519 key made elsewhere, such as
+    /// a PEM file from `openssl genpkey -algorithm ed25519` or a Helm chart): the X25519
+    /// secret is derived from the seed with BLAKE3 under the label
+    /// `"meshara v1 x25519 secret from ed25519 seed"`, so the same key file always gives the
+    /// same identity.
+    pub fn from_ed25519_seed(ed25519_seed: &[u8; 32]) -> Self {
+        let x = Zeroizing::new(kdf::derive(
+            labels::X25519_FROM_ED25519_SEED,
+            &[&ed25519_seed[..]],
+        ));
+        Self::from_secret_bytes(ed25519_seed, &x)
+    }
+
     /// The node's public identity.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -55,6 +55,8 @@
 pub mod crypto;
 pub mod delivery;
 pub mod identity;
+#[cfg(feature = "net")]
+pub mod keyfile;
 pub mod keystore;
 pub mod mailbox;
 pub mod message;

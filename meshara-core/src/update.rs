@@ -590,6 +590,27 @@ pub fn decode_signed(bytes: &[u8]) -> Result<proto::SignedMetadata, UpdateError>
     Ok(signed)
 }
 
+/// Checks a root on its own: well formed, not expired at `now` (Unix seconds) and signed by
+/// its own root threshold. This is how a node that is given no root file adopts one from an
+/// authority node it was told to trust (the authority's identity is the anchor then, not the
+/// root's keys); every later root still has to rotate from this one.
+pub fn verify_self_signed_root(
+    signed: &proto::SignedMetadata,
+    now: u64,
+) -> Result<Root, UpdateError> {
+    let root = Root::decode(&signed.body)?;
+    root.validate()?;
+    if root.expires_at <= now {
+        return Err(UpdateError::Expired {
+            what: "root",
+            expires_at: root.expires_at,
+            now,
+        });
+    }
+    check_signatures(signed, &root, Role::Root, &BTreeSet::new())?;
+    Ok(root)
+}
+
 /// Counts the signatures on `signed` that `root` accepts for `role`, with every revoked key
 /// in `revoked` ignored. Duplicates are refused outright; otherwise unknown, revoked and
 /// invalid signatures are skipped, and only if the threshold is then missed does the error

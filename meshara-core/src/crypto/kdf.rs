@@ -51,6 +51,8 @@ pub mod labels {
     pub const ONION_BLIND: &str = "meshara v1 onion blinding factor";
     /// Onion routing: a hop's replay tag for a packet.
     pub const ONION_REPLAY_TAG: &str = "meshara v1 onion replay tag";
+    /// The X25519 secret of an identity given only as an Ed25519 key (a PEM key file).
+    pub const X25519_FROM_ED25519_SEED: &str = "meshara v1 x25519 secret from ed25519 seed";
 
     /// Signature context for node records.
     pub const SIG_NODE_RECORD: &[u8] = b"meshara/v1/node-record";

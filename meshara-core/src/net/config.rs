@@ -346,6 +346,11 @@ pub struct NodeConfig {
     /// operator's internal hosts by a hostile record. Addresses the application gives
     /// (bootstrap, `connect`) are always dialled.
     pub dial_private: Option<bool>,
+    /// The node's identity as an Ed25519 private key in PEM (PKCS#8), for identities made by
+    /// other tools (a Kubernetes Secret, `openssl genpkey -algorithm ed25519`); read by
+    /// [`NodeBuilder::start`](crate::NodeBuilder::start) when no identity or keystore is given
+    /// ([`crate::keyfile::read_identity_file`]: files other users may read are refused).
+    pub identity_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -366,6 +371,7 @@ impl Default for NodeConfig {
             bridge: Bridge::default(),
             route_all_via: None,
             dial_private: None,
+            identity_file: None,
         }
     }
 }
@@ -573,6 +579,12 @@ fn check_advertised(a: &Address) -> Result<(), String> {
 /// Text form: `[<nodeid>@]<scheme>://<host>:<port>`, for example
 /// `quic://127.0.0.1:7340` or `hf3…q@tcp://[::1]:7341`. Without a NodeId the node accepts
 /// whoever answers and learns its identity from the handshake.
+///
+/// In configuration ([`PeerAddr::from_config`], and TOML through `Deserialize`) the NodeId may
+/// be given as `file:PATH` naming the peer's certificate, public key or NodeId in a file
+/// ([`crate::keyfile::read_node_id_file`]):
+/// `file:/etc/meshara/peers/seed-0.crt@quic://seed-0.seeds.svc:7340`. [`FromStr`] refuses
+/// that form, so parsing text from elsewhere never reads a file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerAddr {
     /// The identity the peer must prove, if known.
@@ -586,18 +598,46 @@ pub struct PeerAddr {
 #[error("invalid peer address {text:?}: {reason}")]
 pub struct AddrParseError {
     text: String,
-    reason: &'static str,
+    reason: String,
+}
+
+impl PeerAddr {
+    /// Parses a peer from configuration: like [`FromStr`], and the NodeId may be
+    /// `file:PATH` (a PEM certificate or public key, or a NodeId in text), read now.
+    pub fn from_config(text: &str) -> Result<Self, AddrParseError> {
+        match text.split_once('@') {
+            Some((id, rest)) if id.starts_with(crate::keyfile::FILE_PREFIX) => {
+                let node = crate::keyfile::resolve_node_id(id).map_err(|e| AddrParseError {
+                    text: text.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                let mut addr: PeerAddr =
+                    rest.parse().map_err(|e: AddrParseError| AddrParseError {
+                        text: text.to_owned(),
+                        reason: e.reason,
+                    })?;
+                addr.node = Some(node);
+                Ok(addr)
+            }
+            _ => text.parse(),
+        }
+    }
 }
 
 impl FromStr for PeerAddr {
     type Err = AddrParseError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = |reason| AddrParseError {
+        let error = |reason: &str| AddrParseError {
             text: text.to_owned(),
-            reason,
+            reason: reason.to_owned(),
         };
         let (node, rest) = match text.split_once('@') {
+            Some((id, _)) if id.starts_with(crate::keyfile::FILE_PREFIX) => {
+                return Err(error(
+                    "file: NodeIds are read only from configuration (PeerAddr::from_config)",
+                ));
+            }
             Some((id, rest)) => (
                 Some(
                     id.parse::<NodeId>()
@@ -621,10 +661,11 @@ impl fmt::Display for PeerAddr {
     }
 }
 
+/// Configuration: accepts `file:PATH` NodeIds ([`PeerAddr::from_config`]).
 impl<'de> Deserialize<'de> for PeerAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        PeerAddr::from_config(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -634,7 +675,7 @@ impl<'de> Deserialize<'de> for Address {
         parse_address(&text).map_err(|reason| {
             serde::de::Error::custom(AddrParseError {
                 text: text.clone(),
-                reason,
+                reason: reason.to_owned(),
             })
         })
     }

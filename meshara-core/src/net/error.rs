@@ -143,6 +143,9 @@ pub enum StartError {
     /// The keystore could not be opened or created.
     #[error(transparent)]
     Keystore(#[from] crate::keystore::KeystoreError),
+    /// The identity file ([`crate::NodeConfig::identity_file`]) was refused.
+    #[error(transparent)]
+    KeyFile(#[from] crate::keyfile::KeyFileError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {error}")]
     Bind {

@@ -182,6 +182,11 @@ impl NodeBuilder {
         }
         let (identity, keystore) = match (self.identity, self.keystore) {
             (Some(identity), _) => (identity, None),
+            (None, Some(_)) if config.identity_file.is_some() => {
+                return Err(StartError::Config(
+                    "identity_file and a keystore are both set: choose one".into(),
+                ));
+            }
             (None, Some((path, passphrase, params))) => {
                 let store = Keystore::new(&path);
                 let (identity, created) = store.load_or_create(&passphrase, params, unix_secs())?;
@@ -190,7 +195,14 @@ impl NodeBuilder {
                 }
                 (identity, Some(path))
             }
-            (None, None) => return Err(StartError::NoIdentity),
+            (None, None) => match config.identity_file.as_deref() {
+                Some(path) => {
+                    let identity = crate::keyfile::read_identity_file(path)?;
+                    tracing::info!(path = %path.display(), node = %identity.node_id(), "identity from key file");
+                    (identity, None)
+                }
+                None => return Err(StartError::NoIdentity),
+            },
         };
         let identity = Arc::new(identity);
 
@@ -272,7 +284,12 @@ impl NodeBuilder {
         let stream_tls = transport::stream_server_config(&identity)?;
         let mut state = State::new(&config, &identity.node_id());
         let now = Instant::now();
-        for addr in &config.bootstrap {
+        // A shared bootstrap list (every seed of a deployment) may name this node itself.
+        for addr in config
+            .bootstrap
+            .iter()
+            .filter(|a| a.node != Some(identity.node_id()))
+        {
             state.wanted.push(Wanted {
                 addr: addr.clone(),
                 node: addr.node,
@@ -886,7 +903,11 @@ impl Node {
         if let Some(a) = self.inner.local_tcp {
             listening.push((TransportKind::Tcp, a));
         }
-        let bootstrap_addrs = self.inner.config.bootstrap.clone();
+        let own = self.node_id();
+        let bootstrap_addrs: Vec<PeerAddr> = (self.inner.config.bootstrap.iter())
+            .filter(|a| a.node != Some(own))
+            .cloned()
+            .collect();
         let mut bootstrap = Vec::new();
         for addr in bootstrap_addrs {
             let connected = addr.node.is_some_and(|n| self.inner.lock().is_ready(&n));

@@ -1107,6 +1107,68 @@ fn restore(state: &mut State, path: &Path) -> Result<(), UpdaterError> {
     Ok(())
 }
 
+/// Asks the authority node `authority` for its signed roots and returns the newest one that
+/// stands on its own ([`crate::update::verify_self_signed_root`]): the initial root of a
+/// node that trusts that authority's identity (pinned in its configuration) instead of
+/// shipping a root file. Keep what it returns (for example as `root.pb` next to the updater's
+/// state) and pass it to [`Updater::builder`]; later roots then rotate from it as usual.
+///
+/// One attempt: the node must be able to reach `authority` (a connection, or its record to
+/// dial); callers retry with a backoff while the authority is not up yet.
+pub async fn fetch_root(
+    node: &Node,
+    authority: NodeId,
+) -> Result<proto::SignedMetadata, UpdaterError> {
+    let mut stream = node.open_stream(authority, PROTOCOL).await?;
+    let ask = U::MetadataRequest(proto::MetadataRequest {
+        package: String::new(),
+        channel: String::new(),
+        root_sequence: 0,
+    });
+    stream::write_msg(&mut stream, ask)
+        .await
+        .map_err(|e| UpdaterError::Io("writing an update stream", e))?;
+    let protocol = |reason: &str| UpdaterError::Protocol {
+        peer: authority,
+        reason: reason.into(),
+    };
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        stream::read_msg(&mut stream, stream::MAX_ANSWER, authority),
+    )
+    .await
+    .map_err(|_| protocol("no answer within 20 s"))??;
+    let roots = match answer {
+        Some(U::Metadata(m)) => m.roots,
+        Some(U::Status(s)) => {
+            return Err(UpdaterError::Status {
+                peer: authority,
+                code: s.code,
+                message: s.message,
+            });
+        }
+        Some(_) => return Err(protocol("answered a metadata request with something else")),
+        None => return Err(protocol("closed the stream without answering")),
+    };
+    let now = crate::net::unix_secs();
+    let mut best: Option<(u64, proto::SignedMetadata)> = None;
+    let mut last_error = None;
+    for signed in roots {
+        match crate::update::verify_self_signed_root(&signed, now) {
+            Ok(root) if best.as_ref().is_none_or(|(seq, _)| root.sequence > *seq) => {
+                best = Some((root.sequence, signed));
+            }
+            Ok(_) => {}
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (best, last_error) {
+        (Some((_, signed)), _) => Ok(signed),
+        (None, Some(e)) => Err(UpdaterError::Verify(e)),
+        (None, None) => Err(protocol("has no root to give")),
+    }
+}
+
 /// Asks `peer` for metadata over an update stream.
 async fn fetch_metadata(
     shared: &Shared,

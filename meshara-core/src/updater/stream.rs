@@ -144,7 +144,8 @@ async fn serve_stream(shared: &Shared, mut stream: PeerStream) -> Result<(), Upd
 async fn answer(shared: &Shared, peer: NodeId, request: U) -> U {
     match request {
         U::MetadataRequest(m) => {
-            if let Some(observe) = &shared.config.observer {
+            // An empty package asks for roots only (`fetch_root`): not an update check.
+            if let (Some(observe), false) = (&shared.config.observer, m.package.is_empty()) {
                 observe(peer, &m.package, &m.channel);
             }
             let state = shared.lock();

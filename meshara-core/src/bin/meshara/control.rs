@@ -79,7 +79,22 @@ fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str> {
 
 async fn execute(node: &Node, request: &Value) -> Result<Value> {
     match field(request, "cmd")? {
-        "status" => Ok(status_json(node)),
+        "status" => {
+            // Bootstrap peers as diagnostics sees them (a fresh dial of each one not
+            // connected, so a wrong pin shows its error), bounded.
+            let mut status = status_json(node);
+            if let Ok(d) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), node.diagnostics()).await
+            {
+                status["bootstrap"] = Value::Array(
+                    d.bootstrap
+                        .iter()
+                        .map(|b| json!({"addr": b.addr.to_string(), "reachable": b.reachable, "error": b.error}))
+                        .collect(),
+                );
+            }
+            Ok(status)
+        }
         "peers" => Ok(Value::Array(node.peers().iter().map(peer_json).collect())),
         "metrics" => Ok(Value::String(node.metrics_text())),
         "send" => {

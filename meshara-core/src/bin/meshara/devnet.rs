@@ -341,6 +341,23 @@ pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` readable only by us, through a temporary file and a rename.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 fn summary(t: &Tally) {
     out(format!(
         "summary: private {} sent / {} delivered / {} failed; broadcasts {} ({} receipts); queries answered {}",

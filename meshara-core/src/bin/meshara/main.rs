@@ -2,6 +2,7 @@
 
 mod control;
 mod devnet;
+mod http;
 mod run;
 
 use std::io::Read;
@@ -114,6 +115,10 @@ enum Command {
         /// Configuration file (see `meshara run --help`; every key is optional).
         #[arg(long, env = "MESHARA_CONFIG")]
         config: Option<PathBuf>,
+        /// Check the configuration and every file it names (identity file, pinned peers,
+        /// update root), print the node's identity and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Send an end-to-end encrypted message through the running node and wait for the ack.
     Send {
@@ -408,8 +413,15 @@ fn main() -> Result<()> {
             vectors::check(&value)?;
             out(format!("{}: all vectors verified", file.display()));
         }
-        Command::Run { config } => {
+        Command::Run { config, check } => {
             let settings = run::load_settings(config.as_deref(), &|k| std::env::var(k).ok())?;
+            if *check {
+                return run::check(&settings, cli.json);
+            }
+            if settings.node.identity_file.is_some() {
+                // The identity comes from the key file: no keystore, no passphrase.
+                return runtime()?.block_on(run::run(settings, None, cli.json));
+            }
             let keystore = settings
                 .keystore
                 .clone()
@@ -420,7 +432,7 @@ fn main() -> Result<()> {
             }
             let confirm = !keystore.exists();
             let pass = passphrase(&cli, "Keystore passphrase: ", confirm)?;
-            runtime()?.block_on(run::run(settings, keystore, pass, cli.json))?;
+            runtime()?.block_on(run::run(settings, Some((keystore, pass)), cli.json))?;
         }
         Command::Send {
             to,
