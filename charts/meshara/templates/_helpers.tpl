@@ -302,8 +302,8 @@ basic strings), scalars of a table before its sub-tables.
 {{- end -}}
 
 {{- define "meshara.toml" -}}
-{{- include "meshara.toml.table" (dict "table" . "prefix" "") | trim }}
-{{ end -}}
+{{- include "meshara.toml.table" (dict "table" . "prefix" "") | trim -}}
+{{- end -}}
 
 {{/* i2pd.conf (INI): top-level scalars first, then one [section] per map. */}}
 {{- define "meshara.ini.value" -}}
