@@ -96,14 +96,14 @@ def image(repository):
     })
 
 
-def probe():
+def probe(success_max=1):
     return obj({
         "enabled": BOOL,
         "initialDelaySeconds": integer(0),
         "periodSeconds": integer(1),
         "timeoutSeconds": integer(1),
         "failureThreshold": integer(1),
-        "successThreshold": integer(1, 1),
+        "successThreshold": integer(1, success_max),
     })
 
 
@@ -148,7 +148,7 @@ def pod_extras():
 
 
 def probes():
-    return {"livenessProbe": probe(), "readinessProbe": probe(), "startupProbe": probe()}
+    return {"livenessProbe": probe(), "readinessProbe": probe(None), "startupProbe": probe()}
 
 
 def external_service():

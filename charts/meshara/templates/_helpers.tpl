@@ -434,7 +434,10 @@ annotations:
   {{- end }}
 {{- end -}}
 
-{{/* Volumes every component mounts: its identity (0440), the peers' certificates, the shipped root. */}}
+{{/*
+Volumes every component mounts: its identity (0440), the peers' certificates, the shipped root
+(not the bridge, which follows no releases). Argument: dict "root" $ "component" c.
+*/}}
 {{- define "meshara.commonVolumes" -}}
 - name: identity
   secret:
@@ -444,7 +447,7 @@ annotations:
   configMap:
     name: {{ include "meshara.fullname" .root }}-peers
     defaultMode: 292 # 0444
-{{- if .root.Values.updates.root.existingConfigMap }}
+{{- if and .root.Values.updates.root.existingConfigMap (ne .component "bridge") }}
 - name: update-root
   configMap:
     name: {{ .root.Values.updates.root.existingConfigMap }}
@@ -458,6 +461,7 @@ annotations:
     sizeLimit: 64Mi
 {{- end -}}
 
+{{/* The mounts of those volumes. Argument: dict "root" $ "component" c. */}}
 {{- define "meshara.commonVolumeMounts" -}}
 - name: config
   mountPath: /etc/meshara/config
@@ -468,7 +472,7 @@ annotations:
 - name: peers
   mountPath: /etc/meshara/peers
   readOnly: true
-{{- if .Values.updates.root.existingConfigMap }}
+{{- if and .root.Values.updates.root.existingConfigMap (ne .component "bridge") }}
 - name: update-root
   mountPath: /etc/meshara/update-root
   readOnly: true
