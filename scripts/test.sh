@@ -45,6 +45,9 @@ ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/sbin/i2pd ] || need+=(i2pd)
 # The Tor transport's tests start a private Tor network of C tor relays (tor, tor-gencert).
 command -v tor-gencert >/dev/null 2>&1 || need+=(tor)
+# The Helm chart's checks run Helm's SDK and kubernetes-validate from a Python venv.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -64,6 +67,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Helm chart: lint, render, schemas, conventions (tests/chart/check.py)"
+python3 tests/chart/check.py
+
 step "test services: PostgreSQL, playwright-core"
 MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
 export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
@@ -77,6 +83,10 @@ export MESHARA_REQUIRE_TOR=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked
+
+step "every configuration the chart renders is accepted by its binary (--check)"
+cargo build -q --locked -p meshara-core --bin meshara -p meshara-authority -p meshara-bridge -p meshara-explorer
+python3 tests/chart/check_configs.py "${CARGO_TARGET_DIR:-target}/debug"
 
 step "routing simulations at 10,000 nodes (meshara-core/simulations/*-10k.toml)"
 cargo test -p meshara-core --locked --test simulations -- --ignored --nocapture

@@ -84,12 +84,28 @@ pub async fn create_token(db: &Db, name: &str, role: Role) -> Result<(String, St
     let mut secret = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
     let token = format!("mat_{}", BASE32_NOPAD.encode(&secret).to_lowercase());
+    let id = insert_token(db, name, role, &token).await?;
+    Ok((id, token))
+}
+
+/// Stores a token made elsewhere (the first admin token from `admin_token_file`); returns its
+/// id. Only its hash is kept.
+pub async fn insert_token(db: &Db, name: &str, role: Role, token: &str) -> Result<String, DbError> {
     let mut id = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
     let id = HEXLOWER.encode(&id);
-    db.insert_token(&id, name, role.as_str(), &hash_token(&token))
+    db.insert_token(&id, name, role.as_str(), &hash_token(token))
         .await?;
-    Ok((id, token))
+    Ok(id)
+}
+
+/// Whether `token` has the shape the server accepts: `mat_` and up to 124 ASCII letters and
+/// digits.
+pub fn is_token_shaped(token: &str) -> bool {
+    token.len() <= 128
+        && token
+            .strip_prefix("mat_")
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// The caller the request's bearer token belongs to, if any.

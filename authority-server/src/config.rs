@@ -84,6 +84,11 @@ pub struct Config {
     /// `MESHARA_AUTHORITY_KEY_PASSPHRASE` is unset); refused when other users may read it.
     #[serde(default)]
     pub passphrase_file: Option<PathBuf>,
+    /// A file holding the first admin token (`mat_` and at least 32 more characters), used
+    /// instead of a generated one when the server starts with no tokens at all (a Kubernetes
+    /// Secret). Refused when other users may read it.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// The HTTP server's limits.
     #[serde(default)]
     pub http: HttpSection,
@@ -185,9 +190,14 @@ pub struct NodeSection {
     /// QUIC listen address of the authority node.
     #[serde(default = "default_quic")]
     pub quic_listen: SocketAddr,
-    /// Peers to join (`quic://host:port` or `nodeid@quic://host:port`).
+    /// Peers to join (`quic://host:port`, `nodeid@quic://host:port`, or
+    /// `file:PATH@quic://host:port` with the peer's certificate or public key in PATH).
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// The node identity as an Ed25519 private key in PEM (a Kubernetes Secret), instead of
+    /// the keystore `<data_dir>/node.key`.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -195,6 +205,7 @@ impl Default for NodeSection {
         Self {
             quic_listen: default_quic(),
             bootstrap: Vec::new(),
+            identity_file: None,
         }
     }
 }
@@ -266,6 +277,7 @@ impl Config {
             chunk_size: default_chunk_size(),
             storage_quota_bytes: default_storage_quota(),
             passphrase_file: None,
+            admin_token_file: None,
             http: HttpSection::default(),
             query_log: QueryLogSection::default(),
             node: NodeSection::default(),
@@ -318,6 +330,8 @@ impl Config {
                     config.storage_quota_bytes = value.parse().map_err(|_| bad("not a number"))?
                 }
                 "KEY_PASSPHRASE_FILE" => config.passphrase_file = Some(value.into()),
+                "ADMIN_TOKEN_FILE" => config.admin_token_file = Some(value.into()),
+                "IDENTITY_FILE" => config.node.identity_file = Some(value.into()),
                 "MAX_CONNECTIONS" => {
                     config.http.max_connections = value.parse().map_err(|_| bad("not a number"))?
                 }
@@ -431,7 +445,7 @@ impl Config {
             return Err(bad("http.body_limit_bytes", "must be 1024..=67108864"));
         }
         for b in &self.node.bootstrap {
-            b.parse::<meshara_core::PeerAddr>()
+            meshara_core::PeerAddr::from_config(b)
                 .map_err(|e| bad("node.bootstrap", &format!("{b:?}: {e}")))?;
         }
         Ok(())

@@ -277,20 +277,26 @@ impl Authority {
         let root = keys::read_root(&data.join("root.pb"))?;
         let server_keys = ServerKeys::load(&data.join("keys"), passphrase)?;
 
-        let (identity, created) = Keystore::new(data.join("node.key"))
-            .load_or_create(passphrase, KdfParams::default(), now() as u64)
-            .map_err(|e| StartError::Node(format!("node keystore: {e}")))?;
-        if created {
-            tracing::info!(node = %identity.node_id(), "created the authority node identity");
-        }
+        let identity = match &config.node.identity_file {
+            Some(path) => meshara_core::keyfile::read_identity_file(path)
+                .map_err(|e| StartError::Node(format!("node.identity_file: {e}")))?,
+            None => {
+                let (identity, created) = Keystore::new(data.join("node.key"))
+                    .load_or_create(passphrase, KdfParams::default(), now() as u64)
+                    .map_err(|e| StartError::Node(format!("node keystore: {e}")))?;
+                if created {
+                    tracing::info!(node = %identity.node_id(), "created the authority node identity");
+                }
+                identity
+            }
+        };
         let mut builder = Node::builder()
             .identity(identity)
             .listen_quic(config.node.quic_listen)
             .mdns(false);
         for b in &config.node.bootstrap {
-            let addr: PeerAddr = b
-                .parse()
-                .map_err(|e| StartError::Node(format!("{b}: {e}")))?;
+            let addr =
+                PeerAddr::from_config(b).map_err(|e| StartError::Node(format!("{b}: {e}")))?;
             builder = builder.bootstrap(addr);
         }
         let node = builder
@@ -471,6 +477,31 @@ async fn republish(state: &AppState) {
 /// `<data_dir>/admin.token` (mode 0600).
 async fn bootstrap_admin(state: &AppState) -> Result<(), StartError> {
     if state.db.token_count().await? > 0 {
+        return Ok(());
+    }
+    if let Some(path) = &state.config.admin_token_file {
+        let token = meshara_core::keystore::read_passphrase_file(path)
+            .map_err(|e| StartError::Other(format!("admin_token_file: {e}")))?;
+        let token = String::from_utf8(token)
+            .ok()
+            .filter(|t| auth::is_token_shaped(t) && t.len() >= 36)
+            .ok_or_else(|| {
+                StartError::Other(format!(
+                    "admin_token_file {}: a token is `mat_` and 32..=124 more letters or digits",
+                    path.display()
+                ))
+            })?;
+        let id = auth::insert_token(&state.db, "admin", auth::Role::Admin, &token).await?;
+        state
+            .db
+            .audit(
+                db::Actor::internal("system"),
+                "token.create",
+                &id,
+                "admin as admin (first start, from admin_token_file)",
+            )
+            .await?;
+        tracing::info!(path = %path.display(), "the first admin token is the one in admin_token_file");
         return Ok(());
     }
     let (id, token) = auth::create_token(&state.db, "admin", auth::Role::Admin).await?;

@@ -32,6 +32,10 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Check the configuration and the files it names (identity file, pinned peers,
+        /// admin token file), then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Sets up a new authority in a data directory: N server-held keys and a root signed by
     /// all of them.
@@ -48,6 +52,10 @@ enum Command {
         /// Days the root is valid.
         #[arg(long, default_value_t = 365)]
         valid_days: u64,
+        /// Do nothing (and succeed) when the data directory already holds a root: for an
+        /// init step that runs before every start, such as a Kubernetes init container.
+        #[arg(long)]
+        exists_ok: bool,
     },
     /// Creates an API token (printed once).
     Token {
@@ -123,8 +131,33 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let flag = cli.passphrase_file.as_deref();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, check } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
+            if check {
+                if let Some(path) = &config.node.identity_file {
+                    let id = meshara_core::keyfile::read_identity_file(path)
+                        .with_context(|| format!("node.identity_file {}", path.display()))?;
+                    println!("node {}", id.node_id());
+                }
+                if let Some(path) = &config.passphrase_file {
+                    read_passphrase_file(path)
+                        .with_context(|| format!("passphrase_file {}", path.display()))?;
+                }
+                if let Some(path) = &config.admin_token_file {
+                    let token = read_passphrase_file(path)
+                        .with_context(|| format!("admin_token_file {}", path.display()))?;
+                    let ok = std::str::from_utf8(&token)
+                        .is_ok_and(|t| auth::is_token_shaped(t) && t.len() >= 36);
+                    if !ok {
+                        bail!(
+                            "admin_token_file {}: a token is `mat_` and 32..=124 more letters or digits",
+                            path.display()
+                        );
+                    }
+                }
+                println!("configuration is valid");
+                return Ok(());
+            }
             let passphrase = passphrase(flag, config.passphrase_file.as_deref())?;
             let authority = Authority::start(config.clone(), &passphrase).await?;
             let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
@@ -147,7 +180,15 @@ async fn main() -> anyhow::Result<()> {
             keys: n,
             threshold,
             valid_days,
+            exists_ok,
         } => {
+            if exists_ok && data_dir.join("root.pb").exists() {
+                println!(
+                    "authority already set up in {} (root.pb exists): nothing to do",
+                    data_dir.display()
+                );
+                return Ok(());
+            }
             std::fs::create_dir_all(&data_dir)?;
             let signed = keys::init(
                 &data_dir,

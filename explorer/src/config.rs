@@ -91,6 +91,14 @@ impl ReleasesSection {
             .map(|(p, c)| (p.to_owned(), c.to_owned()))
             .collect()
     }
+
+    /// The pinned authorities (NodeIds, or `file:PATH`; checked by [`Config::validate`]).
+    pub fn authority_ids(&self) -> Vec<meshara_core::NodeId> {
+        self.authorities
+            .iter()
+            .filter_map(|a| meshara_core::keyfile::resolve_node_id(a).ok())
+            .collect()
+    }
 }
 
 /// `[crawl]`.
@@ -164,6 +172,10 @@ pub struct NodeSection {
     /// address; this keeps a hostile one from pointing the crawler at internal hosts.
     #[serde(default)]
     pub dial_private: Option<bool>,
+    /// The node identity as an Ed25519 private key in PEM (a Kubernetes Secret), instead of
+    /// the keystore `<data_dir>/node.key` (then no passphrase is needed).
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -174,6 +186,7 @@ impl Default for NodeSection {
             api: true,
             api_hosts: Vec::new(),
             dial_private: None,
+            identity_file: None,
         }
     }
 }
@@ -242,6 +255,7 @@ impl Config {
             let c = &mut config.crawl;
             match name {
                 "DATA_DIR" => config.data_dir = value.into(),
+                "IDENTITY_FILE" => config.node.identity_file = Some(value.into()),
                 "HTTP_LISTEN" => {
                     config.http_listen = value.parse().map_err(|_| bad("not an address"))?
                 }
@@ -351,12 +365,12 @@ impl Config {
             }
         }
         for b in &self.node.bootstrap {
-            b.parse::<meshara_core::PeerAddr>()
+            meshara_core::PeerAddr::from_config(b)
                 .map_err(|e| bad("node.bootstrap", &format!("{b:?}: {e}")))?;
         }
         for a in &self.releases.authorities {
-            a.parse::<meshara_core::NodeId>()
-                .map_err(|_| bad("releases.authorities", &format!("{a:?} is not a NodeId")))?;
+            meshara_core::keyfile::resolve_node_id(a)
+                .map_err(|e| bad("releases.authorities", &format!("{a:?}: {e}")))?;
         }
         for t in &self.releases.track {
             let ok = t.split_once('/').is_some_and(|(p, c)| {
@@ -369,10 +383,14 @@ impl Config {
                 ));
             }
         }
-        if !self.releases.track.is_empty() && self.releases.root.is_none() {
+        if !self.releases.track.is_empty()
+            && self.releases.root.is_none()
+            && self.releases.authorities.is_empty()
+        {
             return Err(bad(
                 "releases.root",
-                "required to follow releases (the authority's root.pb)",
+                "required to follow releases (the authority's root.pb), unless \
+                 releases.authorities pins an authority to take it from",
             ));
         }
         Ok(())

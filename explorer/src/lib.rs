@@ -175,7 +175,7 @@ pub struct AppState {
     shutdown: CancellationToken,
     node_token: Option<String>,
     /// Follows the configured releases (with `[releases] root`).
-    updater: Option<meshara_core::updater::Updater>,
+    updater: std::sync::OnceLock<meshara_core::updater::Updater>,
     /// Bumped on every change to the stored network; keys the graph and overview caches.
     generation: AtomicU64,
     /// The graph's JSON, serialized once per generation (a 10,000-node network's is ~10 MB).
@@ -230,12 +230,19 @@ impl Explorer {
             .map_err(|e| StartError::Other(format!("creating {}: {e}", data.display())))?;
         let db = Db::connect(&config.database_url()).await?;
 
-        let (identity, created) = Keystore::new(data.join("node.key"))
-            .load_or_create(passphrase, KdfParams::default(), unix_now())
-            .map_err(|e| StartError::Node(format!("node keystore: {e}")))?;
-        if created {
-            tracing::info!(node = %identity.node_id(), "created the explorer node identity");
-        }
+        let identity = match &config.node.identity_file {
+            Some(path) => meshara_core::keyfile::read_identity_file(path)
+                .map_err(|e| StartError::Node(format!("node.identity_file: {e}")))?,
+            None => {
+                let (identity, created) = Keystore::new(data.join("node.key"))
+                    .load_or_create(passphrase, KdfParams::default(), unix_now())
+                    .map_err(|e| StartError::Node(format!("node keystore: {e}")))?;
+                if created {
+                    tracing::info!(node = %identity.node_id(), "created the explorer node identity");
+                }
+                identity
+            }
+        };
         let defaults = meshara_core::NodeConfig::default();
         // A crawler opens a connection to every node it visits; its own limits must not be
         // what bounds a crawl (the crawl's own bounds are).
@@ -271,36 +278,21 @@ impl Explorer {
             .await
             .map_err(|e| StartError::Node(e.to_string()))?;
 
-        let updater = match &config.releases.root {
+        // The release follower: from the configured root, else one kept from an earlier
+        // start, else (when authorities are pinned) fetched from one in the background.
+        let updater = std::sync::OnceLock::new();
+        let kept_root = data.join("releases").join("root.pb");
+        let root = match &config.releases.root {
+            Some(path) => Some(read_root(path, "releases.root")?),
+            None if kept_root.exists() => Some(read_root(&kept_root, "the kept root")?),
             None => None,
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    StartError::Other(format!("reading releases.root {}: {e}", path.display()))
-                })?;
-                let root = meshara_core::update::decode_signed(&bytes).map_err(|e| {
-                    StartError::Other(format!("releases.root {}: {e}", path.display()))
-                })?;
-                let mut b = meshara_core::updater::Updater::builder(
-                    node.clone(),
-                    data.join("releases"),
-                    root,
-                )
-                // Only metadata is wanted: nothing is downloaded under the Notify policy,
-                // and the cache stays small.
-                .cache_bytes(1 << 20);
-                for (package, channel) in config.releases.pairs() {
-                    b = b.subscribe(&package, &channel);
-                }
-                for a in &config.releases.authorities {
-                    if let Ok(id) = a.parse() {
-                        b = b.authority(id);
-                    }
-                }
-                Some(
-                    b.start()
-                        .map_err(|e| StartError::Other(format!("release follower: {e}")))?,
-                )
+        };
+        let fetch_root = match root {
+            Some(root) => {
+                let _ = updater.set(release_follower(&node, &data, root, &config)?);
+                false
             }
+            None => !config.releases.track.is_empty() && !config.releases.authorities.is_empty(),
         };
 
         let node_token = if config.node.api {
@@ -341,6 +333,9 @@ impl Explorer {
 
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(scheduler(state.clone(), shutdown.clone()));
+        if fetch_root {
+            tasks.spawn(fetch_release_root(state.clone()));
+        }
 
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
@@ -412,12 +407,82 @@ impl Explorer {
         self.state.stopping.store(true, Ordering::Relaxed);
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
-        if let Some(u) = &self.state.updater {
+        if let Some(u) = self.state.updater.get() {
             u.stop();
         }
         self.state.node.stop().await;
         self.state.db.close().await;
         tracing::info!("explorer stopped");
+    }
+}
+
+fn read_root(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<meshara_core::proto::SignedMetadata, StartError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| StartError::Other(format!("reading {what} {}: {e}", path.display())))?;
+    meshara_core::update::decode_signed(&bytes)
+        .map_err(|e| StartError::Other(format!("{what} {}: {e}", path.display())))
+}
+
+fn release_follower(
+    node: &Node,
+    data: &std::path::Path,
+    root: meshara_core::proto::SignedMetadata,
+    config: &Config,
+) -> Result<meshara_core::updater::Updater, StartError> {
+    let mut b = meshara_core::updater::Updater::builder(node.clone(), data.join("releases"), root)
+        // Only metadata is wanted: nothing is downloaded under the Notify policy, and the
+        // cache stays small.
+        .cache_bytes(1 << 20);
+    for (package, channel) in config.releases.pairs() {
+        b = b.subscribe(&package, &channel);
+    }
+    for a in config.releases.authority_ids() {
+        b = b.authority(a);
+    }
+    b.start()
+        .map_err(|e| StartError::Other(format!("release follower: {e}")))
+}
+
+/// Takes the signed root from the first pinned authority that gives one (retried with a
+/// backoff up to a minute), keeps it next to the follower's state and starts the follower.
+async fn fetch_release_root(state: Arc<AppState>) {
+    let authorities = state.config.releases.authority_ids();
+    let data = state.config.data_dir.clone();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        for a in &authorities {
+            match meshara_core::updater::fetch_root(&state.node, *a).await {
+                Ok(root) => {
+                    use prost::Message as _;
+                    let dir = data.join("releases");
+                    let kept = std::fs::create_dir_all(&dir)
+                        .and_then(|()| std::fs::write(dir.join("root.pb"), root.encode_to_vec()));
+                    if let Err(e) = kept {
+                        tracing::warn!(error = %e, "cannot keep the release root");
+                    }
+                    match release_follower(&state.node, &data, root, &state.config) {
+                        Ok(u) => {
+                            tracing::info!(authority = %a, "took the release root from a pinned authority");
+                            let _ = state.updater.set(u);
+                            check_releases(&state).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "release follower"),
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(authority = %a, error = %e, "no release root from this authority yet")
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -496,7 +561,7 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
         .node
         .bootstrap
         .iter()
-        .filter_map(|b| b.parse().ok())
+        .filter_map(|b| PeerAddr::from_config(b).ok())
         .collect();
     let (tx, mut rx) = mpsc::channel::<Visit>(256);
     let crawler = state.crawler.clone();
@@ -588,7 +653,7 @@ async fn crawl_recorded(state: &Arc<AppState>) -> Result<CrawlRow, db::DbError> 
 
 /// Asks the authorities for each followed release and records new ones.
 async fn check_releases(state: &AppState) {
-    let Some(updater) = &state.updater else {
+    let Some(updater) = state.updater.get() else {
         return;
     };
     for (package, channel) in state.config.releases.pairs() {

@@ -26,6 +26,10 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Check the configuration and the files it names (identity file, pinned peers and
+        /// authorities), then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Loads a simulator topology (`meshara sim SCENARIO --topology FILE`) into the database,
     /// replacing the previous one, so the UI can show a network of that size.
@@ -61,9 +65,23 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, check } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let explorer = Explorer::start(config, &passphrase()?).await?;
+            if check {
+                if let Some(path) = &config.node.identity_file {
+                    let id = meshara_core::keyfile::read_identity_file(path)
+                        .with_context(|| format!("node.identity_file {}", path.display()))?;
+                    println!("node {}", id.node_id());
+                }
+                println!("configuration is valid");
+                return Ok(());
+            }
+            // With an identity file there is no keystore to unlock.
+            let passphrase = match config.node.identity_file {
+                Some(_) => Vec::new(),
+                None => passphrase()?,
+            };
+            let explorer = Explorer::start(config, &passphrase).await?;
             println!("explorer  http://{}/", explorer.http_addr());
             if let Some(q) = explorer.node().quic_addr() {
                 println!("node      {q}");

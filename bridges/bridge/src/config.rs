@@ -224,8 +224,11 @@ impl Config {
                 "BOOTSTRAP" => {
                     config.node.bootstrap = list(&value)
                         .iter()
-                        .map(|s| s.parse::<PeerAddr>().map_err(|e| bad(&e.to_string())))
+                        .map(|s| PeerAddr::from_config(s).map_err(|e| bad(&e.to_string())))
                         .collect::<Result<_, _>>()?
+                }
+                "IDENTITY_FILE" => {
+                    config.node.identity_file = (!value.is_empty()).then(|| value.clone().into())
                 }
                 "ADVERTISE" => {
                     config.node.advertise = list(&value)

@@ -66,6 +66,9 @@ pub enum StartError {
     /// The keystore could not be opened (wrong passphrase, damaged file).
     #[error("keystore: {0}")]
     Keystore(#[from] meshara_core::KeystoreError),
+    /// The identity file (`node.identity_file`) was refused.
+    #[error("identity file: {0}")]
+    KeyFile(#[from] meshara_core::keyfile::KeyFileError),
     /// The data directory could not be created.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -182,8 +185,16 @@ impl Bridge {
     ) -> Result<Accepting, StartError> {
         // The identity first: a wrong passphrase should fail at once, not after the I2P
         // session spent minutes building tunnels.
-        let identity = match identity {
-            IdentitySource::Keystore(passphrase) => {
+        let identity = match (identity, config.node.identity_file.as_deref()) {
+            // A key file named in the configuration wins over the keystore: nothing to unlock.
+            (IdentitySource::Keystore(_), Some(path)) => {
+                create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+                meshara_core::keyfile::read_identity_file(path)?
+            }
+            (IdentitySource::Keystore(passphrase), None) => {
                 create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
                     path: config.data_dir.clone(),
                     source,
@@ -201,7 +212,7 @@ impl Bridge {
                 }
                 identity
             }
-            IdentitySource::Identity(identity) => *identity,
+            (IdentitySource::Identity(identity), _) => *identity,
         };
         let start_i2p = async {
             if !config.i2p.enabled {

@@ -65,10 +65,20 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if cli.check {
-        tracing::info!("configuration is valid");
+        if let Some(path) = &config.node.identity_file {
+            let identity = meshara_core::keyfile::read_identity_file(path)
+                .with_context(|| format!("node.identity_file {}", path.display()))?;
+            tracing::info!(node = %identity.node_id(), "configuration is valid");
+        } else {
+            tracing::info!("configuration is valid");
+        }
         return Ok(());
     }
-    let passphrase = passphrase(&cli)?;
+    // With an identity file there is no keystore to unlock.
+    let passphrase = match config.node.identity_file {
+        Some(_) => Vec::new(),
+        None => passphrase(&cli)?,
+    };
     let bridge = Bridge::start(config, IdentitySource::Keystore(passphrase)).await?;
     tracing::info!(http = %bridge.http_addr(), node = %bridge.node().node_id(), "serving");
     shutdown_signal().await;

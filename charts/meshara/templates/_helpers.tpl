@@ -241,7 +241,7 @@ one, else randAlphaNum. Argument: dict "root" $ "secret" name "key" key "length"
 {{- if hasKey $data .key -}}
 {{- $_ := set $cache $id (get $data .key | b64dec) -}}
 {{- else -}}
-{{- $_ := set $cache $id (randAlphaNum (int .length)) -}}
+{{- $_ := set $cache $id (printf "%s%s" (default "" .prefix) (randAlphaNum (int .length))) -}}
 {{- end -}}
 {{- end -}}
 {{- get $cache $id -}}
