@@ -88,6 +88,10 @@ step "every configuration the chart renders is accepted by its binary (--check)"
 cargo build -q --locked -p meshara-core --bin meshara -p meshara-authority -p meshara-bridge -p meshara-explorer
 python3 tests/chart/check_configs.py "${CARGO_TARGET_DIR:-target}/debug"
 
+step "the whole system as the chart deploys it (tests/system/run.py: pods in network namespaces)"
+cargo build -q --locked -p meshara-bridge --example i2p_send
+as_root python3 tests/system/run.py "${CARGO_TARGET_DIR:-target}/debug"
+
 step "routing simulations at 10,000 nodes (meshara-core/simulations/*-10k.toml)"
 cargo test -p meshara-core --locked --test simulations -- --ignored --nocapture
 

@@ -471,6 +471,9 @@ async fn a_node_takes_its_root_from_the_pinned_authority_and_installs_a_release(
     .await
     .unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), body);
+    // The node now says what it runs: its record's agent is the installed release.
+    let status = node.ctl(&["status"]);
+    assert_eq!(status["agent"], "app/1.0.0", "{status}");
     drop(node);
     authority.stop().await;
 }

@@ -34,7 +34,7 @@ use crate::mailbox::{Mailbox, MailboxLimits};
 use crate::message::{self, MessageId};
 use crate::proto;
 use crate::rate::TokenBucket;
-use crate::record::{NodeRecord, RecordBook, Transport};
+use crate::record::{NodeRecord, NodeRecordBuilder, RecordBook, RecordError, Transport};
 use crate::wire::{self, FrameDecoder, PROTOCOL_VERSION};
 
 /// First byte of a stream: envelopes follow.
@@ -573,6 +573,26 @@ impl Inner {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Signs the node's record again, with the same addresses, capabilities and listing
+    /// choice, `agent` when given, a higher sequence and a fresh validity period; the new
+    /// record is what the node hands out from now on.
+    pub(crate) fn resign_record(&self, agent: Option<&str>) -> Result<NodeRecord, RecordError> {
+        let current = self.own_record();
+        let sequence = unix_ms().max(current.sequence().saturating_add(1));
+        let mut builder = NodeRecordBuilder::new(&self.identity, sequence)
+            .agent(agent.unwrap_or(current.agent()))
+            .unlisted(current.is_unlisted());
+        for c in current.capabilities() {
+            builder = builder.capability(*c);
+        }
+        for a in current.addresses() {
+            builder = builder.address(a.transport, a.host.clone(), a.port);
+        }
+        let record = builder.sign(unix_secs())?;
+        *self.record.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
+        Ok(record)
     }
 
     fn next_handshake_ts(&self) -> u64 {
@@ -2863,6 +2883,15 @@ impl Inner {
     }
 
     fn tick(self: &Arc<Self>, now: Instant) {
+        // The node's own record is signed again at half its validity period, so a node that
+        // runs for weeks never hands out an expired record.
+        let own = self.own_record();
+        let half_life = own.expires_at().saturating_sub(own.issued_at()) / 2;
+        if unix_secs() >= own.issued_at().saturating_add(half_life) {
+            if let Err(e) = self.resign_record(None) {
+                tracing::warn!(error = %e, "cannot sign the node record again");
+            }
+        }
         let t = &self.config.timeouts;
         let mut dial_peers = Vec::new();
         let mut route_dials = Vec::new();

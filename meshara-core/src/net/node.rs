@@ -587,6 +587,13 @@ impl Node {
         self.inner.identity.fingerprint()
     }
 
+    /// Publishes `agent` (software name and version, at most 64 bytes, such as
+    /// `myapp/1.4.0` after installing that release) in a newly signed record. Peers and
+    /// explorers see it as they next fetch the node's record.
+    pub fn set_agent(&self, agent: &str) -> Result<(), crate::record::RecordError> {
+        self.inner.resign_record(Some(agent)).map(|_| ())
+    }
+
     /// This node's signed record (addresses, keys, capabilities).
     pub fn record(&self) -> NodeRecord {
         self.inner

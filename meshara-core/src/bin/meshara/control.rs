@@ -143,6 +143,7 @@ pub(crate) fn status_json(node: &Node) -> Value {
     json!({
         "node_id": node.node_id().to_string(),
         "fingerprint": node.fingerprint().to_string(),
+        "agent": node.record().agent(),
         "quic": node.quic_addr().map(|a| a.to_string()),
         "tcp": node.tcp_addr().map(|a| a.to_string()),
         "peers": s.peers,

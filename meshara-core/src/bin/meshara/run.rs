@@ -428,7 +428,8 @@ async fn follow_updates(node: Node, dir: PathBuf, updates: UpdateSettings, json_
             return;
         }
     };
-    let mut builder = Updater::builder(node, &dir, root).policy(updates.policy);
+    let installs = matches!(updates.policy, AutoUpdate::Install);
+    let mut builder = Updater::builder(node.clone(), &dir, root).policy(updates.policy);
     for (package, channel) in &updates.follow {
         builder = builder.subscribe(package, channel);
     }
@@ -452,6 +453,22 @@ async fn follow_updates(node: Node, dir: PathBuf, updates: UpdateSettings, json_
         }
     };
     let mut events = updater.events();
+    // A node that installs what it follows says what it runs: `package/version` of the
+    // installed release becomes its record's agent (what explorers count as adoption).
+    let advertise = |package: &str, semver: &str| {
+        if installs {
+            if let Err(e) = node.set_agent(&format!("{package}/{semver}")) {
+                tracing::warn!(error = %e, "cannot publish the installed version");
+            }
+        }
+    };
+    for (package, channel) in &updates.follow {
+        if let Some(r) = updater.latest(package, channel) {
+            if updater.installed(package, channel) == Some(r.sequence) {
+                advertise(&r.package, &r.semver);
+            }
+        }
+    }
     // A first check at once, so a node that starts after a release does not wait for the
     // next announcement or interval.
     for (package, channel) in &updates.follow {
@@ -460,6 +477,9 @@ async fn follow_updates(node: Node, dir: PathBuf, updates: UpdateSettings, json_
         }
     }
     while let Ok(e) = events.recv().await {
+        if let UpdateEvent::Installed { release } = &e {
+            advertise(&release.package, &release.semver);
+        }
         let (kind, line) = match &e {
             UpdateEvent::Available { release, .. } => (
                 "update_available",
