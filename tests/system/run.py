@@ -18,9 +18,12 @@ it describes runs as a kubelet would run it, with the configuration the chart re
     POD_NAMESPACE), Secret references, `$(VAR)` expansion;
   - init containers run to completion first, then the containers; readiness is each container's
     own readinessProbe.
-Then it checks what the chart promises: a release published on the authority with 2 of its 3
-keys is installed by every seed, a private message from an I2P-only node reaches a seed through
-the bridge, and the explorer lists every component and counts the release's adoption.
+Two ordinary `meshara run` nodes join as users would (their own namespaces and identities, the
+seeds' bootstrap list and `[updates]` from the chart's seed configuration). Then it checks what
+the chart promises: a release published on the authority with 2 of its 3 keys is installed by
+every seed and every user's node, the explorer lists every component and every user's node and
+counts the release's adoption, and a private message from an I2P-only node reaches a seed
+through the bridge.
 
 Every wait is bounded; everything started is stopped and every namespace removed at the end.
 """
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 
@@ -301,12 +305,77 @@ class Cluster:
                 wait(f"{pod.name}/{c['name']} ready ({url})", timeout, up, every=1)
                 log(f"{pod.name}/{c['name']} ready")
 
+    def start_users(self, count: int) -> list[Pod]:
+        """Ordinary `meshara run` nodes outside the deployment, as its users run them: each in a
+        network namespace of its own, configured like the chart configures a seed (the same
+        bootstrap list, pinned by the same certificates, and the same `[updates]`), with an
+        identity of its own."""
+        seed_config = next(o for (k, n), o in self.objects.items() if k == "ConfigMap" and n.endswith("-seed"))
+        first = sorted(k for k in seed_config["data"] if k.endswith(".toml"))[0]
+        seed = tomllib.loads(seed_config["data"][first])
+        peers_dir = self.work / "user-peers"
+        peers_dir.mkdir()
+        peers = next(o for (k, n), o in self.objects.items() if k == "ConfigMap" and n.endswith("-peers"))
+        for name, pem in data_of(peers).items():
+            (peers_dir / name).write_bytes(pem)
+        pin = lambda text: text.replace("/etc/meshara/peers", str(peers_dir))  # noqa: E731
+        hosts = self.hosts()
+        users = []
+        for i in range(count):
+            pod = Pod(f"user-{i}", f"{SUBNET}.{50 + i}", {}, {"containers": [{"name": "meshara"}]}, [])
+            pod.netns = f"{self.tag}-u{i}"
+            pod.dir = self.work / "users" / pod.name
+            pod.dir.mkdir(parents=True)
+            os.chmod(pod.dir, 0o700)
+            sh("ip", "netns", "add", pod.netns)
+            veth = f"{self.tag}u{i}"
+            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
+            sh("ip", "link", "set", veth, "master", "br0", "up")
+            sh("ip", "-n", pod.netns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+            sh("ip", "-n", pod.netns, "link", "set", "eth0", "up")
+            sh("ip", "-n", pod.netns, "link", "set", "lo", "up")
+            etc = pathlib.Path("/etc/netns") / pod.netns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts)
+            key = pod.dir / "identity.pem"
+            key.write_bytes(sh("openssl", "genpkey", "-algorithm", "ed25519").stdout.encode())
+            os.chmod(key, 0o600)
+            updates = seed["updates"]
+            config = "\n".join([
+                f'control = "{pod.dir / "control.sock"}"',
+                "[node]",
+                f'listen_quic = "{pod.ip}:7340"',
+                "mdns = false",
+                "dial_private = true",
+                f'data_dir = "{pod.dir}"',
+                f'identity_file = "{key}"',
+                "bootstrap = [" + ", ".join(json.dumps(pin(b)) for b in seed["node"]["bootstrap"]) + "]",
+                "[updates]",
+                "authorities = [" + ", ".join(json.dumps(pin(a)) for a in updates["authorities"]) + "]",
+                "follow = " + json.dumps(updates["follow"]),
+                'policy = "install"',
+                f'install_path = "{pod.dir / "system-app"}"',
+                "check_interval_secs = 5",
+            ]) + "\n"
+            (pod.dir / "node.toml").write_text(config)
+            out = open(pod.dir / "meshara.log", "ab")
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", pod.netns, str(self.bins / "meshara"), "run", "--config", str(pod.dir / "node.toml")],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(pod.dir)},
+            )
+            pod.processes.append(("meshara", process))
+            self.pods.append(pod)
+            users.append(pod)
+            log(f"{pod.name}: a user's meshara run node on {pod.ip}, bootstrapping from the seeds")
+        return users
+
     def stop(self) -> None:
         for pod in self.pods:
             for _, process in pod.processes:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 10
         for pod in self.pods:
             for _, process in pod.processes:
                 try:
@@ -338,6 +407,7 @@ def scenario(cluster: Cluster) -> None:
     peers = data_of(next(o for (k, _), o in objects.items() if k == "ConfigMap" and _.endswith("-peers")))
     ids = {name[:-4]: node_id_of_certificate(pem.decode()) for name, pem in peers.items() if name.endswith(".crt")}
     seeds = [p for p in cluster.pods if "-seed-" in p.name]
+    users = [p for p in cluster.pods if p.name.startswith("user-")]
     authority, bridge, explorer = cluster.pod("msys-authority"), cluster.pod("msys-bridge"), cluster.pod("msys-explorer")
     secrets = data_of(objects[("Secret", "msys-authority-secrets")])
     token = secrets["admin-token"].decode()
@@ -362,10 +432,10 @@ def scenario(cluster: Cluster) -> None:
     status, body = http(f"{api}/api/v1/releases/{release}/publish", "POST", b"{}", auth({"Content-Type": "application/json"}))
     assert status in (200, 201), (status, body)
     log("published system-app 1.0.0 (signed by k1 and k2 of 3)")
-    for seed in seeds:
-        target = seed.dir / "volumes" / "data" / "data" / "system-app"
-        wait(f"{seed.name} installing the release", 180, lambda: target.exists() and target.read_bytes() == content)
-        log(f"{seed.name} installed system-app 1.0.0 ({len(content)} bytes, verified)")
+    for node in seeds + users:
+        target = (node.dir / "system-app") if node in users else (node.dir / "volumes" / "data" / "data" / "system-app")
+        wait(f"{node.name} installing the release", 180, lambda: target.exists() and target.read_bytes() == content)
+        log(f"{node.name} installed system-app 1.0.0 ({len(content)} bytes, verified)")
 
     # 2. The explorer finds every component and counts the release's adoption.
     ex = f"http://{explorer.ip}:8800"
@@ -376,21 +446,29 @@ def scenario(cluster: Cluster) -> None:
             return None
         found = {n["id"]: n for n in json.loads(body)["nodes"]}
         missing = [name for name, node in ids.items() if name != "explorer" and node not in found]
+        missing += [u.name for u in users if user_ids.get(u.name) not in found]
         return found if not missing else None
 
-    found = wait("the explorer to list every seed, the authority and the bridge", 240, listed, every=2)
-    log(f"the explorer lists {len(found)} nodes, every component among them")
+    user_ids = {}
+    for u in users:
+        status = json.loads(subprocess.run(
+            [str(cluster.bins / "meshara"), "--json", "--control", str(u.dir / "control.sock"), "status"],
+            check=True, capture_output=True, text=True,
+        ).stdout)
+        user_ids[u.name] = status["node_id"]
+    found = wait("the explorer to list every seed, the authority, the bridge and the users' nodes", 240, listed, every=2)
+    log(f"the explorer lists {len(found)} nodes: every component and every user's node")
 
     def adoption() -> dict | None:
         status, body = http(f"{ex}/api/v1/history?since=0")
         if status != 200:
             return None
         for r in json.loads(body).get("releases", []):
-            if r["package"] == "system-app" and r["version"] == "1.0.0" and r["nodes"] >= len(seeds):
+            if r["package"] == "system-app" and r["version"] == "1.0.0" and r["nodes"] >= len(seeds) + len(users):
                 return r
         return None
 
-    r = wait("the explorer to count every seed as running system-app 1.0.0", 240, adoption, every=2)
+    r = wait("the explorer to count every seed and user node as running system-app 1.0.0", 240, adoption, every=2)
     log(f"the explorer shows system-app 1.0.0 on {r['nodes']} nodes (share {r['share']:.2f})")
 
     # 3. A private message from an I2P-only node reaches a seed through the bridge. The node
@@ -456,6 +534,7 @@ def main() -> int:
         cluster.network_up()
         cluster.run_pods()
         cluster.ready(timeout=300)
+        cluster.start_users(2)
         scenario(cluster)
         ok = True
     finally:
