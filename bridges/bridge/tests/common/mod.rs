@@ -50,7 +50,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(120), async {
+    // Generous: over Tor on a loaded 2-core machine, records take minutes to cross the bridge.
+    tokio::time::timeout(Duration::from_secs(240), async {
         while !f() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -10,7 +10,11 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(method, path, { json, signal } = {}) {
+/**
+ * One API request. The answer is the parsed JSON, or with `bytes` (a successful answer
+ * only) the body as an ArrayBuffer, for callers that parse it themselves.
+ */
+export async function api(method, path, { json, signal, bytes = false } = {}) {
   const headers = { Accept: 'application/json' };
   let body;
   if (json !== undefined) {
@@ -25,6 +29,14 @@ export async function api(method, path, { json, signal } = {}) {
   } catch (err) {
     if (err && err.name === 'AbortError') throw err;
     throw new ApiError(0, 'network', `Could not reach the explorer (${err.message}).`);
+  }
+  if (bytes && response.ok) {
+    try {
+      return await response.arrayBuffer();
+    } catch (err) {
+      if (err && err.name === 'AbortError') throw err;
+      throw new ApiError(0, 'network', `Could not reach the explorer (${err.message}).`);
+    }
   }
   const text = await response.text();
   let data = null;
@@ -51,6 +63,7 @@ export async function api(method, path, { json, signal } = {}) {
 
 export const get = (path, options) => api('GET', path, options);
 export const post = (path, json, options) => api('POST', path, { ...options, json });
+export const getBytes = (path, options) => api('GET', path, { ...options, bytes: true });
 
 export function describeError(err) {
   if (err instanceof ApiError) {

@@ -1,6 +1,7 @@
 // The drawn graph (GET /api/v1/graph), fetched once and shared by the graph and lookup views.
 
-import { get } from './api.js';
+import { getBytes } from './api.js';
+import { parseGraph } from './graph-parse.js';
 import { graphStats, sharedGraph } from './graph-view.js';
 
 const REFRESH_AFTER_MS = 20_000;
@@ -17,7 +18,7 @@ export async function ensureGraph({ force = false } = {}) {
   const stats = graphStats();
   pending = (async () => {
     if (stats.fetch_start_ms === null) stats.fetch_start_ms = Math.round(performance.now());
-    const data = await get('/graph');
+    const data = parseGraph(await getBytes('/graph'));
     graph.setData(data);
     if (stats.data_ms === null) stats.data_ms = Math.round(performance.now());
     loadedAt = Date.now();

@@ -11,7 +11,8 @@
 //   {type: 'init', n, edges: Uint32Array, keys: Float32Array (key-space fraction per node),
 //    positions?: Float32Array (seed, NaN where unknown)}
 //   {type: 'style', colour: Uint8Array (palette index per node), palette: [css colour],
-//    visible: Uint8Array, edgeColour, haloColour}
+//    visible: Uint8Array, edgeRgb: [r, g, b] (0–255), edgeAlpha (one edge's opacity),
+//    haloColour}
 //   {type: 'view', width, height, dpr, fit: bool, view?: {k, x, y}, lazy?: bool}
 //   {type: 'layout', mode?: 'force'|'ring', running?: bool, reheat?: number}
 //   {type: 'interacting', value: bool} while the user drags or zooms, no new images are made
@@ -21,12 +22,14 @@
 //    seq, renderMs, stats: {ticks, alpha, state, layoutMs}}
 
 import { ForceLayout } from './layout.js';
+import { EdgeRaster } from './edge-raster.js';
 
 export const MARGIN = 96; // CSS px drawn beyond each side of the viewport, shown while panning
 const LAYOUT_SLICE_MS = 40;
 const INTERACTING_SLICE_MS = 12;
 const INTERACTING_PAUSE_MS = 24;
 const RING_SPREAD = 0.05;
+const EDGE_WIDTH = 0.8; // CSS px
 
 export function nodeRadius(k) {
   return Math.min(9, Math.max(1.6, 3 * k));
@@ -54,7 +57,9 @@ export class GraphEngine {
     this.colour = new Uint8Array(0);
     this.visible = new Uint8Array(0);
     this.palette = ['#2456c7'];
-    this.edgeColour = 'rgba(90, 100, 120, 0.15)';
+    this.edgeRgb = [90, 100, 120];
+    this.edgeAlpha = 0.15;
+    this.edgeRaster = new EdgeRaster();
     this.haloColour = null;
     this.width = 0;
     this.height = 0;
@@ -148,11 +153,12 @@ export class GraphEngine {
     this.firstFrame = true;
   }
 
-  setStyle({ colour, palette, visible, edgeColour, haloColour }) {
+  setStyle({ colour, palette, visible, edgeRgb, edgeAlpha, haloColour }) {
     if (colour) this.colour = colour;
     if (visible) this.visible = visible;
     if (palette) this.palette = palette;
-    if (edgeColour) this.edgeColour = edgeColour;
+    if (edgeRgb) this.edgeRgb = edgeRgb;
+    if (edgeAlpha !== undefined) this.edgeAlpha = edgeAlpha;
     if (haloColour !== undefined) this.haloColour = haloColour;
     this.order = null;
     this.dirtyRender = true;
@@ -278,9 +284,6 @@ export class GraphEngine {
     if (this.canvas.width !== cw) this.canvas.width = cw;
     if (this.canvas.height !== ch) this.canvas.height = ch;
     const ctx = this.ctx;
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, cw, ch);
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     const [xs, ys] = this.positions();
     const k = view.k;
     const ox = view.x + M;
@@ -289,35 +292,30 @@ export class GraphEngine {
     const H = height + 2 * M;
     const vis = this.visible;
 
-    // Edges, in batches (long paths are slow to stroke), skipping those wholly off one side.
-    // Zoomed in, more of them cross the screen: they fade so the nodes stay readable; on the
-    // key-space ring (all chords) they stay faint.
-    const edges = this.edges;
-    const fitK = this.fit ? k : this.fitView().k;
-    ctx.globalAlpha = Math.min(1, Math.max(0.3, Math.sqrt(fitK / k))) * (this.mode === 'ring' ? 0.45 : 1);
-    ctx.strokeStyle = this.edgeColour;
-    ctx.lineWidth = 0.8;
-    let inPath = 0;
-    ctx.beginPath();
-    for (let e = 0; e < edges.length; e += 2) {
-      const a = edges[e];
-      const b = edges[e + 1];
-      if (!vis[a] || !vis[b]) continue;
-      const x1 = xs[a] * k + ox;
-      const y1 = ys[a] * k + oy;
-      const x2 = xs[b] * k + ox;
-      const y2 = ys[b] * k + oy;
-      if ((x1 < 0 && x2 < 0) || (y1 < 0 && y2 < 0) || (x1 > W && x2 > W) || (y1 > H && y2 > H)) continue;
-      ctx.moveTo(x1, y1);
-      ctx.lineTo(x2, y2);
-      if (++inPath === 1500) {
-        ctx.stroke();
-        ctx.beginPath();
-        inPath = 0;
-      }
+    // Edges: every edge with both ends visible, by the engine's own rasterizer (see
+    // edge-raster.js), which also replaces the last image. Zoomed in, more of them cross
+    // the screen: they fade so the nodes stay readable; on the key-space ring (all chords)
+    // they stay faint.
+    const n = this.n;
+    if (!this.devX || this.devX.length !== n) {
+      this.devX = new Float64Array(n);
+      this.devY = new Float64Array(n);
     }
-    if (inPath) ctx.stroke();
+    const { devX, devY } = this;
+    for (let i = 0; i < n; i++) {
+      devX[i] = (xs[i] * k + ox) * dpr;
+      devY[i] = (ys[i] * k + oy) * dpr;
+    }
+    const fitK = this.fit ? k : this.fitView().k;
+    const fade = Math.min(1, Math.max(0.3, Math.sqrt(fitK / k))) * (this.mode === 'ring' ? 0.45 : 1);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.globalAlpha = 1;
+    this.edgeRaster.draw(ctx, cw, ch, this.edges, devX, devY, vis, {
+      rgb: this.edgeRgb,
+      alpha: this.edgeAlpha * fade,
+      lineWidth: EDGE_WIDTH * dpr,
+    });
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
 
     // Nodes, one path per colour.
     if (!this.order) this.groupByColour();

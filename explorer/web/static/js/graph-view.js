@@ -229,10 +229,12 @@ export class GraphView {
 
   // ------------------------------------------------------------------ data
 
-  /** graph = {crawl_id, simulated, nodes: [{id, up, version, capabilities}], edges: [[i, j]]} */
+  /**
+   * graph = {crawl_id, simulated, nodes: [{id, up, version, capabilities}], edges}, with
+   * edges a Uint32Array of index pairs (see parseGraph in graph-data.js) or [[i, j]].
+   */
   setData(graph) {
     const nodes = Array.isArray(graph.nodes) ? graph.nodes : [];
-    const rawEdges = Array.isArray(graph.edges) ? graph.edges : [];
     const n = nodes.length;
     const ids = new Array(n);
     const up = new Uint8Array(n);
@@ -252,17 +254,33 @@ export class GraphView {
       caps[i] = bits;
       keys[i] = keyFraction(ids[i]);
     }
-    const edges = new Uint32Array(rawEdges.length * 2);
+    // Edges between two known nodes, no loops.
+    let edges;
     let m = 0;
-    for (const edge of rawEdges) {
-      const a = Array.isArray(edge) ? Number(edge[0]) : NaN;
-      const b = Array.isArray(edge) ? Number(edge[1]) : NaN;
-      if (!Number.isInteger(a) || !Number.isInteger(b) || a < 0 || b < 0 || a >= n || b >= n || a === b) continue;
-      edges[2 * m] = a;
-      edges[2 * m + 1] = b;
-      m += 1;
+    if (graph.edges instanceof Uint32Array) {
+      const pairs = graph.edges;
+      edges = new Uint32Array(pairs.length);
+      for (let e = 0; e + 1 < pairs.length; e += 2) {
+        const a = pairs[e];
+        const b = pairs[e + 1];
+        if (a >= n || b >= n || a === b) continue;
+        edges[2 * m] = a;
+        edges[2 * m + 1] = b;
+        m += 1;
+      }
+    } else {
+      const rawEdges = Array.isArray(graph.edges) ? graph.edges : [];
+      edges = new Uint32Array(rawEdges.length * 2);
+      for (const edge of rawEdges) {
+        const a = Array.isArray(edge) ? Number(edge[0]) : NaN;
+        const b = Array.isArray(edge) ? Number(edge[1]) : NaN;
+        if (!Number.isInteger(a) || !Number.isInteger(b) || a < 0 || b < 0 || a >= n || b >= n || a === b) continue;
+        edges[2 * m] = a;
+        edges[2 * m + 1] = b;
+        m += 1;
+      }
     }
-    const edgeList = edges.slice(0, 2 * m);
+    const edgeList = edges.length === 2 * m ? edges : edges.slice(0, 2 * m);
     // Adjacency (CSR) for highlighting a node's links.
     const degree = new Uint32Array(n + 1);
     for (let e = 0; e < edgeList.length; e++) degree[edgeList[e] + 1] += 1;
@@ -472,12 +490,16 @@ export class GraphView {
     this.renderLegend();
     const m = this.data.edges.length / 2;
     const edgeAlpha = Math.min(0.5, Math.max(0.07, 28 / Math.sqrt(Math.max(1, m))));
+    // The edge colour, "r, g, b" in the stylesheet, as numbers for the engine's rasterizer.
+    let edgeRgb = cssVar('--graph-edge-rgb', '90, 100, 120').split(',').map((v) => Math.round(Number(v)));
+    if (edgeRgb.length !== 3 || !edgeRgb.every((v) => v >= 0 && v <= 255)) edgeRgb = [90, 100, 120];
     this.engine.post({
       type: 'style',
       colour,
       palette,
       visible: visible.slice(),
-      edgeColour: `rgba(${cssVar('--graph-edge-rgb', '90, 100, 120')}, ${edgeAlpha.toFixed(3)})`,
+      edgeRgb,
+      edgeAlpha: Number(edgeAlpha.toFixed(3)),
       haloColour: cssVar('--surface', '#fff'),
     });
     if (this.selected >= 0 && !visible[this.selected]) this.select(-1);

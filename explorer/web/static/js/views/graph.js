@@ -202,8 +202,10 @@ export async function renderGraph(ctx) {
       graph.onSelect = showPanel;
       graph.onOpen = (id) => ctx.app.navigate(`#/node/${encodeURIComponent(id)}`);
       graph.onStats = updateStatus;
-      graph.mount(stage);
+      // Size the stage before the graph measures it, so the engine's first image is made
+      // for the stage as it will stay (not for a default height a moment later).
       fitStage();
+      graph.mount(stage);
       updateStatus(window.__explorerGraphStats);
       const focus = ctx.params.get('focus');
       if (focus) {
