@@ -51,6 +51,10 @@ const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Readers. SQLite: up to four read-only connections beside the one writer (WAL lets
+    /// them read while it writes), so API requests do not queue behind a crawl or each other.
+    /// PostgreSQL: the same pool.
+    read: AnyPool,
     backend: Backend,
 }
 
@@ -308,13 +312,31 @@ impl Db {
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
             .connect(url)
             .await?;
-        let db = Db { pool, backend };
+        let mut db = Db {
+            read: pool.clone(),
+            pool,
+            backend,
+        };
         if backend == Backend::Sqlite {
             sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                 .execute(&db.pool)
                 .await?;
         }
         db.migrate().await?;
+        if backend == Backend::Sqlite && !url.contains(":memory:") {
+            let read_url = if url.contains("mode=") {
+                url.replace("mode=rwc", "mode=ro")
+                    .replace("mode=rw", "mode=ro")
+            } else if url.contains('?') {
+                format!("{url}&mode=ro")
+            } else {
+                format!("{url}?mode=ro")
+            };
+            db.read = AnyPoolOptions::new()
+                .max_connections(4)
+                .connect(&read_url)
+                .await?;
+        }
         Ok(db)
     }
 
@@ -375,6 +397,7 @@ impl Db {
 
     /// Closes the pool.
     pub async fn close(&self) {
+        self.read.close().await;
         self.pool.close().await;
     }
 
@@ -419,7 +442,7 @@ impl Db {
         let rows =
             sqlx::query("SELECT record FROM nodes WHERE source = 'crawl' AND last_seen >= $1")
                 .bind(since)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
         rows.iter()
             .map(|r| r.try_get("record").map_err(DbError::from))
@@ -607,7 +630,7 @@ impl Db {
         for b in &binds {
             count = count.bind(b);
         }
-        let total: i64 = count.fetch_one(&self.pool).await?.try_get("n")?;
+        let total: i64 = count.fetch_one(&self.read).await?.try_get("n")?;
         let direction = if q.descending { "DESC" } else { "ASC" };
         // NULLs (no RTT or uptime yet) sort last either way, spelled the same in both dialects.
         let column = q.sort.column();
@@ -621,7 +644,7 @@ impl Db {
         for b in &binds {
             page = page.bind(b);
         }
-        let rows = page.fetch_all(&self.pool).await?;
+        let rows = page.fetch_all(&self.read).await?;
         let nodes = rows.iter().map(node_row).collect::<Result<_, _>>()?;
         Ok((total, nodes))
     }
@@ -632,7 +655,7 @@ impl Db {
             "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         Ok(row.as_ref().map(node_row).transpose()?)
     }
@@ -642,7 +665,7 @@ impl Db {
         let rows = sqlx::query(safe(format!(
             "SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.iter().map(node_row).collect::<Result<_, _>>()?)
     }
@@ -660,7 +683,7 @@ impl Db {
             for id in chunk {
                 q = q.bind(id);
             }
-            for r in q.fetch_all(&self.pool).await? {
+            for r in q.fetch_all(&self.read).await? {
                 out.push((
                     r.try_get("id")?,
                     r.try_get("fingerprint")?,
@@ -679,7 +702,7 @@ impl Db {
         )
         .bind(id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -698,7 +721,7 @@ impl Db {
             // PostgreSQL sums BIGINTs as NUMERIC: cast back for one decoder.
             "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(up), 0) AS BIGINT) AS up FROM nodes",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         Ok((r.try_get("n")?, r.try_get("up")?))
     }
@@ -711,7 +734,7 @@ impl Db {
         )))
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let mut out: Vec<CrawlRow> = rows.iter().map(crawl_row).collect::<Result<_, _>>()?;
         out.reverse();
@@ -724,7 +747,7 @@ impl Db {
             "SELECT {CRAWL_COLUMNS} FROM crawls WHERE finished_at IS NOT NULL \
              ORDER BY started_at DESC, id DESC LIMIT 1"
         )))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         Ok(row.as_ref().map(crawl_row).transpose()?)
     }
@@ -785,7 +808,7 @@ impl Db {
             "SELECT package, channel, version, sequence, seen_at FROM releases \
              ORDER BY seen_at, package, channel, sequence",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
