@@ -74,7 +74,7 @@ step "test services: PostgreSQL, playwright-core"
 MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
 export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
 (cd authority-server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-(cd explorer/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd explorer/tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm run -s units)
 export MESHARA_REQUIRE_BROWSER=1
 # Tests that need i2pd fail (rather than skip) if it is missing.
 export MESHARA_REQUIRE_I2PD=1

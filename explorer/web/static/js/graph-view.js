@@ -231,7 +231,7 @@ export class GraphView {
 
   /**
    * graph = {crawl_id, simulated, nodes: [{id, up, version, capabilities}], edges}, with
-   * edges a Uint32Array of index pairs (see parseGraph in graph-data.js) or [[i, j]].
+   * edges a Uint32Array of index pairs (see graph-parse.js) or [[i, j]].
    */
   setData(graph) {
     const nodes = Array.isArray(graph.nodes) ? graph.nodes : [];
