@@ -71,6 +71,11 @@ step "Helm chart: lint, render, schemas, conventions (tests/chart/check.py)"
 python3 tests/chart/check.py
 
 step "test services: PostgreSQL, playwright-core"
+# The throwaway PostgreSQL is stopped when this script ends, unless it was already running.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$pg_bin" ] || ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "${PGPORT:-55432}"; then
+  trap './scripts/postgres.sh stop >/dev/null' EXIT
+fi
 MESHARA_TEST_POSTGRES_URL=$(./scripts/postgres.sh)
 export MESHARA_TEST_POSTGRES_URL MESHARA_REQUIRE_POSTGRES=1
 (cd authority-server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
@@ -87,6 +92,9 @@ cargo test --workspace --locked
 step "every configuration the chart renders is accepted by its binary (--check)"
 cargo build -q --locked -p meshara-core --bin meshara -p meshara-authority -p meshara-bridge -p meshara-explorer
 python3 tests/chart/check_configs.py "${CARGO_TARGET_DIR:-target}/debug"
+
+step "the explorer's OpenAPI document against the server (schemathesis)"
+./tests/contracts/explorer.sh "${CARGO_TARGET_DIR:-target}/debug"
 
 step "the whole system as the chart deploys it (tests/system/run.py: pods in network namespaces)"
 cargo build -q --locked -p meshara-bridge --example i2p_send

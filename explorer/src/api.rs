@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use meshara_core::{Node, NodeId};
+use meshara_core::Node;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -499,8 +499,9 @@ async fn nodes(
         Some(_) => return Err(ApiError::invalid("order must be asc or desc")),
     };
     let text = param(&q, "q").map(str::to_owned);
-    if text.as_ref().is_some_and(|t| t.len() > 128) {
-        return Err(ApiError::invalid("q is at most 128 bytes"));
+    // Counted in characters, as the OpenAPI document's maxLength is.
+    if text.as_ref().is_some_and(|t| t.chars().count() > 128) {
+        return Err(ApiError::invalid("q is at most 128 characters"));
     }
     let capability = param(&q, "capability").map(str::to_owned);
     if let Some(c) = &capability {
@@ -520,7 +521,10 @@ async fn nodes(
             )));
         }
     }
-    let version = param(&q, "version").map(|v| v.chars().take(64).collect());
+    let version = param(&q, "version").map(str::to_owned);
+    if version.as_ref().is_some_and(|v| v.chars().count() > 64) {
+        return Err(ApiError::invalid("version is at most 64 characters"));
+    }
     let query = NodeQuery {
         q: text,
         up,
@@ -550,11 +554,6 @@ const CAPABILITIES: &[&str] = &[
     "update_mirror",
 ];
 const TRANSPORTS: &[&str] = &["quic", "tcp", "tor", "i2p"];
-
-fn node_id(text: &str) -> ApiResult<NodeId> {
-    text.parse::<NodeId>()
-        .map_err(|_| ApiError::invalid("not a NodeId (52 base32 characters)"))
-}
 
 async fn node(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     // Any 32-byte key in base32: simulated topologies use keys that are not public keys.
@@ -649,7 +648,14 @@ async fn run_lookup(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<J
         .get("target")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("body must be {\"target\": \"<nodeid>\"}"))?;
-    let target = node_id(target)?;
+    // Any 32-byte key, as a DHT lookup takes (a NodeId is one, and a key that is not a node's
+    // shows the rounds towards where it would be).
+    let target: [u8; 32] = data_encoding::BASE32_NOPAD
+        .decode(target.to_ascii_uppercase().as_bytes())
+        .ok()
+        .filter(|_| target.len() == 52 && !target.bytes().any(|b| b.is_ascii_uppercase()))
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| ApiError::invalid("target is not a key (52 lowercase base32 characters)"))?;
     let Ok(_permit) = s.lookups.try_acquire() else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -801,13 +807,13 @@ pub fn openapi_document() -> Value {
             }},
             "/api/v1/nodes/{id}": {"get": {
                 "operationId": "getNode", "summary": "One listed node: record, probes, status, neighbours, sessions",
-                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "NodeId (52 base32 characters)"}],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z2-7]{51}[aq]$"}, "description": "NodeId (52 lowercase base32 characters: 32 bytes, so the last one is a or q)"}],
                 "responses": {"200": ok(json!({"$ref": "#/components/schemas/NodeDetail"}), "The node"), "400": error.clone(), "404": error.clone(), "default": error},
             }},
             "/api/v1/lookups": {"post": {
                 "operationId": "lookup", "summary": "Run a DHT lookup from the explorer's node and return its rounds",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["target"], "properties": {"target": {"type": "string", "description": "NodeId"}},
+                    "type": "object", "required": ["target"], "properties": {"target": {"type": "string", "pattern": "^[a-z2-7]{51}[aq]$", "description": "A NodeId, or any 32-byte DHT key, in lowercase base32"}},
                 }}}},
                 "responses": {"200": ok(json!({"$ref": "#/components/schemas/Lookup"}), "The trace"), "400": error.clone(), "413": error.clone(), "415": error.clone(), "429": error.clone(), "default": error},
             }},

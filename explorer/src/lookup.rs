@@ -51,23 +51,24 @@ pub struct Trace {
     pub closest: Vec<String>,
 }
 
-/// Runs a lookup for `target` from `node` and records its rounds.
-pub async fn trace(node: &Node, target: NodeId) -> Trace {
+/// Runs a lookup for `target` (any 32-byte DHT key; a NodeId's bytes to find that node) from
+/// `node` and records its rounds.
+pub async fn trace(node: &Node, target: [u8; 32]) -> Trace {
     let started = Instant::now();
     let config = KadConfig::default().with_group_caps(usize::MAX, usize::MAX);
     let mut table: RoutingTable<NodeId> = RoutingTable::new(*node.node_id().as_bytes(), config);
     let now = Instant::now();
-    for id in node.closest_peers(target.as_bytes(), 20) {
+    for id in node.closest_peers(&target, 20) {
         table.insert(*id.as_bytes(), id, 0, now);
     }
-    let mut lookup = Lookup::new(&table, *target.as_bytes());
+    let mut lookup = Lookup::new(&table, target);
     let mut round_of: HashMap<NodeId, u32> = table
-        .closest(target.as_bytes(), usize::MAX)
+        .closest(&target, usize::MAX)
         .into_iter()
         .map(|(_, id)| (id, 1))
         .collect();
     let mut rounds: BTreeMap<u32, Round> = BTreeMap::new();
-    let mut found = round_of.contains_key(&target);
+    let mut found = round_of.keys().any(|id| id.as_bytes() == &target);
     let (tx, mut rx) = mpsc::unbounded_channel::<(NodeId, Option<Vec<NodeRecord>>)>();
     let give_up = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
     let mut tasks = tokio::task::JoinSet::new();
@@ -79,7 +80,7 @@ pub async fn trace(node: &Node, target: NodeId) -> Trace {
                 let node = node.clone();
                 let tx = tx.clone();
                 tasks.spawn(async move {
-                    let answer = node.find_node(peer, *target.as_bytes()).await;
+                    let answer = node.find_node(peer, target).await;
                     let _ = tx.send((peer, answer));
                 });
             }
@@ -92,7 +93,7 @@ pub async fn trace(node: &Node, target: NodeId) -> Trace {
                             round(&mut rounds, r).answered.push(peer.to_string());
                             for rec in &records {
                                 let id = rec.node_id();
-                                if id == target {
+                                if id.as_bytes() == &target {
                                     found = true;
                                 }
                                 if id != node.node_id() && !round_of.contains_key(&id) {
@@ -135,7 +136,9 @@ pub async fn trace(node: &Node, target: NodeId) -> Trace {
     tasks.abort_all();
     let result = lookup.result();
     Trace {
-        target: target.to_string(),
+        target: data_encoding::BASE32_NOPAD
+            .encode(&target)
+            .to_ascii_lowercase(),
         found: found || result.found,
         duration_ms: started.elapsed().as_millis() as u64,
         rounds: rounds.into_values().collect(),

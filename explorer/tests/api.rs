@@ -120,9 +120,20 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
         let (status, body) = call(h.addr, "GET", path, None).await;
         assert_error(status, &body, expected, path);
     }
-    let long_q = format!("/api/v1/nodes?q={}", "a".repeat(200));
-    let (status, body) = call(h.addr, "GET", &long_q, None).await;
-    assert_error(status, &body, 400, "long q");
+    // Limits are counted in characters, as the OpenAPI document's maxLength is.
+    for (long, expected) in [
+        (format!("/api/v1/nodes?q={}", "a".repeat(200)), 400),
+        (format!("/api/v1/nodes?q={}", "%C3%A9".repeat(128)), 200),
+        (format!("/api/v1/nodes?q={}", "%C3%A9".repeat(129)), 400),
+        (format!("/api/v1/nodes?version={}", "v".repeat(65)), 400),
+    ] {
+        let (status, body) = call(h.addr, "GET", &long, None).await;
+        if expected == 200 {
+            assert_eq!(status, 200, "{long}: {body}");
+        } else {
+            assert_error(status, &body, expected, &long);
+        }
+    }
     // Search text is data, never SQL or a pattern.
     for q in ["%25", "_", "%27%20OR%201%3D1%20--", "%5C"] {
         let v = get(h.addr, &format!("/api/v1/nodes?q={q}")).await;
@@ -133,6 +144,12 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
         ("application/json", b"{not json".to_vec(), 400),
         ("application/json", b"{\"target\": 5}".to_vec(), 400),
         ("application/json", b"{\"target\": \"abc\"}".to_vec(), 400),
+        // The text form is lowercase; an uppercase key is refused, not silently folded.
+        (
+            "application/json",
+            format!("{{\"target\": \"{}\"}}", "A".repeat(52)).into_bytes(),
+            400,
+        ),
         ("application/json", vec![b' '; 5000], 413),
     ] {
         let (status, v) = call(h.addr, "POST", "/api/v1/lookups", Some((ct, body))).await;
