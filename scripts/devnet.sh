@@ -44,7 +44,9 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$node_line" ] || { echo "the authority server did not start; see $dir/authority.log" >&2; exit 1; }
-node_id=$(echo "$node_line" | awk '{print $2}')
+# "  node: <nodeid>@quic://host:port"
+node_addr=$(echo "$node_line" | awk '{print $2}')
+node_id=${node_addr%%@*}
 http=${AUTHORITY_HTTP:-127.0.0.1:8600}
 quic=${AUTHORITY_QUIC:-127.0.0.1:7700}
 

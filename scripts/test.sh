@@ -53,6 +53,19 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+# promtool, Prometheus's metrics linter, from Debian's prometheus package: unpacked, not
+# installed, so no Prometheus server is started on this machine.
+promtool_dir=${HOME:-/root}/.cache/meshara-promtool
+if [ ! -x "$promtool_dir/usr/bin/promtool" ]; then
+  deb_dir=$(mktemp -d)
+  (cd "$deb_dir" && { apt-get download -q prometheus 2>/dev/null \
+    || { as_root apt-get update -qq && apt-get download -q prometheus; }; } \
+    && dpkg-deb -x prometheus_*.deb "$promtool_dir")
+  rm -rf "$deb_dir"
+fi
+export MESHARA_PROMTOOL="$promtool_dir/usr/bin/promtool"
+"$MESHARA_PROMTOOL" --version | head -1
+
 step "rust toolchain components"
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
@@ -70,7 +83,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Helm chart: lint, render, schemas, conventions (tests/chart/check.py)"
 python3 tests/chart/check.py
 
-step "test services: PostgreSQL, playwright-core"
+step "test services: PostgreSQL, playwright-core, Python contract tools"
 # The throwaway PostgreSQL is stopped when this script ends, unless it was already running.
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$pg_bin" ] || ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "${PGPORT:-55432}"; then
@@ -85,6 +98,16 @@ export MESHARA_REQUIRE_BROWSER=1
 export MESHARA_REQUIRE_I2PD=1
 # Likewise for tor.
 export MESHARA_REQUIRE_TOR=1
+# Tools by others that check Meshara's interfaces: an independent RFC 9421 implementation
+# (meshara-axum/tests/rfc9421_interop.rs), schemathesis and the Python Prometheus client
+# (tests/contracts/). One virtual environment, set up once.
+contracts_venv=${MESHARA_CONTRACTS_VENV:-${HOME:-/root}/.cache/meshara-contracts-venv}
+if ! "$contracts_venv/bin/python" -c 'import http_message_signatures, requests' 2>/dev/null; then
+  python3 -m venv "$contracts_venv"
+  "$contracts_venv/bin/pip" install -q --disable-pip-version-check \
+    "http-message-signatures==3.0.0" "requests==2.34.2"
+fi
+export MESHARA_INTEROP_PYTHON="$contracts_venv/bin/python" MESHARA_REQUIRE_INTEROP=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked
@@ -98,7 +121,7 @@ step "the explorer's OpenAPI document against the server (schemathesis)"
 
 step "the whole system as the chart deploys it (tests/system/run.py: pods in network namespaces)"
 cargo build -q --locked -p meshara-bridge --example i2p_send
-as_root python3 tests/system/run.py "${CARGO_TARGET_DIR:-target}/debug"
+as_root env MESHARA_PROMTOOL="$MESHARA_PROMTOOL" python3 tests/system/run.py "${CARGO_TARGET_DIR:-target}/debug"
 
 step "routing simulations at 10,000 nodes (meshara-core/simulations/*-10k.toml)"
 cargo test -p meshara-core --locked --test simulations -- --ignored --nocapture

@@ -1367,16 +1367,15 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+/// OpenMetrics when the `Accept` header prefers it (as Prometheus's does), else the classic
+/// text format (`meshara_core::exposition`).
+async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match s.metrics_text().await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(text) => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (content_type, body) = meshara_core::exposition::negotiate(accept, text);
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -163,11 +163,11 @@ async fn main() -> anyhow::Result<()> {
             let token_file = config.data_dir.join(meshara_authority::ADMIN_TOKEN_FILE);
             println!("meshara-authority");
             println!("  dashboard + admin API: http://{}/", authority.http_addr());
-            println!(
-                "  node: {} at {:?}",
-                authority.node().node_id(),
-                authority.node().quic_addr()
-            );
+            // The form `bootstrap` settings take: `<nodeid>@quic://host:port`.
+            match authority.node().quic_addr() {
+                Some(addr) => println!("  node: {addr}"),
+                None => println!("  node: {} (no QUIC listener)", authority.node().node_id()),
+            }
             if token_file.exists() {
                 println!("  first admin token: {}", token_file.display());
             }

@@ -743,7 +743,9 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+/// OpenMetrics when the `Accept` header prefers it (as Prometheus's does), else the classic
+/// text format (`meshara_core::exposition`).
+async fn metrics(State(s): State<Arc<AppState>>, request_headers: HeaderMap) -> Response {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut text, &s.registry) {
         return ApiError::internal(e).into_response();
@@ -756,12 +758,13 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .flat_map(|l| [l, "\n"])
         .collect();
     out.push_str("# EOF\n");
+    let accept = request_headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = meshara_core::exposition::negotiate(accept, out);
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    (headers, Body::from(out)).into_response()
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (headers, Body::from(body)).into_response()
 }
 
 /// The OpenAPI 3.1 document of the JSON API.

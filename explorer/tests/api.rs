@@ -259,8 +259,14 @@ async fn the_api_answers_as_documented_and_refuses_bad_input() {
         text.contains("meshara_explorer_crawl_duration_seconds_bucket"),
         "{text}"
     );
-    assert!(text.trim_end().ends_with("# EOF"));
-    assert_eq!(text.matches("# EOF").count(), 1);
+    // No Accept header: the classic text format (OpenMetrics is for scrapers that ask for it),
+    // the node's series and the explorer's in one exposition.
+    assert!(
+        text.contains("# TYPE meshara_explorer_crawls_total counter")
+            && text.contains("# TYPE meshara_messages_total counter")
+            && !text.contains("# EOF"),
+        "{text}"
+    );
 
     // Live: a node that joins is announced over SSE once a crawl finds it.
     let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();

@@ -164,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         .route_layer(metrics.layer())
         .route(
             "/metrics/http",
-            get(move || async move { metrics.render() }),
+            get(move |headers: axum::http::HeaderMap| async move { metrics.response(&headers) }),
         )
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(meshara_axum::security_headers))

@@ -514,6 +514,7 @@ impl FromApiBody for QueryArgs {
             (SendResponse = "application/json"),
             ("application/x-protobuf"))),
         (status = 400, description = "Bad NodeId, content, privacy or body", body = ErrorBody),
+        (status = 404, description = "With wait: no node knows the recipient (`recipient_not_found`, as soon as a DHT lookup shows it, without sending)", body = ErrorBody),
         (status = 413, description = "Body or message too large (for onion routing: more than one onion packet holds)", body = ErrorBody),
         (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
         (status = 503, description = "Outbox full, node stopped, or too few relays known for onion routing", body = ErrorBody),
@@ -741,21 +742,18 @@ async fn forward_events(node: Node, mut socket: WebSocket) {
     }
 }
 
-/// Prometheus metrics of the node (text exposition format).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-async fn metrics<S>(MesharaNode(node): MesharaNode) -> Response
+/// Prometheus metrics of the node: OpenMetrics when the `Accept` header prefers it (as
+/// Prometheus's does), else the classic text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics or classic Prometheus text format, as Accept asks", content(
+    (String = "application/openmetrics-text"),
+    (String = "text/plain"),
+))))]
+async fn metrics<S>(MesharaNode(node): MesharaNode, headers: axum::http::HeaderMap) -> Response
 where
     Node: FromRef<S>,
     S: Send + Sync,
 {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        node.metrics_text(),
-    )
-        .into_response()
+    crate::layers::metrics_response(&headers, node.metrics_text())
 }
 
 /// This document.

@@ -35,6 +35,9 @@ impl ApiError {
             ApiError::Delivery(DeliveryError::Unacknowledged { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "not_acknowledged")
             }
+            ApiError::Delivery(DeliveryError::NotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "recipient_not_found")
+            }
             ApiError::Query(QueryError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "query_timeout")
             }

@@ -364,11 +364,16 @@ fn latency_histogram() -> Histogram {
 /// use meshara_axum::HttpMetrics;
 ///
 /// let metrics = HttpMetrics::new();
+/// let served = metrics.clone();
 /// let app: Router = Router::new()
 ///     .route("/", get(|| async { "hi" }))
-///     .route_layer(metrics.layer());
-/// let text = metrics.render(); // Prometheus text format
-/// # let _ = (app, text);
+///     .route_layer(metrics.layer())
+///     // OpenMetrics or the classic text format, as the scraper's Accept header asks.
+///     .route(
+///         "/metrics",
+///         get(move |headers: axum::http::HeaderMap| async move { served.response(&headers) }),
+///     );
+/// # let _ = app;
 /// ```
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
@@ -405,7 +410,7 @@ impl HttpMetrics {
         );
     }
 
-    /// The metrics alone in Prometheus text format.
+    /// The metrics alone, in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut registry = Registry::default();
         self.register(&mut registry);
@@ -414,6 +419,13 @@ impl HttpMetrics {
             tracing::warn!(error = %e, "encoding HTTP metrics failed");
         }
         out
+    }
+
+    /// The metrics as a scrape response, negotiated on the request's `Accept` header as
+    /// [`meshara_core::exposition::negotiate`] does: OpenMetrics for a scraper that asks for
+    /// it, the classic Prometheus text format otherwise, each with its content type.
+    pub fn response(&self, request_headers: &axum::http::HeaderMap) -> axum::response::Response {
+        metrics_response(request_headers, self.render())
     }
 
     /// The layer that records into these metrics.
@@ -488,6 +500,20 @@ where
             Ok(response)
         })
     }
+}
+
+/// A `/metrics` response for an OpenMetrics body, in the format the request's `Accept` header
+/// asks for.
+pub(crate) fn metrics_response(
+    request_headers: &axum::http::HeaderMap,
+    openmetrics: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let accept = request_headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = meshara_core::exposition::negotiate(accept, openmetrics);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 #[cfg(test)]

@@ -1,11 +1,31 @@
 //! HTTP Message Signatures (RFC 9421) with Ed25519 Meshara identities.
 //!
-//! A caller signs `@method`, `@path`, `@query` (when the URI has one), `@authority` (when it
-//! knows the host) and, for a request with a body, `content-digest` (RFC 9530, `sha-256`). The
-//! signature parameters must carry `created`, `keyid` (the caller's NodeId), `nonce`, and may
-//! carry `alg="ed25519"` and `expires`. [`VerifySignaturesLayer`] checks all of it — clock skew
-//! in both directions, the signature's age, a replay cache of nonces for as long as a signature
-//! can be valid, the digest of the (bounded) body — and hands the result to the
+//! **What a signature must cover to be accepted, and why.**
+//!
+//! - `@method`, and the request target: `@path`, `@target-uri` or `@request-target`; when the
+//!   URI has a query, `@query`, `@target-uri` or `@request-target` too. Otherwise a signature
+//!   for one operation could be replayed against another.
+//! - For a request with a body, `content-digest` (RFC 9530, `sha-256` or `sha-512`), whose
+//!   digest the verifier checks against the body: the signature covers the digest, the digest
+//!   covers the body.
+//! - Any other component the signer chooses: `@authority`, `@scheme` and header fields. The
+//!   derived components of requests are all supported except `@query-param`; component
+//!   parameters (`;sf`, `;key`, `;bs`, `;req`, `;name`) are refused as unsupported.
+//!
+//! The signature parameters must carry `created` and `keyid` (the caller's NodeId) and may carry
+//! `alg` (only `"ed25519"`), `expires` and `nonce`. Replays are refused for as long as a
+//! signature can be accepted (`max_age` plus `max_clock_skew`): by `nonce` when there is one,
+//! otherwise by the signature itself. Ed25519 signatures are deterministic and, verified
+//! strictly, not malleable, so a captured request cannot be sent again under another signature;
+//! the price is that without a nonce two identical requests signed in the same second are the
+//! same signature, and the second is refused as a replay (send a `nonce` to make them distinct).
+//!
+//! With several signatures (several `Signature-Input` members), the verifier uses the first
+//! member that is an Ed25519 signature (no `alg`, or `alg="ed25519"`) with a NodeId as `keyid`
+//! and skips the others (an HMAC added by a proxy, another scheme).
+//!
+//! [`VerifySignaturesLayer`] checks all of it — clock skew in both directions, the signature's
+//! age, the replay cache, the digest of the (bounded) body — and hands the result to the
 //! [`VerifiedPeer`](crate::VerifiedPeer) extractor, which rejects with the precise reason.
 //!
 //! The signature is verified from the headers alone (it covers `Content-Digest`, not the
@@ -32,7 +52,7 @@ use data_encoding::BASE64;
 use http_body_util::BodyExt;
 use meshara_core::{Identity, NodeId};
 use sfv::{BareItem, FieldType, InnerList, Item, ListEntry, Parameters, Parser};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use tower::{Layer, Service};
 
 use crate::extract::VerifiedPeer;
@@ -67,8 +87,9 @@ pub enum SignatureError {
     /// `created` is further in the future than the allowed clock skew.
     #[error("the signature was created {0} s in the future, beyond the allowed clock skew")]
     FromTheFuture(u64),
-    /// The nonce was already used within the replay window.
-    #[error("replayed signature: nonce already used by {0}")]
+    /// The nonce (or, for a signature without one, the signature itself) was already used
+    /// within the replay window.
+    #[error("replayed signature: its nonce, or without one the signature, was already used by {0}")]
     Replayed(NodeId),
     /// The body does not match its `Content-Digest`, or a body has no digest.
     #[error("content digest: {0}")]
@@ -131,11 +152,12 @@ pub struct SignaturePolicy {
     /// How old (by `created`) a signature may be; nonces are remembered this long plus the
     /// clock skew.
     pub max_age: Duration,
-    /// Nonces remembered at most. A nonce is never forgotten while its signature could still
-    /// be accepted: when the cache is full of live nonces, new signed requests are refused
-    /// (503 `replay_cache_full` with `Retry-After`) until the oldest expire. Size it above
-    /// the signed requests you expect in `max_age + max_clock_skew`, and rate limit callers
-    /// ([`RateLimitLayer`](crate::RateLimitLayer)) so that nobody can fill it alone.
+    /// Nonces (or signatures without one) remembered at most. One is never forgotten while its
+    /// signature could still be accepted: when the cache is full of live entries, new signed
+    /// requests are refused (503 `replay_cache_full` with `Retry-After`) until the oldest
+    /// expire. Size it above the signed requests you expect in `max_age + max_clock_skew`, and
+    /// rate limit callers ([`RateLimitLayer`](crate::RateLimitLayer)) so that nobody can fill it
+    /// alone.
     pub replay_capacity: usize,
     /// Largest body buffered to check its digest (default 64 KiB); a larger signed body is
     /// refused with 413 `body_too_large`, without reading more than this.
@@ -144,6 +166,10 @@ pub struct SignaturePolicy {
     /// 10 s); a slower one is refused with 408 `body_timeout`, so that a signer cannot hold
     /// the verifier by trickling its body.
     pub body_timeout: Duration,
+    /// The scheme signers use to reach this server, for `@scheme` and `@target-uri` when the
+    /// request line carries none (it rarely does): `"http"` by default, `"https"` behind a
+    /// TLS-terminating proxy or when serving TLS.
+    pub scheme: &'static str,
 }
 
 impl Default for SignaturePolicy {
@@ -154,6 +180,7 @@ impl Default for SignaturePolicy {
             replay_capacity: 100_000,
             max_body: 64 << 10,
             body_timeout: Duration::from_secs(10),
+            scheme: "http",
         }
     }
 }
@@ -162,8 +189,8 @@ impl Default for SignaturePolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct SignatureFailure(pub(crate) SignatureError);
 
-/// Nonces of verified signatures, by their `created` time, so that the expired ones are
-/// dropped first and live ones never.
+/// Replay keys of verified signatures (`nonce:` and the nonce, or `sig:` and the signature),
+/// by their `created` time, so that the expired ones are dropped first and live ones never.
 #[derive(Debug, Default)]
 struct ReplayCache {
     seen: HashSet<(NodeId, String)>,
@@ -173,7 +200,7 @@ struct ReplayCache {
 /// What the headers of a signed request proved.
 struct SignedHead {
     peer: NodeId,
-    nonce: String,
+    replay_key: String,
     created: u64,
     covers_digest: bool,
 }
@@ -316,7 +343,7 @@ impl VerifySignaturesLayer {
         let outcome = self
             .check_body(&head, &parts.headers, &bytes)
             // Only a verified request consumes its nonce.
-            .and_then(|()| self.remember(head.peer, head.nonce, head.created, now));
+            .and_then(|()| self.remember(head.peer, head.replay_key, head.created, now));
         match outcome {
             Ok(()) => {
                 parts.extensions.insert(VerifiedPeer(head.peer));
@@ -362,15 +389,48 @@ impl VerifySignaturesLayer {
         let signatures: sfv::Dictionary = Parser::new(signature)
             .parse()
             .map_err(|e| malformed(&format!("Signature: {e}")))?;
-        // Verify the first label present in both headers (clients send one).
-        let (label, entry) = inputs
-            .iter()
-            .next()
-            .ok_or_else(|| malformed("Signature-Input has no member"))?;
-        let ListEntry::InnerList(list) = entry else {
-            return Err(malformed("Signature-Input member must be an inner list"));
+        // Several signatures may be present (RFC 9421 §4.3): verify the first member that is
+        // ours to verify, an Ed25519 signature by a NodeId, and skip the others.
+        let param_of = |list: &InnerList, name: &str| {
+            list.params
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v.clone())
         };
-        let sig_bytes = match signatures.get(label) {
+        let mut other_alg: Option<String> = None;
+        let mut chosen: Option<(sfv::Key, InnerList, NodeId)> = None;
+        for (label, entry) in inputs.iter() {
+            let ListEntry::InnerList(list) = entry else {
+                continue;
+            };
+            if let Some(alg) = param_of(list, "alg") {
+                let alg = alg
+                    .as_string()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                if alg != "ed25519" {
+                    other_alg.get_or_insert(alg);
+                    continue;
+                }
+            }
+            let Some(peer) = param_of(list, "keyid").and_then(|k| {
+                k.as_string()
+                    .and_then(|k| k.as_str().parse::<NodeId>().ok())
+            }) else {
+                continue;
+            };
+            chosen = Some((label.clone(), list.clone(), peer));
+            break;
+        }
+        let Some((label, list, peer)) = chosen else {
+            return Err(match other_alg {
+                Some(alg) => SignatureError::UnsupportedAlgorithm(alg),
+                None => malformed(
+                    "no Signature-Input member is an Ed25519 signature with a keyid that is a NodeId",
+                ),
+            });
+        };
+        let sig_bytes = match signatures.get(&label) {
             Some(ListEntry::Item(item)) => item
                 .bare_item
                 .as_byte_sequence()
@@ -382,38 +442,24 @@ impl VerifySignaturesLayer {
                 ));
             }
         };
-        let param = |name: &str| {
-            list.params
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, v)| v)
-        };
-        let keyid = param("keyid")
-            .and_then(BareItem::as_string)
-            .ok_or_else(|| malformed("keyid (the caller's NodeId) is required"))?;
-        let peer: NodeId = keyid
-            .as_str()
-            .parse()
-            .map_err(|_| malformed("keyid is not a NodeId"))?;
-        if let Some(alg) = param("alg") {
-            let alg = alg
-                .as_string()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default();
-            if alg != "ed25519" {
-                return Err(SignatureError::UnsupportedAlgorithm(alg));
-            }
-        }
+        let param = |name: &str| param_of(&list, name);
         let created = param("created")
-            .and_then(BareItem::as_integer)
+            .and_then(|c| c.as_integer())
             .map(i64::from)
             .and_then(|c| u64::try_from(c).ok())
             .ok_or_else(|| malformed("created is required"))?;
-        let nonce = param("nonce")
-            .and_then(BareItem::as_string)
-            .map(|s| s.as_str().to_owned())
-            .filter(|n| !n.is_empty() && n.len() <= 128)
-            .ok_or_else(|| malformed("nonce (1..=128 characters) is required"))?;
+        // Replays are refused by nonce, or without one by the signature itself.
+        let replay_key = match param("nonce") {
+            Some(nonce) => {
+                let nonce = nonce
+                    .as_string()
+                    .map(|s| s.as_str().to_owned())
+                    .filter(|n| !n.is_empty() && n.len() <= 128)
+                    .ok_or_else(|| malformed("nonce must be a string of 1..=128 characters"))?;
+                format!("nonce:{nonce}")
+            }
+            None => format!("sig:{}", BASE64.encode(&sig_bytes)),
+        };
         if created > now + self.policy.max_clock_skew.as_secs() {
             return Err(SignatureError::FromTheFuture(created - now));
         }
@@ -424,10 +470,7 @@ impl VerifySignaturesLayer {
                 self.policy.max_age.as_secs()
             )));
         }
-        if let Some(expires) = param("expires")
-            .and_then(BareItem::as_integer)
-            .map(i64::from)
-        {
+        if let Some(expires) = param("expires").and_then(|e| e.as_integer()).map(i64::from) {
             if expires < i64::try_from(now).unwrap_or(i64::MAX) {
                 return Err(SignatureError::Expired(
                     "its expires time has passed".into(),
@@ -435,22 +478,38 @@ impl VerifySignaturesLayer {
             }
         }
         // The components the signature covers, in order.
-        let mut covered = Vec::new();
+        let mut covered: Vec<String> = Vec::new();
         for item in &list.items {
             let name = item
                 .bare_item
                 .as_string()
-                .ok_or_else(|| malformed("covered components must be strings"))?;
-            covered.push(name.as_str().to_owned());
+                .ok_or_else(|| malformed("covered components must be strings"))?
+                .as_str()
+                .to_owned();
+            if !item.params.is_empty() {
+                return Err(malformed(&format!(
+                    "component parameters are not supported (on {name:?})"
+                )));
+            }
+            if covered.contains(&name) {
+                return Err(malformed(&format!("{name:?} is covered twice")));
+            }
+            covered.push(name);
         }
         let covers = |c: &str| covered.iter().any(|x| x == c);
-        for required in ["@method", "@path"] {
-            if !covers(required) {
-                return Err(SignatureError::MissingComponent(required));
-            }
+        if !covers("@method") {
+            return Err(SignatureError::MissingComponent("@method"));
         }
-        if uri.query().is_some() && !covers("@query") {
-            return Err(SignatureError::MissingComponent("@query"));
+        let whole_target = covers("@target-uri") || covers("@request-target");
+        if !whole_target && !covers("@path") {
+            return Err(SignatureError::MissingComponent(
+                "the request target (@path, @target-uri or @request-target)",
+            ));
+        }
+        if uri.query().is_some() && !whole_target && !covers("@query") {
+            return Err(SignatureError::MissingComponent(
+                "the query (@query, @target-uri or @request-target)",
+            ));
         }
         let covers_digest = covers("content-digest");
         let may_have_body = headers.contains_key(header::TRANSFER_ENCODING)
@@ -462,21 +521,25 @@ impl VerifySignaturesLayer {
         }
         let mut base = String::new();
         for name in &covered {
-            let value = component_value(name, method, uri, headers)?;
+            let value = component_value(name, method, uri, headers, self.policy.scheme)?;
             base.push_str(&format!("\"{name}\": {value}\n"));
         }
         base.push_str("\"@signature-params\": ");
-        base.push_str(&serialize_params(list)?);
+        base.push_str(&serialize_params(&list)?);
         let signature = ed25519_dalek_signature(&sig_bytes).ok_or(SignatureError::Invalid(peer))?;
         peer.verifying_key()
             .verify_strict(base.as_bytes(), &signature)
             .map_err(|_| SignatureError::Invalid(peer))?;
-        if self.replay_lock().seen.contains(&(peer, nonce.clone())) {
+        if self
+            .replay_lock()
+            .seen
+            .contains(&(peer, replay_key.clone()))
+        {
             return Err(SignatureError::Replayed(peer));
         }
         Ok(SignedHead {
             peer,
-            nonce,
+            replay_key,
             created,
             covers_digest,
         })
@@ -489,23 +552,23 @@ impl VerifySignaturesLayer {
     fn remember(
         &self,
         peer: NodeId,
-        nonce: String,
+        key: String,
         created: u64,
         now: u64,
     ) -> Result<(), SignatureError> {
         let window = self.policy.max_age.as_secs() + self.policy.max_clock_skew.as_secs();
         let mut cache = self.replay_lock();
-        // Forget the nonces whose signatures can no longer be accepted, and only those.
+        // Forget the entries whose signatures can no longer be accepted, and only those.
         let horizon = now.saturating_sub(window);
         while let Some(entry) = cache.by_created.first_entry() {
             if *entry.key() >= horizon {
                 break;
             }
-            for key in entry.remove() {
-                cache.seen.remove(&key);
+            for old in entry.remove() {
+                cache.seen.remove(&old);
             }
         }
-        if cache.seen.contains(&(peer, nonce.clone())) {
+        if cache.seen.contains(&(peer, key.clone())) {
             return Err(SignatureError::Replayed(peer));
         }
         if cache.seen.len() >= self.policy.replay_capacity {
@@ -518,12 +581,12 @@ impl VerifySignaturesLayer {
             );
             return Err(SignatureError::ReplayCacheFull(wait));
         }
-        cache.seen.insert((peer, nonce.clone()));
+        cache.seen.insert((peer, key.clone()));
         cache
             .by_created
             .entry(created)
             .or_default()
-            .push((peer, nonce));
+            .push((peer, key));
         Ok(())
     }
 }
@@ -540,18 +603,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Signatu
         .map_err(|_| SignatureError::Malformed(format!("{name} is not ASCII")))
 }
 
+/// The value of a covered component (RFC 9421 §2): a derived component of a request, or a
+/// header field. `scheme` is the scheme signers used when the URI carries none.
 fn component_value(
     name: &str,
     method: &axum::http::Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
+    scheme: &str,
 ) -> Result<String, SignatureError> {
-    Ok(match name {
-        "@method" => method.as_str().to_owned(),
-        "@path" => uri.path().to_owned(),
-        "@query" => format!("?{}", uri.query().unwrap_or_default()),
-        "@authority" => uri
-            .authority()
+    let authority = || {
+        uri.authority()
             .map(|a| a.as_str().to_ascii_lowercase())
             .or_else(|| {
                 headers
@@ -559,7 +621,40 @@ fn component_value(
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_ascii_lowercase)
             })
-            .ok_or_else(|| SignatureError::Malformed("@authority covered but no host".into()))?,
+            .ok_or_else(|| SignatureError::Malformed(format!("{name} covered but no host")))
+    };
+    let scheme = || uri.scheme_str().unwrap_or(scheme).to_ascii_lowercase();
+    // Normalized as HTTP does (RFC 9421 §2.2.3): lowercase, without the scheme's default port.
+    let authority = || {
+        authority().map(|a| {
+            let default = match scheme().as_str() {
+                "http" => ":80",
+                "https" => ":443",
+                _ => "",
+            };
+            match a.strip_suffix(default) {
+                Some(host) if !default.is_empty() => host.to_owned(),
+                _ => a,
+            }
+        })
+    };
+    let path_and_query = || {
+        uri.path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+    };
+    Ok(match name {
+        "@method" => method.as_str().to_owned(),
+        "@path" => uri.path().to_owned(),
+        "@query" => format!("?{}", uri.query().unwrap_or_default()),
+        "@authority" => authority()?,
+        "@scheme" => scheme(),
+        "@target-uri" => format!("{}://{}{}", scheme(), authority()?, path_and_query()),
+        "@request-target" => path_and_query(),
+        "@status" => {
+            return Err(SignatureError::Malformed(
+                "@status is a response component, not a request's".into(),
+            ));
+        }
         other if other.starts_with('@') => {
             return Err(SignatureError::Malformed(format!(
                 "unsupported derived component {other:?}"
@@ -590,20 +685,40 @@ fn serialize_params(list: &InnerList) -> Result<String, SignatureError> {
         .ok_or_else(|| SignatureError::Malformed("empty signature parameters".into()))
 }
 
+/// Checks every digest of `Content-Digest` (RFC 9530) whose algorithm we know (`sha-256`,
+/// `sha-512`) against the body; at least one must be there. Others are ignored, as the RFC
+/// lets a recipient do.
 fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
     let value = header_str(headers, "content-digest")
         .map_err(|_| SignatureError::Digest("a request with a body needs Content-Digest".into()))?;
     let digests: sfv::Dictionary = Parser::new(value)
         .parse()
         .map_err(|e| SignatureError::Digest(format!("Content-Digest does not parse: {e}")))?;
-    let expected = match digests.get("sha-256") {
-        Some(ListEntry::Item(item)) => item.bare_item.as_byte_sequence().map(<[u8]>::to_vec),
-        _ => None,
+    let mut checked = false;
+    for (algorithm, entry) in digests.iter() {
+        let computed = match algorithm.as_str() {
+            "sha-256" => Sha256::digest(body).to_vec(),
+            "sha-512" => Sha512::digest(body).to_vec(),
+            _ => continue,
+        };
+        let given = match entry {
+            ListEntry::Item(item) => item.bare_item.as_byte_sequence(),
+            ListEntry::InnerList(_) => None,
+        }
+        .ok_or_else(|| {
+            SignatureError::Digest(format!("{} is not a byte sequence", algorithm.as_str()))
+        })?;
+        if computed.as_slice() != given {
+            return Err(SignatureError::Digest(format!(
+                "the body does not match {}",
+                algorithm.as_str()
+            )));
+        }
+        checked = true;
     }
-    .ok_or_else(|| SignatureError::Digest("only sha-256 is accepted".into()))?;
-    if Sha256::digest(body).as_slice() != expected.as_slice() {
+    if !checked {
         return Err(SignatureError::Digest(
-            "the body does not match sha-256".into(),
+            "Content-Digest has neither sha-256 nor sha-512".into(),
         ));
     }
     Ok(())
@@ -690,7 +805,13 @@ pub fn sign_request_with<B>(
     let serialized = serialize_params(&list)?;
     let mut base = String::new();
     for name in &covered {
-        let value = component_value(name, request.method(), request.uri(), request.headers())?;
+        let value = component_value(
+            name,
+            request.method(),
+            request.uri(),
+            request.headers(),
+            "http",
+        )?;
         base.push_str(&format!("\"{name}\": {value}\n"));
     }
     base.push_str("\"@signature-params\": ");
@@ -727,6 +848,7 @@ mod tests {
             replay_capacity: 2,
             max_body: 1024,
             body_timeout: Duration::from_secs(1),
+            scheme: "http",
         });
         let peer = Identity::generate().node_id();
         let t = 1_000_000;

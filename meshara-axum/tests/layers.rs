@@ -355,5 +355,20 @@ async fn metrics_count_requests_by_route_template_and_status() {
     // Raw paths never become labels: an unrouted path is not recorded by a route layer.
     assert!(!text.contains("/items/1\""), "{text}");
     assert!(!text.contains("/nowhere"), "{text}");
+    let mut headers = axum::http::HeaderMap::new();
+    let response = metrics.response(&headers);
+    assert_eq!(
+        response.headers()[axum::http::header::CONTENT_TYPE],
+        meshara_core::exposition::CLASSIC_CONTENT_TYPE
+    );
+    headers.insert(
+        axum::http::header::ACCEPT,
+        "application/openmetrics-text".parse().unwrap(),
+    );
+    let response = metrics.response(&headers);
+    assert_eq!(
+        response.headers()[axum::http::header::CONTENT_TYPE],
+        meshara_core::exposition::OPENMETRICS_CONTENT_TYPE
+    );
     server.abort();
 }

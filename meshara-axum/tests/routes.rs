@@ -102,6 +102,18 @@ async fn every_route_answers() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["delivered"], false);
+    // To a NodeId nobody knows: 404 as soon as the DHT lookup (b answers, knows nothing)
+    // ends, not 504 at the 60 s delivery deadline.
+    let ghost = Identity::generate().node_id();
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/meshara/messages",
+        Some(json!({"to": ghost.to_string(), "content": "anyone?"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "recipient_not_found", "{body}");
     // Broadcast.
     let (status, body) = call(
         &api,
@@ -922,8 +934,24 @@ async fn every_route_through_a_real_server() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert!(ct.starts_with("text/plain"), "{ct}");
-    assert!(String::from_utf8_lossy(&body).contains("meshara_messages_total"));
+    // No Accept header: the classic text format, counters typed by their `_total` name.
+    assert_eq!(ct, meshara_core::exposition::CLASSIC_CONTENT_TYPE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("# TYPE meshara_messages_total counter"),
+        "{text}"
+    );
+    let (s, ct, body) = http(
+        addr,
+        Request::get("/meshara/metrics")
+            .header(header::ACCEPT, "application/openmetrics-text;version=1.0.0")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ct, meshara_core::exposition::OPENMETRICS_CONTENT_TYPE);
+    assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
     covered.push(("get", "/metrics"));
 
     let (s, _, body) = http(

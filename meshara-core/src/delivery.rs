@@ -307,6 +307,27 @@ impl Outbox {
         actions
     }
 
+    /// Stops tracking the direct messages to `peer` that were never sent nor deposited (there
+    /// was never a way to it), and returns their ids: for failing them at once when a lookup
+    /// shows that nobody knows `peer`.
+    pub fn remove_unsent_direct(&mut self, peer: &NodeId) -> Vec<MessageId> {
+        let ids: Vec<MessageId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                &e.peer == peer
+                    && e.attempts == 0
+                    && e.deposited_until.is_none()
+                    && e.privacy == Privacy::Direct
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.entries.remove(id);
+        }
+        ids
+    }
+
     /// Messages to `peer` never sent yet that travel over a connection to it (direct, Tor,
     /// I2P; not onion-routed), for flushing when a session becomes ready.
     pub fn unsent_for(&self, peer: &NodeId) -> Vec<(MessageId, Bytes, Privacy)> {

@@ -54,6 +54,7 @@
 
 pub mod crypto;
 pub mod delivery;
+pub mod exposition;
 pub mod identity;
 #[cfg(feature = "net")]
 pub mod keyfile;

@@ -61,6 +61,9 @@ async fn bridge(policy: Bridge) -> Node {
 /// `bridge`: reachable by others only through it.
 async fn hidden(bridge: &Node) -> Node {
     let mut cfg = config(Bridge::default());
+    // It has a QUIC socket only because this test runs in one process; a real I2P-only node
+    // could not dial the others' QUIC addresses, which its self lookup would do here.
+    cfg.timeouts.dht_refresh = Duration::ZERO;
     cfg.advertise = vec![Address {
         transport: Transport::I2p,
         host: format!("{}.b32.i2p", "a".repeat(52)),
@@ -137,6 +140,14 @@ async fn unreachable_node_is_reached_through_a_bridge() {
         "{metrics}"
     );
     assert!(metrics.contains("meshara_bridge_circuits 1"), "{metrics}");
+    // Nodes that are not bridges export no bridge series.
+    for node in [&a, &t] {
+        let text = node.metrics_text();
+        assert!(
+            !text.contains("meshara_bridge_") && text.contains("meshara_connections"),
+            "{text}"
+        );
+    }
     // The bridge spliced at least both 10 MiB streams (it cannot read them: TLS end to end).
     let spliced: u64 = metrics
         .lines()

@@ -11,12 +11,29 @@ use meshara_core::{Event, Identity, Node, NodeBuilder, NodeConfig};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn builder() -> NodeBuilder {
-    builder_with(NodeConfig {
+    let config = NodeConfig {
         // Nodes do not dial what peer exchange tells them: each one only knows its
         // neighbours in the chain and their neighbours' records.
         target_peers: 0,
         ..NodeConfig::default()
+    };
+    // Nor do they look themselves up, which in a network smaller than a bucket reaches
+    // every node.
+    builder_with(config).timeouts(Timeouts {
+        dht_refresh: Duration::ZERO,
+        ..timeouts()
     })
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        ack: Duration::from_millis(300),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        peer_exchange: Duration::from_millis(300),
+        delivery: Duration::from_secs(20),
+        ..Timeouts::default()
+    }
 }
 
 fn builder_with(config: NodeConfig) -> NodeBuilder {
@@ -25,14 +42,7 @@ fn builder_with(config: NodeConfig) -> NodeBuilder {
         .identity(Identity::generate())
         .listen_quic("127.0.0.1:0".parse().unwrap())
         .mdns(false)
-        .timeouts(Timeouts {
-            ack: Duration::from_millis(300),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(1),
-            peer_exchange: Duration::from_millis(300),
-            delivery: Duration::from_secs(20),
-            ..Timeouts::default()
-        })
+        .timeouts(timeouts())
 }
 
 /// Nodes in a line, each bootstrapped from the one before it.
@@ -128,8 +138,12 @@ async fn looking_up_a_node_that_does_not_exist_fails_cleanly() {
         .unwrap();
     let result = tokio::time::timeout(Duration::from_secs(60), pending.confirmed())
         .await
-        .expect("the delivery deadline must end the wait");
-    assert!(result.is_err());
+        .expect("the lookup must end the wait");
+    // Reported as soon as the lookup that reached the other nodes ended, not at the deadline.
+    assert!(
+        matches!(result, Err(meshara_core::DeliveryError::NotFound { peer, .. }) if peer == ghost),
+        "{result:?}"
+    );
     // The node still works for everyone else.
     let ok = nodes[0]
         .send_private(
@@ -165,6 +179,90 @@ async fn collect_broadcasts(
     })
     .await;
     got
+}
+
+/// A node that joins through one peer must end up in the routing tables of the nodes closest to
+/// it, or nobody but that peer can ever find it (in a large network, that peer's bucket for it
+/// is full and it is in no table at all). The self lookup at join converges on those nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_enters_the_routing_tables_of_its_closest_nodes() {
+    let config = NodeConfig {
+        // Joiners connect to the seed only, and peer exchange never runs after the first one:
+        // what spreads a joiner's record is its own self lookup, or the later joiners'.
+        target_peers: 1,
+        limits: meshara_core::net::Limits {
+            max_connections_per_ip: 64,
+            ..meshara_core::net::Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let slow_exchange = Timeouts {
+        peer_exchange: Duration::from_secs(3600),
+        ..timeouts()
+    };
+    let seed = builder_with(config.clone())
+        .timeouts(slow_exchange.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut joiners: Vec<Node> = Vec::new();
+    for _ in 0..12 {
+        let node = builder_with(config.clone())
+            .timeouts(slow_exchange.clone())
+            .bootstrap(seed.quic_addr().unwrap())
+            .start()
+            .await
+            .unwrap();
+        joiners.push(node);
+    }
+    let ids: Vec<[u8; 32]> = joiners.iter().map(|n| *n.node_id().as_bytes()).collect();
+    let distance = |a: &[u8; 32], b: &[u8; 32]| -> [u8; 32] {
+        let mut d = [0u8; 32];
+        for i in 0..32 {
+            d[i] = a[i] ^ b[i];
+        }
+        d
+    };
+    // For each joiner, the other joiner closest to it by XOR distance.
+    let nearest: Vec<usize> = (0..ids.len())
+        .map(|i| {
+            (0..ids.len())
+                .filter(|&j| j != i)
+                .min_by_key(|&j| distance(&ids[i], &ids[j]))
+                .unwrap()
+        })
+        .collect();
+    let missing = || -> Vec<(usize, usize)> {
+        (0..ids.len())
+            .filter(|&i| {
+                !joiners[nearest[i]]
+                    .routing_table()
+                    .contains(&joiners[i].node_id())
+            })
+            .map(|i| (i, nearest[i]))
+            .collect()
+    };
+    let settled = tokio::time::timeout(WAIT, async {
+        while !missing().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "joiners missing from their nearest node's routing table (joiner, nearest): {:?}",
+        missing()
+    );
+    // So every joiner is known to some node besides the seed it joined through.
+    for node in &joiners {
+        assert!(
+            joiners
+                .iter()
+                .any(|other| other.routing_table().contains(&node.node_id())),
+            "{} is in no joiner's table",
+            node.node_id()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,12 +250,26 @@ fn nodes_with_key_files_reach_only_the_peers_they_pinned() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let ready = http(http_addr, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let metrics = http(http_addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Negotiated: OpenMetrics for a scraper that asks for it (as Prometheus does), the classic
+    // text format (counters typed by their `_total` name) for anything else.
+    let metrics = http(
+        http_addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    );
     assert!(
         metrics.contains("content-type: application/openmetrics-text; version=1.0.0"),
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    let classic = http(http_addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        classic.contains("content-type: text/plain; version=0.0.4"),
+        "{classic}"
+    );
+    assert!(
+        classic.contains("# TYPE meshara_messages_total counter") && !classic.contains("# EOF"),
+        "{classic}"
+    );
     assert!(http(http_addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
     assert!(http(http_addr, b"POST /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
     assert!(http(http_addr, b"garbage\r\n\r\n").starts_with("HTTP/1.1 400"));

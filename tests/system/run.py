@@ -305,6 +305,20 @@ class Cluster:
                 wait(f"{pod.name}/{c['name']} ready ({url})", timeout, up, every=1)
                 log(f"{pod.name}/{c['name']} ready")
 
+    def http_bases(self) -> list[tuple[str, str]]:
+        """(pod/container, http://ip:port) of every container with an HTTP readiness probe."""
+        bases = []
+        for pod in self.pods:
+            for c in pod.spec["containers"]:
+                probe = (c.get("readinessProbe") or {}).get("httpGet")
+                if not probe:
+                    continue
+                port = probe["port"]
+                if isinstance(port, str):
+                    port = next(p["containerPort"] for p in c.get("ports", []) if p.get("name") == port)
+                bases.append((f"{pod.name}/{c['name']}", f"http://{pod.ip}:{port}"))
+        return bases
+
     def start_users(self, count: int) -> list[Pod]:
         """Ordinary `meshara run` nodes outside the deployment, as its users run them: each in a
         network namespace of its own, configured like the chart configures a seed (the same
@@ -494,6 +508,15 @@ def scenario(cluster: Cluster) -> None:
     wait(f"{target.name} to show the message", 30, lambda: message in target.log_of("meshara"))
     log(f"an I2P-only node's message reached {target.name} through the bridge "
         f"(acknowledged after {delivered['latency_ms']:.0f} ms)")
+
+    # 4. Every component's /metrics, as Prometheus and classic parsers read it: promtool finds
+    # nothing in the classic text, the OpenMetrics body parses, both list the same families.
+    bases = cluster.http_bases()
+    urls = [f"{base}/metrics" for _, base in bases]
+    checker = pathlib.Path(__file__).resolve().parents[1] / "contracts" / "metrics.py"
+    result = subprocess.run([sys.executable, str(checker), *urls], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"metrics checks failed:\n{result.stdout}{result.stderr[-6000:]}"
+    log(f"/metrics of {', '.join(name for name, _ in bases)}: promtool and the OpenMetrics parser agree")
 
 
 def main() -> int:

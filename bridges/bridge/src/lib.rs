@@ -407,7 +407,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n")
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// OpenMetrics when the `Accept` header prefers it (as Prometheus's does), else the classic
+/// text format (`meshara_core::exposition`).
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let mut text = shared
         .node
         .get()
@@ -431,11 +436,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
          # TYPE meshara_bridge_tor_onion_published gauge\n\
          meshara_bridge_tor_onion_published {published}\n# EOF\n"
     ));
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = meshara_core::exposition::negotiate(accept, text);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }

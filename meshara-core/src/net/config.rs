@@ -156,6 +156,13 @@ pub struct Timeouts {
     /// long a sender waits for the acknowledgement of a message it deposited.
     #[serde(with = "humantime_secs")]
     pub mailbox: Duration,
+    /// DHT maintenance: how often the node looks itself up (converging on the nodes closest to
+    /// its NodeId, which puts it in their routing tables) and refreshes routing-table buckets
+    /// it has heard nothing from in 15 minutes. The first self-lookup runs as soon as the node
+    /// has a connection. 0 turns maintenance off: the node then knows only what peer exchange
+    /// and its own lookups tell it (tests that need a fixed view of the network use this).
+    #[serde(with = "humantime_secs")]
+    pub dht_refresh: Duration,
 }
 
 impl Default for Timeouts {
@@ -173,6 +180,7 @@ impl Default for Timeouts {
             reconnect_max: Duration::from_secs(60),
             peer_exchange: Duration::from_secs(30),
             mailbox: Duration::from_secs(24 * 3600),
+            dht_refresh: Duration::from_secs(60),
         }
     }
 }

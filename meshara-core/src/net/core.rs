@@ -72,9 +72,12 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const MAILBOX_REPLICAS: usize = 3;
 /// After a deposit found no holder, wait this long before trying again.
 pub(crate) const DEPOSIT_RETRY: Duration = Duration::from_secs(5);
-/// How often a node looks itself up in the DHT, which connects it to the nodes closest to its
-/// NodeId: the ones holding its messages while it was away.
-const SELF_LOOKUP_EVERY: Duration = Duration::from_secs(60);
+/// A routing-table bucket none of whose entries has been heard from for this long is refreshed
+/// with a lookup of a random key in its range (Kademlia's bucket refresh).
+const BUCKET_STALE: Duration = Duration::from_secs(15 * 60);
+/// Bucket refreshes started per self-lookup round, so a node that was asleep does not start
+/// one lookup per bucket at once.
+const REFRESH_LOOKUPS: usize = 2;
 /// How often a mailbox holder tries to reach the recipients it holds messages for.
 const MAILBOX_POLL: Duration = Duration::from_secs(5);
 /// Acknowledgements waiting for a connection to their message's sender, per sender.
@@ -1073,10 +1076,27 @@ impl Inner {
                     drop(st);
                     let inner = self.clone();
                     self.tasks.spawn(async move {
-                        let found = inner.clone().lookup_record(peer).await;
-                        {
+                        let lookup = inner.clone().lookup(*peer.as_bytes(), true).await;
+                        let mut not_found = Vec::new();
+                        let found = {
                             let mut st = inner.lock();
                             st.looking_up.remove(&peer);
+                            let found = st.peer_record(&peer).is_some();
+                            // Nodes answered and none knows it: the messages that never had a
+                            // way to it fail now, not at their deadline. (A lookup nobody
+                            // answered, as before the first connection, proves nothing.)
+                            if !found
+                                && !lookup.closest.is_empty()
+                                && !st.wanted.iter().any(|w| w.node == Some(peer))
+                            {
+                                for id in st.outbox.remove_unsent_direct(&peer) {
+                                    if let Some(waiter) = st.waiters.remove(&id) {
+                                        let _ =
+                                            waiter.send(Err(DeliveryError::NotFound { id, peer }));
+                                    }
+                                    not_found.push(id);
+                                }
+                            }
                             if !found {
                                 let t = &inner.config.timeouts;
                                 let delay = st
@@ -1088,6 +1108,20 @@ impl Inner {
                                 st.dial_backoff
                                     .insert(peer, (Instant::now() + delay, delay));
                             }
+                            found
+                        };
+                        for id in not_found {
+                            inner
+                                .metrics
+                                .deliveries
+                                .get_or_create(&super::metrics::ResultLabels { result: "failed" })
+                                .inc();
+                            tracing::info!(%peer, %id, "private message failed: recipient not found in the DHT");
+                            inner.emit(Event::DeliveryFailed {
+                                id,
+                                peer,
+                                attempts: 0,
+                            });
                         }
                         if found {
                             inner.emit(Event::PeerDiscovered { peer, via: "dht" });
@@ -2348,16 +2382,29 @@ impl Inner {
                     .cloned()
             })
         };
-        let Some(addr) = addr else { return false };
-        let addr = PeerAddr {
-            node: Some(peer),
-            address: addr,
+        // A connection to the peer that is not ready yet (ours or its own dial, say both
+        // looked each other up at once) is waited for rather than duplicated: a further dial
+        // could be refused at the per-peer connection cap while that one completes.
+        let connecting = |inner: &Self| {
+            inner
+                .lock()
+                .peers
+                .get(&peer)
+                .is_some_and(|p| !p.conns.is_empty())
         };
-        if !matches!(
-            tokio::time::timeout(timeout, self.connect(&addr)).await,
-            Ok(Ok(_))
-        ) {
-            return false;
+        if !connecting(&self) {
+            let Some(addr) = addr else { return false };
+            let addr = PeerAddr {
+                node: Some(peer),
+                address: addr,
+            };
+            let dialled = matches!(
+                tokio::time::timeout(timeout, self.connect(&addr)).await,
+                Ok(Ok(_))
+            );
+            if !dialled && !connecting(&self) {
+                return false;
+            }
         }
         tokio::time::timeout(timeout, async {
             while !self.lock().is_ready(&peer) {
@@ -2409,9 +2456,28 @@ impl Inner {
     /// Finds `target`'s signed record through the DHT: an iterative Kademlia lookup over
     /// FindNode requests. Returns whether the record is now in the record book.
     pub(crate) async fn lookup_record(self: Arc<Self>, target: NodeId) -> bool {
+        self.clone().lookup(*target.as_bytes(), true).await;
+        self.lock().records.get(&target).is_some()
+    }
+
+    /// An iterative Kademlia lookup of `target` over FindNode requests. With `stop_when_found`
+    /// it ends as soon as a record with that key is learned (a search for one node); without,
+    /// it converges on the `k` closest nodes that answer, asking each of them, which is what
+    /// the self-lookup and bucket refreshes need: asking a node connects to it, and a node
+    /// that sees us connect inserts us into its routing table.
+    pub(crate) async fn lookup(
+        self: Arc<Self>,
+        target: [u8; 32],
+        stop_when_found: bool,
+    ) -> kad::LookupResult<NodeId> {
         let mut lookup = {
             let st = self.lock();
-            Lookup::new(&st.kad, *target.as_bytes()).stop_when_found()
+            let lookup = Lookup::new(&st.kad, target);
+            if stop_when_found {
+                lookup.stop_when_found()
+            } else {
+                lookup
+            }
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<(NodeId, Option<Vec<NodeRecord>>)>();
         let give_up = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
@@ -2421,7 +2487,7 @@ impl Inner {
                     let inner = self.clone();
                     let tx = tx.clone();
                     self.tasks.spawn(async move {
-                        let answer = inner.find_node(peer, *target.as_bytes()).await;
+                        let answer = inner.find_node(peer, target).await;
                         let _ = tx.send((peer, answer));
                     });
                 }
@@ -2457,14 +2523,15 @@ impl Inner {
         }
         let result = lookup.result();
         tracing::debug!(
-            %target,
+            target = %data_encoding::HEXLOWER.encode(&target[..8]),
             found = result.found,
             hops = ?result.hops,
             queries = result.queries,
             failures = result.failures,
+            closest = result.closest.len(),
             "DHT lookup"
         );
-        self.lock().records.get(&target).is_some()
+        result
     }
 
     fn handle_peer_exchange(
@@ -2900,6 +2967,7 @@ impl Inner {
         let mut close = Vec::new();
         let deposits;
         let mut self_lookup = false;
+        let mut refresh: Vec<[u8; 32]> = Vec::new();
         let mut onion_sends = Vec::new();
         let mut cover = false;
         {
@@ -3003,9 +3071,23 @@ impl Inner {
             }
             // Looking ourselves up connects us to our closest nodes, which hold what was sent to
             // us while we were away.
-            if !ready.is_empty() && now >= st.next_self_lookup {
-                st.next_self_lookup = now + SELF_LOOKUP_EVERY;
+            // Every `timeouts.dht_refresh`, the first time as soon as we have a connection.
+            if !t.dht_refresh.is_zero() && !ready.is_empty() && now >= st.next_self_lookup {
+                st.next_self_lookup = now + t.dht_refresh;
                 self_lookup = true;
+                // Bucket refresh: a lookup of a random key in each bucket nobody in it has
+                // been heard from for a while, a few per round, so a quiet table keeps live
+                // entries and learns the nodes that joined since.
+                for bucket in st
+                    .kad
+                    .stale_buckets(now, BUCKET_STALE)
+                    .into_iter()
+                    .take(REFRESH_LOOKUPS)
+                {
+                    let mut random = [0u8; 32];
+                    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+                    refresh.push(st.kad.key_in_bucket(bucket, random));
+                }
             }
             // Unsent queries wait for a connection too.
             for q in st.queries.values() {
@@ -3156,10 +3238,19 @@ impl Inner {
             self.tasks.spawn(self.clone().send_cover());
         }
         if self_lookup {
-            let me = self.identity.node_id();
+            // Converges on our closest nodes rather than stopping at the first one that knows
+            // us (which, for our own key, is any node we are connected to): that is what puts
+            // us in their routing tables and them in ours.
+            let me = *self.identity.node_id().as_bytes();
             let inner = self.clone();
             self.tasks.spawn(async move {
-                inner.lookup_record(me).await;
+                inner.lookup(me, false).await;
+            });
+        }
+        for key in refresh {
+            let inner = self.clone();
+            self.tasks.spawn(async move {
+                inner.lookup(key, false).await;
             });
         }
     }

@@ -232,6 +232,16 @@ pub enum DeliveryError {
     /// The node stopped before the acknowledgement arrived.
     #[error("the node stopped before message {0} was acknowledged")]
     Stopped(MessageId),
+    /// Nobody knows the recipient: it is not a configured peer, the node holds no record of it,
+    /// and a DHT lookup that reached other nodes did not find one. Reported as soon as that
+    /// lookup ends, not at the delivery deadline; the message was never sent.
+    #[error("message {id}: no node knows {peer} (not found in the DHT)")]
+    NotFound {
+        /// The message.
+        id: MessageId,
+        /// Its recipient.
+        peer: NodeId,
+    },
 }
 
 /// Why a query got no answer.

@@ -11,8 +11,8 @@
 //! | `meshara_query_latency_seconds` | histogram | query to response |
 //! | `meshara_connect_latency_seconds` | histogram | dial to authenticated connection |
 //! | `meshara_deliveries_total` | counter | `result` (confirmed, failed) |
-//! | `meshara_bridge_circuits` | gauge | circuits this node relays as a bridge now |
-//! | `meshara_bridge_circuit_requests_total` | counter | `result` (ok, not_a_bridge, not_allowed, rate_limited, capacity, unreachable, bad_request) |
+//! | `meshara_bridge_circuits` | gauge | circuits this node relays as a bridge now (this and the next two on a bridge only: `bridge.enabled`) |
+//! | `meshara_bridge_circuit_requests_total` | counter | `result` (ok, not_allowed, rate_limited, capacity, unreachable, bad_request) |
 //! | `meshara_bridge_bytes_total` | counter | bytes spliced through this node's circuits, both directions |
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -163,7 +163,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The node's metrics; the `meshara_bridge_*` series only on a bridge (`bridge`), so a
+    /// scrape shows only what the node can have.
+    pub(crate) fn new(bridge: bool) -> Self {
         let mut registry = Registry::with_prefix("meshara");
         let messages = Family::<MessageLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
@@ -180,21 +182,23 @@ impl Metrics {
         let bridge_circuits = Gauge::default();
         let bridge_results = Family::<ResultLabels, Counter>::default();
         let bridge_bytes = Counter::default();
-        registry.register(
-            "bridge_circuits",
-            "Circuits relayed by this bridge now",
-            bridge_circuits.clone(),
-        );
-        registry.register(
-            "bridge_circuit_requests",
-            "Circuit requests to this bridge by result",
-            bridge_results.clone(),
-        );
-        registry.register(
-            "bridge_bytes",
-            "Bytes spliced through this bridge's circuits",
-            bridge_bytes.clone(),
-        );
+        if bridge {
+            registry.register(
+                "bridge_circuits",
+                "Circuits relayed by this bridge now",
+                bridge_circuits.clone(),
+            );
+            registry.register(
+                "bridge_circuit_requests",
+                "Circuit requests to this bridge by result",
+                bridge_results.clone(),
+            );
+            registry.register(
+                "bridge_bytes",
+                "Bytes spliced through this bridge's circuits",
+                bridge_bytes.clone(),
+            );
+        }
         registry.register(
             "messages",
             "Envelopes by direction and kind",

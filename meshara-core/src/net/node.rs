@@ -303,7 +303,7 @@ impl NodeBuilder {
         let inner = Arc::new_cyclic(|weak| Inner {
             identity: identity.clone(),
             padding: self.padding.unwrap_or(Padding::Buckets),
-            metrics: super::metrics::Metrics::new(),
+            metrics: super::metrics::Metrics::new(config.bridge.enabled),
             totals: Default::default(),
             events,
             state: Mutex::new(state),

@@ -170,7 +170,13 @@ pub async fn meet_through_bridge(
         metrics.contains("meshara_bridge_circuit_requests_total{result=\"ok\"}"),
         "{metrics}"
     );
-    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // No Accept header: the classic text format, where counters are typed by their `_total`
+    // name (OpenMetrics, with its `# EOF`, is for scrapers that ask for it).
+    assert!(
+        metrics.contains("# TYPE meshara_bridge_circuit_requests_total counter")
+            && !metrics.contains("# EOF"),
+        "{metrics}"
+    );
 
     // Graceful shutdown: peers are told, the HTTP server stops.
     let mut leaf_events = leaf.events();

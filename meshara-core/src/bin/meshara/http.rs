@@ -130,11 +130,23 @@ fn route(head: &[u8], node: &Node) -> (&'static str, &'static str, String) {
         b"/healthz" => ("200 OK", text, "ok\n".into()),
         b"/readyz" if node.is_running() => ("200 OK", text, "ready\n".into()),
         b"/readyz" => ("503 Service Unavailable", text, "stopping\n".into()),
-        b"/metrics" => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            node.metrics_text(),
-        ),
+        b"/metrics" => {
+            let accept = header(head, "accept");
+            let (content_type, body) =
+                meshara_core::exposition::negotiate(accept.as_deref(), node.metrics_text());
+            ("200 OK", content_type, body)
+        }
         _ => ("404 Not Found", text, "not found\n".into()),
     }
+}
+
+/// The value of header `name` (lowercase) in a request head, if present and UTF-8.
+fn header(head: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
 }
