@@ -140,7 +140,11 @@ async fn hostile(mode: Mode, host: &str, honest: Vec<NodeRecord>) -> Hostile {
                     else {
                         continue;
                     };
-                    finds.fetch_add(1, Ordering::Relaxed);
+                    // The crawler's requests; a node looking itself up (DHT maintenance, the
+                    // explorer's own node included) is not crawling.
+                    if find.target.as_ref() != conn.peer().as_bytes() {
+                        finds.fetch_add(1, Ordering::Relaxed);
+                    }
                     let records: Vec<proto::SignedNodeRecord> = match mode {
                         Mode::Silent => continue,
                         Mode::Sybil => (0..20)
