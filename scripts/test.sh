@@ -102,12 +102,15 @@ export MESHARA_REQUIRE_TOR=1
 # (meshara-axum/tests/rfc9421_interop.rs), schemathesis and the Python Prometheus client
 # (tests/contracts/). One virtual environment, set up once.
 contracts_venv=${MESHARA_CONTRACTS_VENV:-${HOME:-/root}/.cache/meshara-contracts-venv}
-if ! "$contracts_venv/bin/python" -c 'import http_message_signatures, requests' 2>/dev/null; then
+if ! "$contracts_venv/bin/python" -c 'import http_message_signatures, requests, schemathesis, prometheus_client' 2>/dev/null; then
   python3 -m venv "$contracts_venv"
   "$contracts_venv/bin/pip" install -q --disable-pip-version-check \
-    "http-message-signatures==3.0.0" "requests==2.34.2"
+    "http-message-signatures==3.0.0" "requests==2.34.2" "schemathesis==4.32.5" \
+    "prometheus-client==0.26.0"
 fi
 export MESHARA_INTEROP_PYTHON="$contracts_venv/bin/python" MESHARA_REQUIRE_INTEROP=1
+# meshara-axum/tests/openapi_contract.rs runs schemathesis against the mounted routes.
+export MESHARA_SCHEMATHESIS="$contracts_venv/bin/st" MESHARA_REQUIRE_CONTRACTS=1
 
 step "cargo test (unit, integration, property, doc)"
 cargo test --workspace --locked

@@ -120,7 +120,91 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 /// The OpenAPI document of [`routes`] (paths relative to where the router is mounted).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            complete_errors(op);
+        }
+    }
+    if let Some(components) = doc.components.as_mut() {
+        for (schema, a, b) in [
+            ("SendRequest", "content", "content_base64"),
+            ("BroadcastRequest", "content", "content_base64"),
+            ("QueryRequest", "body", "body_base64"),
+        ] {
+            at_most_one_of(&mut components.schemas, schema, a, b);
+        }
+    }
+    doc
+}
+
+/// What the derive cannot say per operation: every route may answer 401 (no valid
+/// credentials) and 403 (a foreign `Host` or `Origin`, or a caller `Access` refuses), and an
+/// error answer is a protobuf `meshara.api.v1.Error` when the caller prefers protobuf.
+fn complete_errors(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    let responses = &mut op.responses.responses;
+    responses
+        .entry("401".into())
+        .or_insert_with(|| RefOr::T(error("No valid credentials (`unauthorized`)")));
+    responses.entry("403".into()).or_insert_with(|| {
+        RefOr::T(error(
+            "A foreign Host or Origin, or a caller the access policy refuses",
+        ))
+    });
+    for response in responses.values_mut() {
+        if let RefOr::T(response) = response {
+            if is_error(response) && !response.content.contains_key("application/x-protobuf") {
+                response.content.insert(
+                    "application/x-protobuf".into(),
+                    ContentBuilder::new().build(),
+                );
+            }
+        }
+    }
+}
+
+/// Whether a response is an error answer: its JSON schema is [`ErrorBody`].
+fn is_error(response: &utoipa::openapi::Response) -> bool {
+    use utoipa::openapi::RefOr;
+    response
+        .content
+        .get("application/json")
+        .and_then(|c| c.schema.as_ref())
+        .is_some_and(|s| matches!(s, RefOr::Ref(r) if r.ref_location.ends_with("/ErrorBody")))
+}
+
+/// Says in `schema` that a body carries `a` or `b`, not both (JSON Schema `not` with
+/// `required`), which the handlers enforce with 400. utoipa models no `not`, so it is added
+/// as a raw member of the schema object.
+fn at_most_one_of(
+    schemas: &mut std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    >,
+    schema: &str,
+    a: &str,
+    b: &str,
+) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    if let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(schema) {
+        object
+            .extensions
+            .get_or_insert_with(Default::default)
+            .insert("not".into(), serde_json::json!({"required": [a, b]}));
+    }
 }
 
 #[derive(OpenApi)]
@@ -163,23 +247,33 @@ struct ApiDoc;
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
-    /// Recipient NodeId (52 base32 characters).
+    /// Recipient NodeId: 52 lowercase base32 characters, or 64 hex digits. One that is no
+    /// Ed25519 public key is nobody's: 404 `recipient_not_found`.
+    #[schema(pattern = r"^(?:[a-z2-7]{51}[aq]|[0-9a-fA-F]{64})$")]
     pub to: String,
-    /// Content type of the message, e.g. `text/plain`.
+    /// Content type of the message, e.g. `text/plain` (empty or absent: `text/plain`), at
+    /// most 128 characters.
     #[serde(default = "text_plain")]
+    #[schema(max_length = 128)]
     pub content_type: String,
-    /// UTF-8 content (exactly one of `content` and `content_base64`).
+    /// UTF-8 content (at most one of `content` and `content_base64`; neither is an empty
+    /// message).
     #[serde(default)]
     pub content: Option<String>,
-    /// Binary content, standard base64.
+    /// Binary content, standard base64 with padding.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+    )]
     pub content_base64: Option<String>,
     /// Wait for the end-to-end acknowledgement before answering (default true).
     #[serde(default = "yes")]
     pub wait: bool,
-    /// How the message travels: `direct` (default) or `onion` (through at least three relays,
-    /// so that no relay learns both ends; content limited to one onion packet, about 7 KiB).
+    /// How the message travels: `direct` (default), `onion` (through at least three relays,
+    /// so that no relay learns both ends; content limited to one onion packet, about 7 KiB),
+    /// or only over `tor` or `i2p` (409 `no_transport` on a node without that transport).
     #[serde(default)]
+    #[schema(value_type = Option<PrivacyName>)]
     pub privacy: Option<String>,
 }
 
@@ -194,20 +288,41 @@ pub struct SendResponse {
     pub latency_ms: Option<f64>,
 }
 
+/// The privacy names `SendRequest::privacy` takes (only for the OpenAPI document: the
+/// handler parses them into [`Privacy`]).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum PrivacyName {
+    /// Over a direct connection (the default).
+    Direct,
+    /// Through a circuit of at least three relays.
+    Onion,
+    /// Only over Tor.
+    Tor,
+    /// Only over I2P.
+    I2p,
+}
+
 /// Body of `POST /broadcasts`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
-    /// Topic, 1..=128 bytes.
+    /// Topic, 1..=128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub topic: String,
-    /// Content type.
+    /// Content type (empty or absent: `text/plain`), at most 128 characters.
     #[serde(default = "text_plain")]
+    #[schema(max_length = 128)]
     pub content_type: String,
-    /// UTF-8 content (or `content_base64`).
+    /// UTF-8 content (or `content_base64`, not both), at most 65536 bytes.
     #[serde(default)]
     pub content: Option<String>,
-    /// Binary content, standard base64.
+    /// Binary content, standard base64 with padding.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+    )]
     pub content_base64: Option<String>,
 }
 
@@ -222,18 +337,24 @@ pub struct BroadcastResponse {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
-    /// NodeId to ask.
+    /// NodeId to ask (as `SendRequest::to`).
+    #[schema(pattern = r"^(?:[a-z2-7]{51}[aq]|[0-9a-fA-F]{64})$")]
     pub to: String,
-    /// Method name.
+    /// Method name, 1..=128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub method: String,
-    /// UTF-8 body (or `body_base64`).
+    /// UTF-8 body (or `body_base64`, not both).
     #[serde(default)]
     pub body: Option<String>,
-    /// Binary body, standard base64.
+    /// Binary body, standard base64 with padding.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+    )]
     pub body_base64: Option<String>,
-    /// How long to wait, in milliseconds (default 10000, at most 120000).
-    #[serde(default = "ten_seconds")]
+    /// How long to wait, in milliseconds: 1..=120000 (default 10000).
+    #[serde(default = "ten_seconds", deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 120_000)]
     pub timeout_ms: u64,
 }
 
@@ -318,9 +439,47 @@ fn ten_seconds() -> u64 {
     10_000
 }
 
+/// A non-negative integer as JSON Schema means it: `1014` or `1014.0` (a number whose
+/// fractional part is zero), not `1014.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("a negative number"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // Integral and below 2^64 (u64::MAX as f64 rounds up to 2^64): exact.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!("{v} is not a non-negative integer")))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+/// A NodeId in its text form, exactly (no surrounding spaces). Text of the right form that
+/// is no Ed25519 public key names nobody: 404, as for a NodeId no node knows.
 fn parse_node(text: &str) -> Result<NodeId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::BadRequest("invalid_node_id", format!("{text:?} is not a NodeId")))
+    let shown: String = text.chars().take(80).collect();
+    if text.trim() != text {
+        return Err(ApiError::BadRequest(
+            "invalid_node_id",
+            format!("{shown:?} is not a NodeId (surrounding spaces)"),
+        ));
+    }
+    text.parse().map_err(|e| match e {
+        meshara_core::IdentityError::InvalidKey => ApiError::NotAKey(shown),
+        _ => ApiError::BadRequest("invalid_node_id", format!("{shown:?} is not a NodeId")),
+    })
 }
 
 fn content(text: Option<String>, base64: Option<String>, field: &str) -> Result<Bytes, ApiError> {
@@ -413,13 +572,11 @@ struct SendArgs {
     privacy: Privacy,
 }
 
-fn privacy(name: Option<&str>) -> Result<Privacy, ApiError> {
-    match name.unwrap_or("") {
-        "" => Ok(Privacy::Direct),
-        other => other.parse().map_err(|e: meshara_core::UnknownPrivacy| {
-            ApiError::BadRequest("invalid_privacy", e.to_string())
-        }),
-    }
+/// A privacy name; protobuf's default (empty) is `direct`, JSON says so by leaving it out.
+fn privacy(name: &str) -> Result<Privacy, ApiError> {
+    name.parse().map_err(|e: meshara_core::UnknownPrivacy| {
+        ApiError::BadRequest("invalid_privacy", e.to_string())
+    })
 }
 
 impl FromApiBody for SendArgs {
@@ -432,7 +589,10 @@ impl FromApiBody for SendArgs {
             content: content(req.content, req.content_base64, "content")?,
             content_type: content_type_or_default(req.content_type),
             wait: req.wait,
-            privacy: privacy(req.privacy.as_deref())?,
+            privacy: req
+                .privacy
+                .as_deref()
+                .map_or(Ok(Privacy::Direct), privacy)?,
         })
     }
 
@@ -442,7 +602,10 @@ impl FromApiBody for SendArgs {
             content_type: content_type_or_default(req.content_type),
             content: req.content,
             wait: req.wait.unwrap_or(true),
-            privacy: privacy(Some(&req.privacy))?,
+            privacy: match req.privacy.as_str() {
+                "" => Privacy::Direct,
+                name => privacy(name)?,
+            },
         })
     }
 }
@@ -513,10 +676,14 @@ impl FromApiBody for QueryArgs {
         (status = 200, description = "Acknowledged by the recipient (or queued, with wait=false) (JSON SendResponse, or protobuf meshara.api.v1.SendResponse)", content(
             (SendResponse = "application/json"),
             ("application/x-protobuf"))),
-        (status = 400, description = "Bad NodeId, content, privacy or body", body = ErrorBody),
-        (status = 404, description = "With wait: no node knows the recipient (`recipient_not_found`, as soon as a DHT lookup shows it, without sending)", body = ErrorBody),
+        (status = 400, description = "Bad NodeId, content, privacy or body, or a message to this node itself", body = ErrorBody),
+        (status = 403, description = "The recipient is banned (`banned`)", body = ErrorBody),
+        (status = 404, description = "No node has this NodeId (`recipient_not_found`): with wait, as soon as a DHT lookup that reached other nodes shows it, without sending; at once for text that is no public key", body = ErrorBody),
+        (status = 409, description = "Tor or I2P privacy on a node without that transport (`no_transport`)", body = ErrorBody),
         (status = 413, description = "Body or message too large (for onion routing: more than one onion packet holds)", body = ErrorBody),
         (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, a missing one, or one the body may not have", body = ErrorBody),
+        (status = 502, description = "The connection to the recipient failed (`transport`)", body = ErrorBody),
         (status = 503, description = "Outbox full, node stopped, or too few relays known for onion routing", body = ErrorBody),
         (status = 504, description = "Not acknowledged after every retry", body = ErrorBody)))]
 async fn send_message<S>(
@@ -562,7 +729,11 @@ where
             (BroadcastResponse = "application/json"),
             ("application/x-protobuf"))),
         (status = 400, description = "Bad topic, content or body", body = ErrorBody),
-        (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody)))]
+        (status = 413, description = "Content too large", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, a missing one, or one the body may not have", body = ErrorBody),
+        (status = 429, description = "The node already takes part in as many topics as it may (`topic_limit`)", body = ErrorBody),
+        (status = 503, description = "The node stopped", body = ErrorBody)))]
 async fn broadcast<S>(
     MesharaNode(node): MesharaNode,
     format: Format,
@@ -590,9 +761,14 @@ where
         (status = 200, description = "The peer's answer (JSON QueryResponse, or protobuf meshara.api.v1.QueryResponse)", content(
             (QueryResponse = "application/json"),
             ("application/x-protobuf"))),
-        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 400, description = "Bad NodeId, method, body or timeout, or a query to this node itself", body = ErrorBody),
+        (status = 403, description = "The peer is banned (`banned`)", body = ErrorBody),
+        (status = 404, description = "No node has this NodeId (`recipient_not_found`), as soon as a DHT lookup that reached other nodes shows it", body = ErrorBody),
+        (status = 413, description = "The query does not fit in a frame", body = ErrorBody),
         (status = 415, description = "Neither JSON nor protobuf", body = ErrorBody),
-        (status = 502, description = "The peer answered with an error status", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, a missing one, or one the body may not have", body = ErrorBody),
+        (status = 502, description = "The peer answered with an error status (`query_rejected`), or the connection failed", body = ErrorBody),
+        (status = 503, description = "Too many queries pending, or the node stopped", body = ErrorBody),
         (status = 504, description = "No answer within the timeout", body = ErrorBody)))]
 async fn query<S>(
     MesharaNode(node): MesharaNode,
@@ -713,7 +889,17 @@ where
 }
 
 /// Live node events over a WebSocket, one JSON [`EventJson`] per text frame.
-#[utoipa::path(get, path = "/events/ws", responses((status = 101, description = "WebSocket of EventJson text frames")))]
+#[utoipa::path(get, path = "/events/ws",
+    params(
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket of EventJson text frames"),
+        (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain"),
+        (status = 426, description = "The connection cannot be upgraded (not HTTP/1.1)", content_type = "text/plain")))]
 async fn events_ws<S>(MesharaNode(node): MesharaNode, upgrade: WebSocketUpgrade) -> Response
 where
     Node: FromRef<S>,

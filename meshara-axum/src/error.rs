@@ -15,6 +15,9 @@ pub enum ApiError {
     /// The request is malformed (code, message).
     #[error("{1}")]
     BadRequest(&'static str, String),
+    /// A NodeId of the right form that is no Ed25519 public key: no node can have it.
+    #[error("no node has NodeId {0:?}: it is not an Ed25519 public key")]
+    NotAKey(String),
     /// The node refused to send.
     #[error(transparent)]
     Send(SendError),
@@ -31,11 +34,13 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
+            ApiError::NotAKey(_) => (StatusCode::NOT_FOUND, "recipient_not_found"),
             ApiError::Send(e) | ApiError::Query(QueryError::Send(e)) => send_status(e),
             ApiError::Delivery(DeliveryError::Unacknowledged { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "not_acknowledged")
             }
-            ApiError::Delivery(DeliveryError::NotFound { .. }) => {
+            ApiError::Delivery(DeliveryError::NotFound { .. })
+            | ApiError::Query(QueryError::NotFound { .. }) => {
                 (StatusCode::NOT_FOUND, "recipient_not_found")
             }
             ApiError::Query(QueryError::Timeout { .. }) => {
@@ -63,7 +68,8 @@ fn send_status(e: &SendError) -> (StatusCode, &'static str) {
         SendError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "node_stopped"),
         SendError::TopicLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "topic_limit"),
         SendError::TooFewRelays { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_few_relays"),
-        SendError::NoTransport(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_transport"),
+        // The node's configuration, not a passing state: retrying does not help.
+        SendError::NoTransport(_) => (StatusCode::CONFLICT, "no_transport"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "send_failed"),
     }
 }

@@ -260,7 +260,7 @@ fn bad_requests(a: &Node, b: &Node) -> Vec<(Request<Body>, StatusCode, &'static 
                 "/meshara/messages",
                 json!({"to": to, "content": "x", "privacy": "tor"}),
             ),
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::CONFLICT,
             "no_transport",
         ),
         (
@@ -268,7 +268,7 @@ fn bad_requests(a: &Node, b: &Node) -> Vec<(Request<Body>, StatusCode, &'static 
                 "/meshara/messages",
                 json!({"to": to, "content": "x", "privacy": "i2p"}),
             ),
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::CONFLICT,
             "no_transport",
         ),
         (

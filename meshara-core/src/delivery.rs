@@ -307,18 +307,22 @@ impl Outbox {
         actions
     }
 
-    /// Stops tracking the direct messages to `peer` that were never sent nor deposited (there
-    /// was never a way to it), and returns their ids: for failing them at once when a lookup
-    /// shows that nobody knows `peer`.
-    pub fn remove_unsent_direct(&mut self, peer: &NodeId) -> Vec<MessageId> {
+    /// Stops tracking the messages to `peer` that have no way to it, and returns their ids:
+    /// direct ones never sent nor deposited, and onion-routed ones not deposited (a packet to
+    /// `peer` is sealed to its record, so none left without one). For failing them at once
+    /// when a lookup shows that nobody knows `peer`.
+    pub fn remove_unroutable(&mut self, peer: &NodeId) -> Vec<MessageId> {
         let ids: Vec<MessageId> = self
             .entries
             .iter()
             .filter(|(_, e)| {
                 &e.peer == peer
-                    && e.attempts == 0
                     && e.deposited_until.is_none()
-                    && e.privacy == Privacy::Direct
+                    && match e.privacy {
+                        Privacy::Direct => e.attempts == 0,
+                        Privacy::Onion => true,
+                        _ => false,
+                    }
             })
             .map(|(id, _)| *id)
             .collect();

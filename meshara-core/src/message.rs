@@ -12,7 +12,7 @@ use crate::crypto::MAX_PRIVATE_PAYLOAD;
 use crate::crypto::kdf::{derive, labels};
 use crate::identity::{Identity, NodeId};
 use crate::proto::{self, private_payload::Body as PayloadBody};
-use crate::wire::{MAX_BROADCAST_BODY, MAX_BROADCAST_CONTENT, MAX_IDS, MAX_NAME_LEN};
+use crate::wire::{MAX_BROADCAST_BODY, MAX_BROADCAST_CONTENT, MAX_IDS, MAX_NAME_LEN, name_len};
 
 /// Why a private payload or broadcast was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -170,10 +170,10 @@ fn validate_payload(payload: &proto::PrivatePayload) -> Result<(), MessageError>
             if m.salt.len() != 16 {
                 return Err(invalid("message.salt", "must be 16 bytes"));
             }
-            if m.content_type.len() > MAX_NAME_LEN {
+            if name_len(&m.content_type) > MAX_NAME_LEN {
                 return Err(invalid(
                     "message.content_type",
-                    format!("at most {MAX_NAME_LEN} bytes"),
+                    format!("at most {MAX_NAME_LEN} characters"),
                 ));
             }
             Ok(())
@@ -251,16 +251,16 @@ fn check_broadcast_fields(
     content_type: &str,
     content_len: usize,
 ) -> Result<(), MessageError> {
-    if topic.is_empty() || topic.len() > MAX_NAME_LEN {
+    if topic.is_empty() || name_len(topic) > MAX_NAME_LEN {
         return Err(invalid(
             "topic",
-            format!("must be 1..={MAX_NAME_LEN} bytes"),
+            format!("must be 1..={MAX_NAME_LEN} characters"),
         ));
     }
-    if content_type.len() > MAX_NAME_LEN {
+    if name_len(content_type) > MAX_NAME_LEN {
         return Err(invalid(
             "content_type",
-            format!("at most {MAX_NAME_LEN} bytes"),
+            format!("at most {MAX_NAME_LEN} characters"),
         ));
     }
     if content_len > MAX_BROADCAST_CONTENT {
@@ -304,6 +304,22 @@ pub fn verify_broadcast(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn names_are_limited_in_characters_not_bytes() {
+        let author = Identity::generate();
+        let sign = |topic: &str, content_type: &str| {
+            sign_broadcast(&author, topic, content_type, Bytes::new(), 1, 0)
+        };
+        // 128 four-byte characters: 512 bytes, within the limit; one more is refused.
+        let wide = "\u{1F4E1}".repeat(128);
+        let (_, signed) = sign(&wide, &"\u{e9}".repeat(128)).unwrap();
+        let verified = verify_broadcast(&signed).unwrap();
+        assert_eq!(verified.topic, wide);
+        assert!(sign(&format!("{wide}x"), "text/plain").is_err());
+        assert!(sign("news", &"\u{e9}".repeat(129)).is_err());
+        assert!(sign("", "text/plain").is_err());
+    }
 
     #[test]
     fn private_message_ids_verify_and_bind_the_parties() {

@@ -144,6 +144,17 @@ async fn looking_up_a_node_that_does_not_exist_fails_cleanly() {
         matches!(result, Err(meshara_core::DeliveryError::NotFound { peer, .. }) if peer == ghost),
         "{result:?}"
     );
+    // A query to it fails the same way, long before its own timeout.
+    let asked = tokio::time::timeout(
+        Duration::from_secs(60),
+        nodes[0].query(ghost, "ping", Bytes::new(), Duration::from_secs(600)),
+    )
+    .await
+    .expect("the lookup must end the wait");
+    assert!(
+        matches!(asked, Err(meshara_core::QueryError::NotFound { peer }) if peer == ghost),
+        "{asked:?}"
+    );
     // The node still works for everyone else.
     let ok = nodes[0]
         .send_private(

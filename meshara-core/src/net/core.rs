@@ -281,6 +281,10 @@ pub(crate) struct State {
     pub(crate) dial_backoff: HashMap<NodeId, (Instant, Duration)>,
     /// Dials for Tor or I2P routes under way ([`Privacy::Tor`], [`Privacy::I2p`]).
     pub(crate) route_dialing: HashSet<(NodeId, Transport)>,
+    /// Nodes a lookup that others answered did not find, until when new messages and queries
+    /// to them fail at once ([`Inner::fail_unfindable`]) instead of waiting out their deadline
+    /// (the end of the `dial_backoff` that keeps the node from looking them up again).
+    pub(crate) unfindable: HashMap<NodeId, Instant>,
     /// Route dials that failed, backing off like `dial_backoff`.
     pub(crate) route_backoff: HashMap<(NodeId, Transport), (Instant, Duration)>,
     /// The DHT's routing table (keys: NodeIds whose signed records we verified).
@@ -403,6 +407,7 @@ impl State {
             banned: HashSet::new(),
             dialing: HashSet::new(),
             dial_backoff: HashMap::new(),
+            unfindable: HashMap::new(),
             route_dialing: HashSet::new(),
             route_backoff: HashMap::new(),
             kad: RoutingTable::new(*local.as_bytes(), KadConfig::default()),
@@ -1037,6 +1042,53 @@ impl Inner {
     // -----------------------------------------------------------------------------------------
     // Connections
 
+    /// Nodes answered a lookup for `peer` and none knows it (a lookup nobody answered, as
+    /// before the first connection, proves nothing and must not come here): what waits for
+    /// `peer` and has no way to it fails now, not at its deadline. Messages fail with
+    /// [`DeliveryError::NotFound`], queries never sent with [`QueryError::NotFound`]; a peer
+    /// the node was told to keep connected to is never given up. Returns the failed
+    /// messages, for [`Inner::report_unfindable`] once the lock is released.
+    pub(crate) fn fail_unfindable(&self, st: &mut State, peer: NodeId) -> Vec<MessageId> {
+        if st.wanted.iter().any(|w| w.node == Some(peer)) {
+            return Vec::new();
+        }
+        let ids = st.outbox.remove_unroutable(&peer);
+        for id in &ids {
+            if let Some(waiter) = st.waiters.remove(id) {
+                let _ = waiter.send(Err(DeliveryError::NotFound { id: *id, peer }));
+            }
+        }
+        self.metrics.outbox.set(st.outbox.len() as i64);
+        let unsent: Vec<[u8; 16]> = st
+            .queries
+            .iter()
+            .filter(|(_, q)| q.peer == peer && !q.sent)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unsent {
+            if let Some(q) = st.queries.remove(&id) {
+                let _ = q.reply.send(Err(QueryError::NotFound { peer }));
+            }
+        }
+        ids
+    }
+
+    /// Counts and announces the messages [`Inner::fail_unfindable`] failed.
+    pub(crate) fn report_unfindable(&self, peer: NodeId, failed: Vec<MessageId>) {
+        for id in failed {
+            self.metrics
+                .deliveries
+                .get_or_create(&super::metrics::ResultLabels { result: "failed" })
+                .inc();
+            tracing::info!(%peer, %id, "private message failed: recipient not found in the DHT");
+            self.emit(Event::DeliveryFailed {
+                id,
+                peer,
+                attempts: 0,
+            });
+        }
+    }
+
     /// Starts dialing `peer` from what we know of its addresses, unless already connected or
     /// dialing.
     pub(crate) fn ensure_connected(self: &Arc<Self>, peer: NodeId) {
@@ -1047,17 +1099,25 @@ impl Inner {
             }
             // Failed dials back off (doubling up to reconnect_max) instead of retrying on
             // every timer tick.
+            let now = Instant::now();
             if st
                 .dial_backoff
                 .get(&peer)
-                .is_some_and(|(next, _)| Instant::now() < *next)
+                .is_some_and(|(next, _)| now < *next)
             {
+                // Not found a moment ago: what was just queued for it fails now.
+                if st.unfindable.get(&peer).is_some_and(|until| now < *until)
+                    && st.peer_record(&peer).is_none()
+                {
+                    let failed = self.fail_unfindable(&mut st, peer);
+                    drop(st);
+                    self.report_unfindable(peer, failed);
+                }
                 return;
             }
             let Some(record) = st.peer_record(&peer) else {
                 // A bootstrap or added peer whose record we do not hold yet: dial its
                 // configured address (unless a dial is under way or backing off).
-                let now = Instant::now();
                 if let Some(w) = st
                     .wanted
                     .iter_mut()
@@ -1082,21 +1142,6 @@ impl Inner {
                             let mut st = inner.lock();
                             st.looking_up.remove(&peer);
                             let found = st.peer_record(&peer).is_some();
-                            // Nodes answered and none knows it: the messages that never had a
-                            // way to it fail now, not at their deadline. (A lookup nobody
-                            // answered, as before the first connection, proves nothing.)
-                            if !found
-                                && !lookup.closest.is_empty()
-                                && !st.wanted.iter().any(|w| w.node == Some(peer))
-                            {
-                                for id in st.outbox.remove_unsent_direct(&peer) {
-                                    if let Some(waiter) = st.waiters.remove(&id) {
-                                        let _ =
-                                            waiter.send(Err(DeliveryError::NotFound { id, peer }));
-                                    }
-                                    not_found.push(id);
-                                }
-                            }
                             if !found {
                                 let t = &inner.config.timeouts;
                                 let delay = st
@@ -1105,24 +1150,18 @@ impl Inner {
                                     .map_or(t.reconnect_min, |(_, d)| {
                                         (*d * 2).min(t.reconnect_max)
                                     });
-                                st.dial_backoff
-                                    .insert(peer, (Instant::now() + delay, delay));
+                                let until = Instant::now() + delay;
+                                st.dial_backoff.insert(peer, (until, delay));
+                                if !lookup.closest.is_empty() {
+                                    not_found = inner.fail_unfindable(&mut st, peer);
+                                    st.unfindable.insert(peer, until);
+                                }
+                            } else {
+                                st.unfindable.remove(&peer);
                             }
                             found
                         };
-                        for id in not_found {
-                            inner
-                                .metrics
-                                .deliveries
-                                .get_or_create(&super::metrics::ResultLabels { result: "failed" })
-                                .inc();
-                            tracing::info!(%peer, %id, "private message failed: recipient not found in the DHT");
-                            inner.emit(Event::DeliveryFailed {
-                                id,
-                                peer,
-                                attempts: 0,
-                            });
-                        }
+                        inner.report_unfindable(peer, not_found);
                         if found {
                             inner.emit(Event::PeerDiscovered { peer, via: "dht" });
                             inner.ensure_connected(peer);
@@ -3195,6 +3234,7 @@ impl Inner {
             let stale = t.reconnect_max;
             st.dial_backoff
                 .retain(|_, (next, _)| now.saturating_duration_since(*next) < stale);
+            st.unfindable.retain(|_, until| now < *until);
             // Wanted peers: reconnect with backoff.
             for w in st.wanted.iter_mut() {
                 let connected = w.node.is_some_and(|n| ready.contains(&n));

@@ -272,6 +272,14 @@ pub enum QueryError {
     /// The node stopped while waiting.
     #[error("the node stopped")]
     Stopped,
+    /// Nobody knows the peer: it is not a configured peer, the node holds no record of it,
+    /// and a DHT lookup that reached other nodes did not find one. Reported as soon as that
+    /// lookup ends, not at the timeout; the query was never sent.
+    #[error("no node knows {peer} (not found in the DHT)")]
+    NotFound {
+        /// The peer asked.
+        peer: NodeId,
+    },
 }
 
 /// Why a byte stream to a peer could not be opened.

@@ -196,11 +196,18 @@ impl Inner {
         let mut record = self.lock().peer_record(&peer);
         // One lookup per recipient at a time, however many messages wait for it.
         if record.is_none() && self.lock().looking_up.insert(peer) {
-            let found = self.clone().lookup_record(peer).await;
-            self.lock().looking_up.remove(&peer);
-            if found {
-                record = self.lock().peer_record(&peer);
-            }
+            let lookup = self.clone().lookup(*peer.as_bytes(), true).await;
+            let failed = {
+                let mut st = self.lock();
+                st.looking_up.remove(&peer);
+                record = st.peer_record(&peer);
+                if record.is_none() && !lookup.closest.is_empty() {
+                    self.fail_unfindable(&mut st, peer)
+                } else {
+                    Vec::new()
+                }
+            };
+            self.report_unfindable(peer, failed);
         }
         let Some(record) = record else {
             tracing::debug!(%peer, "no record for the onion recipient yet");

@@ -25,8 +25,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// ALPN protocol id for this major version.
 pub const ALPN: &[u8] = b"meshara/1";
 
-/// Longest topic, content type, method or package/channel name, in bytes.
+/// Longest topic, content type or query method, in Unicode scalar values (characters), so
+/// that a limit stated in an interface schema (JSON Schema's `maxLength` counts characters)
+/// is the limit the protocol keeps; at most 512 bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// The length of a name as [`MAX_NAME_LEN`] counts it: its characters.
+pub fn name_len(name: &str) -> usize {
+    name.chars().count()
+}
 /// Largest broadcast content, in bytes.
 pub const MAX_BROADCAST_CONTENT: usize = 64 * 1024;
 /// Largest encoded BroadcastBody, in bytes.
@@ -222,7 +229,7 @@ pub fn validate_status(s: &proto::NodeStatus) -> Result<(), WireError> {
     at_most("status.topics", s.topics.len(), MAX_STATUS_TOPICS)?;
     s.topics
         .iter()
-        .try_for_each(|t| between("status.topics", t.len(), 1, MAX_NAME_LEN))
+        .try_for_each(|t| between("status.topics", name_len(t), 1, MAX_NAME_LEN))
 }
 
 fn signed_record(field: &'static str, r: &proto::SignedNodeRecord) -> Result<(), WireError> {
@@ -303,7 +310,7 @@ fn private(p: &proto::PrivateEnvelope) -> Result<(), WireError> {
 
 pub(crate) fn query(q: &proto::Query) -> Result<(), WireError> {
     exact("query.query_id", &q.query_id, 16)?;
-    between("query.method", q.method.len(), 1, MAX_NAME_LEN)?;
+    between("query.method", name_len(&q.method), 1, MAX_NAME_LEN)?;
     at_most("query.body", q.body.len(), MAX_QUERY_BODY)
 }
 
@@ -328,7 +335,7 @@ fn routing(r: &proto::RoutingMessage) -> Result<(), WireError> {
 
 fn gossip(g: &proto::GossipMessage) -> Result<(), WireError> {
     use proto::gossip_message::Body as G;
-    between("gossip.topic", g.topic.len(), 1, MAX_NAME_LEN)?;
+    between("gossip.topic", name_len(&g.topic), 1, MAX_NAME_LEN)?;
     match g.body.as_ref().ok_or(WireError::UnknownKind)? {
         G::Join(j) => signed_record(
             "gossip.join.record",
