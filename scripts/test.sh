@@ -122,6 +122,9 @@ python3 tests/chart/check_configs.py "${CARGO_TARGET_DIR:-target}/debug"
 step "the explorer's OpenAPI document against the server (schemathesis)"
 ./tests/contracts/explorer.sh "${CARGO_TARGET_DIR:-target}/debug"
 
+step "the authority server's OpenAPI document against the server (schemathesis)"
+./tests/contracts/authority.sh "${CARGO_TARGET_DIR:-target}/debug"
+
 step "the whole system as the chart deploys it (tests/system/run.py: pods in network namespaces)"
 cargo build -q --locked -p meshara-bridge --example i2p_send
 as_root env MESHARA_PROMTOOL="$MESHARA_PROMTOOL" python3 tests/system/run.py "${CARGO_TARGET_DIR:-target}/debug"

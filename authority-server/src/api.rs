@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,12 @@ use prost::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod doc;
+mod extract;
 mod roots;
+
+pub use doc::openapi_document;
+use extract::{ApiJson, PathParam};
 
 use crate::auth::{Principal, Role};
 use crate::db::{NewRelease, ReleaseRow, SignatureRow};
@@ -34,7 +39,8 @@ const SIGN: &[Role] = &[Role::Signer];
 const PUBLISH: &[Role] = &[Role::Publisher];
 const ADMIN: &[Role] = &[];
 
-/// One admin route: method, path template, roles allowed besides admin, summary.
+/// One admin route: method, path template, roles allowed besides admin, summary, and what
+/// the OpenAPI document says of its request and answers ([`doc`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteDoc {
     /// HTTP method.
@@ -45,157 +51,242 @@ pub struct RouteDoc {
     pub allowed: &'static [Role],
     /// What it does.
     pub summary: &'static str,
+    /// Its request body.
+    pub body: BodyDoc,
+    /// Its success status and the component schema of its answer (empty: no body).
+    pub ok: (u16, &'static str),
+    /// The error statuses it answers besides those every admin route may (401, 403, 408,
+    /// 413, and 400 for a path parameter it cannot parse).
+    pub errors: &'static [u16],
+}
+
+/// The request body of an admin route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyDoc {
+    /// None.
+    None,
+    /// JSON of this component schema.
+    Json(&'static str),
+    /// JSON of this component schema, or no body at all.
+    OptionalJson(&'static str),
+    /// Raw bytes, streamed (an upload).
+    Bytes,
 }
 
 macro_rules! route {
-    ($m:literal, $p:literal, $a:expr, $s:literal) => {
+    ($m:literal, $p:literal, $a:expr, $s:literal, $body:expr, $ok:literal $schema:literal,
+     [$($e:literal),*]) => {
         RouteDoc {
             method: $m,
             path: $p,
             allowed: $a,
             summary: $s,
+            body: $body,
+            ok: ($ok, $schema),
+            errors: &[$($e),*],
         }
     };
 }
 
+use BodyDoc::{Bytes, Json as JsonBody, None as NoBody, OptionalJson};
+
 /// Every admin route and who may call it.
 pub const ROUTES: &[RouteDoc] = &[
-    route!("GET", "/api/v1/me", ANY, "The caller's name and role"),
-    route!(
-        "GET",
-        "/api/v1/health",
-        ANY,
-        "Node, database and root status"
-    ),
-    route!("GET", "/api/v1/packages", ANY, "Uploaded packages"),
+    route!("GET", "/api/v1/me", ANY, "The caller's name and role", NoBody, 200 "Me", []),
+    route!("GET", "/api/v1/health", ANY, "Node, database and root status", NoBody, 200 "Health", []),
+    route!("GET", "/api/v1/packages", ANY, "Uploaded packages", NoBody, 200 "Packages", []),
     route!(
         "PUT",
         "/api/v1/packages",
         PUBLISH,
-        "Upload a package (raw body, streamed; ?name=)"
+        "Upload a package (raw body, streamed; ?name=)",
+        Bytes,
+        201 "Package",
+        [400, 429, 507]
     ),
     route!(
         "DELETE",
         "/api/v1/packages/{hash}",
         PUBLISH,
-        "Delete a package no release uses"
+        "Delete a package no release uses",
+        NoBody,
+        204 "",
+        [404, 409]
     ),
     route!(
         "GET",
         "/api/v1/releases",
         ANY,
-        "Releases with their signature progress"
+        "Releases with their signature progress",
+        NoBody,
+        200 "Releases",
+        []
     ),
     route!(
         "POST",
         "/api/v1/releases",
         PUBLISH,
-        "Draft a release of an uploaded package"
+        "Draft a release of an uploaded package",
+        JsonBody("NewRelease"),
+        201 "Release",
+        [404]
     ),
-    route!("GET", "/api/v1/releases/{id}", ANY, "One release"),
+    route!("GET", "/api/v1/releases/{id}", ANY, "One release", NoBody, 200 "Release", [404]),
     route!(
         "GET",
         "/api/v1/releases/{id}/draft",
         SIGN,
-        "Export a draft for offline signing"
+        "Export a draft for offline signing",
+        NoBody,
+        200 "ReleaseDraft",
+        [404]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/sign",
         SIGN,
-        "Sign a draft with a server-held key"
+        "Sign a draft with a server-held key",
+        JsonBody("SignWith"),
+        200 "Release",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/signatures",
         SIGN,
-        "Attach a signature made offline"
+        "Attach a signature made offline",
+        JsonBody("DetachedSignature"),
+        200 "Release",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/publish",
         PUBLISH,
-        "Publish now, or at a time, once the threshold is met"
+        "Publish now, or at a time, once the threshold is met",
+        OptionalJson("PublishAt"),
+        200 "Release",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/rollout",
         PUBLISH,
-        "Set a draft's staged-rollout percentage (drops its signatures)"
+        "Set a draft's staged-rollout percentage (drops its signatures)",
+        JsonBody("Rollout"),
+        200 "Release",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/rollback",
         PUBLISH,
-        "Draft a newer release restoring this release's content"
+        "Draft a newer release restoring this release's content",
+        OptionalJson("RollbackTo"),
+        201 "Release",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/releases/{id}/revoke",
         PUBLISH,
-        "Revoke a published release and draft its rollback"
+        "Revoke a published release and draft its rollback",
+        NoBody,
+        200 "Revoked",
+        [404, 409]
     ),
     route!(
         "GET",
         "/api/v1/roots",
         ANY,
-        "The current root and drafted rotations with their signature progress"
+        "The current root and drafted rotations with their signature progress",
+        NoBody,
+        200 "Roots",
+        []
     ),
     route!(
         "POST",
         "/api/v1/roots",
         ADMIN,
-        "Draft the next root (a key rotation)"
+        "Draft the next root (a key rotation)",
+        JsonBody("RootSpec"),
+        201 "RootView",
+        [409]
     ),
     route!(
         "GET",
         "/api/v1/roots/{sequence}/draft",
         SIGN,
-        "Export a root draft for offline signing"
+        "Export a root draft for offline signing",
+        NoBody,
+        200 "RootDraft",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/roots/{sequence}/sign",
         SIGN,
-        "Sign a root draft with a server-held key"
+        "Sign a root draft with a server-held key",
+        JsonBody("SignWith"),
+        200 "RootView",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/roots/{sequence}/signatures",
         SIGN,
-        "Attach a root signature made offline"
+        "Attach a root signature made offline",
+        JsonBody("DetachedSignature"),
+        200 "RootView",
+        [404, 409]
     ),
     route!(
         "POST",
         "/api/v1/roots/{sequence}/publish",
         ADMIN,
-        "Rotate once the current and the new root thresholds have signed"
+        "Rotate once the current and the new root thresholds have signed",
+        NoBody,
+        200 "RootView",
+        [404, 409]
     ),
-    route!("GET", "/api/v1/queries", ANY, "Update checks nodes made"),
-    route!("GET", "/api/v1/audit", ANY, "The audit log, newest first"),
+    route!("GET", "/api/v1/queries", ANY, "Update checks nodes made", NoBody, 200 "Queries", []),
+    route!("GET", "/api/v1/audit", ANY, "The audit log, newest first", NoBody, 200 "Audit", []),
     route!(
         "GET",
         "/api/v1/audit/verify",
         ANY,
-        "Check the audit log's hash chain"
+        "Check the audit log's hash chain",
+        NoBody,
+        200 "AuditCheck",
+        []
     ),
     route!(
         "GET",
         "/api/v1/tokens",
         ADMIN,
-        "API tokens (never their secrets)"
+        "API tokens (never their secrets)",
+        NoBody,
+        200 "Tokens",
+        []
     ),
     route!(
         "POST",
         "/api/v1/tokens",
         ADMIN,
-        "Create an API token (shown once)"
+        "Create an API token (shown once)",
+        JsonBody("NewToken"),
+        201 "CreatedToken",
+        []
     ),
     route!(
         "DELETE",
         "/api/v1/tokens/{id}",
         ADMIN,
-        "Revoke an API token"
+        "Revoke an API token",
+        NoBody,
+        204 "",
+        [404]
     ),
 ];
 
@@ -629,7 +720,7 @@ impl Drop for Reservation {
 async fn delete_package(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(hash): Path<String>,
+    PathParam(hash): PathParam<String>,
 ) -> ApiResult<StatusCode> {
     if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(ApiError::invalid(
@@ -706,7 +797,7 @@ async fn load(s: &AppState, id: i64) -> ApiResult<ReleaseRow> {
 
 async fn one_release(
     State(s): State<Arc<AppState>>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     Ok(Json(view(&s, &r).await?))
@@ -797,7 +888,7 @@ async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiRes
     let pkg =
         s.db.package(spec.content_hash)
             .await?
-            .ok_or_else(|| ApiError::invalid("content_hash names no uploaded package"))?;
+            .ok_or_else(|| ApiError::not_found("uploaded package with this content_hash"))?;
     if let Some(p) = spec.rollout {
         if !(1..=100).contains(&p) {
             return Err(ApiError::invalid("rollout_percent must be 1..=100"));
@@ -836,7 +927,7 @@ async fn draft_release(s: &AppState, actor: &str, spec: DraftSpec<'_>) -> ApiRes
 async fn create_release(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Json(c): Json<CreateRelease>,
+    ApiJson(c): ApiJson<CreateRelease>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let days = c.expires_in_days.unwrap_or(s.config.release_expiry_days);
     if days == 0 || days > 3650 {
@@ -876,7 +967,7 @@ fn body_bytes(r: &ReleaseRow) -> ApiResult<Vec<u8>> {
 
 async fn export_draft(
     State(s): State<Arc<AppState>>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<Draft>> {
     let r = load(&s, id).await?;
     Ok(Json(
@@ -893,8 +984,8 @@ struct SignWith {
 async fn sign(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
-    Json(w): Json<SignWith>,
+    PathParam(id): PathParam<i64>,
+    ApiJson(w): ApiJson<SignWith>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "draft" {
@@ -903,16 +994,13 @@ async fn sign(
             r.status
         )));
     }
-    let key = s
-        .keys
-        .get(&w.key)
-        .ok_or_else(|| ApiError::invalid(format!("no server-held key named {:?}", w.key)))?;
+    let key = s.keys.get(&w.key).ok_or_else(|| no_such_key(&w.key))?;
     let root = s.updater.root();
     if !root
         .key(&key.node_id())
         .is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release))
     {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::conflict(format!(
             "key {:?} is not a release key of the current root",
             w.key
         )));
@@ -938,8 +1026,8 @@ async fn sign(
 async fn attach(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
-    Json(d): Json<DetachedSignature>,
+    PathParam(id): PathParam<i64>,
+    ApiJson(d): ApiJson<DetachedSignature>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "draft" {
@@ -954,12 +1042,14 @@ async fn attach(
         .key(&key)
         .is_some_and(|k| k.roles.contains(&meshara_core::update::Role::Release))
     {
-        return Err(ApiError::invalid(
+        return Err(ApiError::conflict(
             "the key is not a release key of the current root",
         ));
     }
+    // A signature made over another version of the draft (before a rollout change, say)
+    // conflicts with what the draft is now.
     meshara_core::update::verify_signature(&body_bytes(&r)?, &key, &sig)
-        .map_err(|_| ApiError::invalid("the signature does not verify over this release"))?;
+        .map_err(|_| ApiError::conflict("the signature does not verify over this release"))?;
     s.db.add_signature(id, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
     s.db.audit(
@@ -972,12 +1062,27 @@ async fn attach(
     Ok(Json(view(&s, &r).await?))
 }
 
-/// A signature made offline: its key and its 64 bytes.
+/// 404 for a server-held key name the server does not hold.
+fn no_such_key(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no server-held key named {}",
+            crate::names::quoted(&name.chars().take(80).collect::<String>())
+        ),
+    )
+}
+
+/// A signature made offline: its key and its 64 bytes. Text of a key's form that is no
+/// Ed25519 public key is a key of no root: 409, as for any key the root does not list.
 fn parse_detached(d: &DetachedSignature) -> ApiResult<(NodeId, Vec<u8>)> {
-    let key: NodeId = d
-        .public_key
-        .parse()
-        .map_err(|_| ApiError::invalid("public_key is not a key"))?;
+    let key: NodeId = d.public_key.parse().map_err(|e| match e {
+        meshara_core::IdentityError::InvalidKey => {
+            ApiError::conflict("public_key is no Ed25519 key, so no root lists it")
+        }
+        _ => ApiError::invalid("public_key is not a key"),
+    })?;
     let sig = BASE64
         .decode(d.signature.as_bytes())
         .ok()
@@ -1073,8 +1178,8 @@ struct PublishAt {
 async fn publish(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
-    body: Option<Json<PublishAt>>,
+    PathParam(id): PathParam<i64>,
+    body: Option<ApiJson<PublishAt>>,
 ) -> ApiResult<Json<Value>> {
     let at = body.and_then(|b| b.0.at);
     let r = load(&s, id).await?;
@@ -1108,8 +1213,8 @@ struct Rollout {
 async fn rollout(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
-    Json(w): Json<Rollout>,
+    PathParam(id): PathParam<i64>,
+    ApiJson(w): ApiJson<Rollout>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "draft" {
@@ -1145,8 +1250,8 @@ struct RollbackTo {
 async fn rollback(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
-    body: Option<Json<RollbackTo>>,
+    PathParam(id): PathParam<i64>,
+    body: Option<ApiJson<RollbackTo>>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let r = load(&s, id).await?;
     let semver = body
@@ -1181,7 +1286,7 @@ async fn rollback(
 async fn revoke(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&s, id).await?;
     if r.status != "published" {
@@ -1272,7 +1377,7 @@ struct NewToken {
 async fn create_token(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Json(t): Json<NewToken>,
+    ApiJson(t): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let role: Role = t.role.parse().map_err(ApiError::invalid)?;
     check_name(NameKind::Token, &t.name)?;
@@ -1297,7 +1402,7 @@ async fn tokens(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
 async fn revoke_token(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> ApiResult<StatusCode> {
     if !s.db.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
@@ -1333,7 +1438,7 @@ async fn update_check(
     State(s): State<Arc<AppState>>,
     client: Option<Extension<crate::http::ClientAddr>>,
     headers: HeaderMap,
-    Path((package, channel)): Path<(String, String)>,
+    PathParam((package, channel)): PathParam<(String, String)>,
 ) -> Response {
     // No release can have another name: answer without recording it.
     if let Err(e) = check_name(NameKind::Package, &package)
@@ -1378,62 +1483,6 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// The OpenAPI 3.1 document, generated from [`ROUTES`].
-pub fn openapi_document() -> Value {
-    let mut paths = serde_json::Map::new();
-    let error = json!({"$ref": "#/components/responses/Error"});
-    for r in ROUTES {
-        let roles: Vec<&str> = std::iter::once("admin")
-            .chain(r.allowed.iter().map(|r| r.as_str()))
-            .collect();
-        let params: Vec<Value> = r
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": if name == "id" && !r.path.contains("tokens") { "integer" } else { "string" }}}))
-            .collect();
-        let op = json!({
-            "summary": r.summary,
-            "description": format!("Roles: {}.", roles.join(", ")),
-            "security": [{"bearer": []}],
-            "parameters": params,
-            "responses": {"200": {"description": "OK", "content": {"application/json": {}}},
-                          "401": error, "403": error},
-            "x-roles": roles,
-        });
-        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
-        entry[r.method.to_lowercase()] = op;
-    }
-    paths.insert(
-        "/v1/updates/{package}/{channel}".into(),
-        json!({"get": {"summary": "Newest published release (public): its signed metadata, base64 protobuf",
-            "parameters": [
-                {"name": "package", "in": "path", "required": true, "schema": {"type": "string"}},
-                {"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "OK"}, "404": error}}}),
-    );
-    for (p, s) in [
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness: database and node"),
-        ("/metrics", "Prometheus metrics"),
-    ] {
-        paths.insert(
-            p.into(),
-            json!({"get": {"summary": s, "responses": {"200": {"description": "OK"}}}}),
-        );
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "meshara-authority", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "Error: {\"error\": {\"code\", \"message\"}}",
-                "content": {"application/json": {}}}},
-        },
-    })
 }
 
 async fn openapi() -> Json<Value> {

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | key, package, channel | 1..=64 bytes | ASCII letters, digits, `.`, `_`, `-`; first a letter or digit |
 //! | upload (file label) | 1..=255 bytes | ASCII letters, digits, `.`, `_`, `-`, `+`, `~`; first a letter or digit |
-//! | token | 1..=64 bytes | printable characters (no control characters, no bidirectional controls) |
+//! | token | 1..=64 characters | printable characters (no control characters, no bidirectional controls) |
 
 use std::fmt::Write as _;
 
@@ -50,7 +50,23 @@ impl NameKind {
         }
     }
 
-    fn rule(self) -> &'static str {
+    /// The rule as an ECMA-262 / JSON Schema regular expression (for the OpenAPI document;
+    /// lengths in characters, as JSON Schema counts them).
+    pub fn pattern(self) -> &'static str {
+        match self {
+            NameKind::Key | NameKind::Package | NameKind::Channel => {
+                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+            }
+            NameKind::Upload => "^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$",
+            // Everything but what `is_hiding` refuses.
+            NameKind::Token => {
+                r"^[^\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\u061c]{1,64}$"
+            }
+        }
+    }
+
+    /// The rule, in words.
+    pub fn rule(self) -> &'static str {
         match self {
             NameKind::Key | NameKind::Package | NameKind::Channel => {
                 "1..=64 bytes of ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -58,7 +74,7 @@ impl NameKind {
             NameKind::Upload => {
                 "1..=255 bytes of ASCII letters, digits, '.', '_', '-', '+' or '~', starting with a letter or digit"
             }
-            NameKind::Token => "1..=64 bytes of printable characters",
+            NameKind::Token => "1..=64 printable characters",
         }
     }
 }
@@ -94,7 +110,8 @@ pub fn check(kind: NameKind, name: &str) -> Result<(), NameError> {
         kind,
         shown: quoted(name),
     };
-    if name.is_empty() || name.len() > kind.max_len() {
+    // In characters (the same as bytes for the ASCII-only kinds).
+    if name.is_empty() || name.chars().count() > kind.max_len() {
         return Err(refuse());
     }
     let ok = match kind {

@@ -114,7 +114,7 @@ async fn release_flow(backend: Backend) {
             Some(serde_json::to_value(&bad).unwrap()),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::CONFLICT);
     let stranger = Identity::generate();
     let foreign = exported.sign(&stranger).unwrap();
     let (status, _) = h
@@ -125,7 +125,7 @@ async fn release_flow(backend: Backend) {
             Some(serde_json::to_value(&foreign).unwrap()),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "a key outside the root");
+    assert_eq!(status, StatusCode::CONFLICT, "a key outside the root");
     let (status, v) = h
         .call(
             "POST",
@@ -575,7 +575,7 @@ async fn root_rotation(backend: Backend) {
     let (status, v) = h
         .call("POST", "/api/v1/roots", Some(&h.admin), Some(bad))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let (status, v) = h
         .call("POST", "/api/v1/roots", Some(&h.admin), Some(spec))
         .await;
@@ -627,7 +627,7 @@ async fn root_rotation(backend: Backend) {
             Some(json!(stranger)),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::CONFLICT);
     let sig = draft.sign(&fresh).unwrap();
     let (status, v) = h
         .call(
@@ -721,7 +721,7 @@ async fn root_rotation(backend: Backend) {
             Some(json!(revoked_sig)),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
     let (status, v) = h
         .call(
             "POST",

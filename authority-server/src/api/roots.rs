@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use data_encoding::BASE64;
 use meshara_core::NodeId;
@@ -12,7 +12,7 @@ use meshara_core::update::{Role, Root, TrustState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, SignWith, to_signed};
+use super::{ApiError, ApiJson, ApiResult, PathParam, SignWith, to_signed};
 use crate::auth::Principal;
 use crate::db::RootRow;
 use crate::keys::{self, DetachedSignature, KeyEntry, RootDraft};
@@ -115,12 +115,23 @@ pub(super) struct RootSpec {
     revoke: Vec<String>,
 }
 
+/// 422 `invalid_root`: a root the body describes in the right shape but that breaks a rule
+/// its schema cannot state (thresholds reachable by the keys holding each role, no key
+/// listed twice or both listed and revoked, each key an Ed25519 public key).
+fn invalid_root(message: String) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_root",
+        message,
+    )
+}
+
 /// `POST /api/v1/roots`: drafts the root after the current one (replacing an unpublished
 /// draft of that sequence and its signatures).
 pub(super) async fn create(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Json(spec): Json<RootSpec>,
+    ApiJson(spec): ApiJson<RootSpec>,
 ) -> ApiResult<(axum::http::StatusCode, Json<Value>)> {
     if !(1..=MAX_VALID_DAYS).contains(&spec.valid_days) {
         return Err(ApiError::invalid(format!(
@@ -135,13 +146,13 @@ pub(super) async fn create(
         .iter()
         .map(KeyEntry::to_key)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+        .map_err(|e| invalid_root(e.to_string()))?;
     let revoke = spec
         .revoke
         .iter()
         .map(|k| {
             k.parse::<NodeId>()
-                .map_err(|_| ApiError::invalid(format!("{k:?} is not a public key")))
+                .map_err(|_| invalid_root(format!("{k:?} is not a public key")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let current = s.updater.root();
@@ -153,10 +164,8 @@ pub(super) async fn create(
         spec.valid_days,
         revoke,
     )
-    .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let encoded = root
-        .encode()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    .map_err(|e| invalid_root(e.to_string()))?;
+    let encoded = root.encode().map_err(|e| invalid_root(e.to_string()))?;
     let sequence = root.sequence as i64;
     if s.db
         .root(sequence)
@@ -191,7 +200,7 @@ pub(super) async fn create(
 /// `GET /api/v1/roots/{sequence}/draft`: the draft to sign offline.
 pub(super) async fn export(
     State(s): State<Arc<AppState>>,
-    Path(sequence): Path<i64>,
+    PathParam(sequence): PathParam<i64>,
 ) -> ApiResult<Json<RootDraft>> {
     let (row, _) = load_draft(&s, sequence).await?;
     Ok(Json(
@@ -208,16 +217,16 @@ fn may_sign(current: &Root, root: &Root, key: &NodeId) -> bool {
 pub(super) async fn sign(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(sequence): Path<i64>,
-    Json(w): Json<SignWith>,
+    PathParam(sequence): PathParam<i64>,
+    ApiJson(w): ApiJson<SignWith>,
 ) -> ApiResult<Json<Value>> {
     let (row, root) = load_draft(&s, sequence).await?;
     let key = s
         .keys
         .get(&w.key)
-        .ok_or_else(|| ApiError::invalid(format!("no server-held key named {:?}", w.key)))?;
+        .ok_or_else(|| super::no_such_key(&w.key))?;
     if !may_sign(&s.updater.root(), &root, &key.node_id()) {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::conflict(format!(
             "key {:?} is a root key of neither the current root nor this one",
             w.key
         )));
@@ -244,18 +253,18 @@ pub(super) async fn sign(
 pub(super) async fn attach(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(sequence): Path<i64>,
-    Json(d): Json<DetachedSignature>,
+    PathParam(sequence): PathParam<i64>,
+    ApiJson(d): ApiJson<DetachedSignature>,
 ) -> ApiResult<Json<Value>> {
     let (row, root) = load_draft(&s, sequence).await?;
     let (key, sig) = super::parse_detached(&d)?;
     if !may_sign(&s.updater.root(), &root, &key) {
-        return Err(ApiError::invalid(
+        return Err(ApiError::conflict(
             "the key is a root key of neither the current root nor this one",
         ));
     }
     meshara_core::update::verify_signature(&body(&row)?, &key, &sig)
-        .map_err(|_| ApiError::invalid("the signature does not verify over this root"))?;
+        .map_err(|_| ApiError::conflict("the signature does not verify over this root"))?;
     s.db.add_root_signature(sequence, &key.to_string(), &BASE64.encode(&sig), &p.name)
         .await?;
     s.db.audit(
@@ -274,7 +283,7 @@ pub(super) async fn attach(
 pub(super) async fn publish(
     State(s): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(sequence): Path<i64>,
+    PathParam(sequence): PathParam<i64>,
 ) -> ApiResult<Json<Value>> {
     let (row, root) = load_draft(&s, sequence).await?;
     let signed = to_signed(body(&row)?, &s.db.root_signatures(sequence).await?);
