@@ -40,7 +40,7 @@ const PUBLISH: &[Role] = &[Role::Publisher];
 const ADMIN: &[Role] = &[];
 
 /// One admin route: method, path template, roles allowed besides admin, summary, and what
-/// the OpenAPI document says of its request and answers ([`doc`]).
+/// the OpenAPI document says of its request and answers ([`openapi_document`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteDoc {
     /// HTTP method.
