@@ -86,12 +86,13 @@ fn explorer_config(dir: &std::path::Path, seeds: Vec<String>) -> Config {
 
 async fn bench_crawl(n: usize) -> Vec<String> {
     eprintln!("starting {n} nodes…");
-    let mut nodes = Vec::with_capacity(n);
-    let first = start_node(0, None).await;
-    let boot = first.quic_addr().unwrap();
-    nodes.push(first);
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    nodes.push(start_node(0, None).await);
+    // Each node joins through one of the first ten, as nodes of a real network join through
+    // a handful of well-known ones, so no single node holds a connection from everyone.
     for i in 1..n {
-        nodes.push(start_node(i, Some(boot.clone())).await);
+        let boot = nodes[(i - 1) % i.min(10)].quic_addr().unwrap();
+        nodes.push(start_node(i, Some(boot)).await);
     }
     // Let the tables fill: until their total has not moved for five seconds (at most 3 min).
     let mut last = 0;
@@ -109,7 +110,12 @@ async fn bench_crawl(n: usize) -> Vec<String> {
             last = total;
         }
     }
-    eprintln!("routing tables: {last} entries");
+    let peers: usize = nodes.iter().map(|n| n.peers().len()).sum();
+    eprintln!(
+        "routing tables: {last} entries; {peers} peer connections in all ({:.1} per node); {:.0} MiB RSS",
+        peers as f64 / n as f64,
+        rss_mib()
+    );
     // What any crawler can find: the nodes in at least one routing table (a node in none is
     // known to nobody and answers nobody's FindNode).
     let in_some_table: std::collections::HashSet<meshara_core::NodeId> =
@@ -138,9 +144,9 @@ async fn bench_crawl(n: usize) -> Vec<String> {
     dialer.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
-    // Node 0 is every node's bootstrap and holds its 1,024 connections: seeds are a few
-    // ordinary nodes, as an operator would configure several.
-    let seeds = nodes[1..6]
+    // Seeds are a few ordinary nodes (not the first ten everyone joined through), as an
+    // operator would configure several.
+    let seeds = nodes[10..15]
         .iter()
         .map(|n| n.quic_addr().unwrap().to_string())
         .collect();
@@ -344,7 +350,8 @@ fn main() {
     let n: usize = std::env::var("EXPLORER_BENCH_NODES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(1000)
+        .max(20);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -616,3 +616,144 @@ async fn nodes_that_cannot_be_dialled_reach_each_other_through_a_relay() {
     );
     futures_util::future::join_all([seed.stop(), sender.stop(), recipient.stop()]).await;
 }
+
+/// A node that opened connections for messages (as it does for lookups) closes those it no
+/// longer uses once it has more than `target_peers`, and keeps the ones it needs: peers it is
+/// told to keep (bootstrap, `connect`), peers it is still talking to, and connections others
+/// opened to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_node_opened_and_no_longer_uses_are_closed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let hub = builder().start().await.unwrap();
+    let boot = hub.quic_addr().unwrap();
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(builder().bootstrap(boot.clone()).start().await.unwrap());
+    }
+    let pinned = others.pop().unwrap();
+    let node = builder_with(NodeConfig {
+        target_peers: 1,
+        ..NodeConfig::default()
+    })
+    .timeouts(Timeouts {
+        unused: Duration::from_secs(1),
+        dht_refresh: Duration::ZERO,
+        ..timeouts()
+    })
+    .bootstrap(boot.clone())
+    .start()
+    .await
+    .unwrap();
+    // A node that connects to this one: its connection is inbound here.
+    let caller = builder()
+        .bootstrap(node.quic_addr().unwrap())
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while others
+            .iter()
+            .any(|o| node.record_of(&o.node_id()).is_none())
+            || !node.peers().iter().any(|p| p.node_id == caller.node_id())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the node learns the others' records from the hub");
+    let pinned_id = node.connect(&pinned.quic_addr().unwrap()).await.unwrap();
+    let mut events: Vec<_> = others.iter().map(Node::events).collect();
+    for o in &others {
+        let pending = node
+            .send_private(o.node_id(), "text/plain", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, pending.confirmed())
+            .await
+            .expect("confirmed in time")
+            .expect("delivered");
+    }
+    let connected = |id| node.peers().iter().any(|p| p.node_id == id);
+    assert!(others.iter().all(|o| connected(o.node_id())));
+
+    // The node keeps talking to the first one, bounded in count.
+    let talking = Arc::new(AtomicBool::new(true));
+    let chatter = {
+        let (node, talking, to) = (node.clone(), talking.clone(), others[0].node_id());
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                if !talking.load(Ordering::Relaxed) {
+                    break;
+                }
+                let pending = node
+                    .send_private(to, "text/plain", Bytes::from_static(b"still here"))
+                    .await
+                    .unwrap();
+                pending.confirmed().await.expect("delivered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::timeout(WAIT, async {
+        while others[1..].iter().any(|o| connected(o.node_id())) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connections nobody uses are closed");
+    // Still connected: the bootstrap node, the peer it connected to, the peer it talks to,
+    // and the node that connected to it. Unused connections went down to `target_peers` only.
+    for (id, what) in [
+        (hub.node_id(), "the bootstrap node"),
+        (pinned_id, "the peer connected with connect()"),
+        (others[0].node_id(), "the peer still in use"),
+        (caller.node_id(), "the inbound connection"),
+    ] {
+        assert!(connected(id), "{what} was disconnected");
+    }
+    talking.store(false, Ordering::Relaxed);
+    chatter.await.unwrap();
+    // The peers saw why.
+    for (o, ev) in others[1..].iter().zip(&mut events[1..]) {
+        let reason = tokio::time::timeout(WAIT, async {
+            loop {
+                match ev.next().await {
+                    Some(Event::PeerDisconnected { peer, reason }) if peer == node.node_id() => {
+                        return reason;
+                    }
+                    Some(_) => {}
+                    None => panic!("events ended"),
+                }
+            }
+        })
+        .await
+        .expect("the peer sees the connection close");
+        assert!(
+            reason.contains("code 8") && reason.contains("unused"),
+            "{}: {reason}",
+            o.node_id()
+        );
+    }
+    // A closed peer is still reachable: the node dials it again from its record.
+    let again = node
+        .send_private(
+            others[1].node_id(),
+            "text/plain",
+            Bytes::from_static(b"again"),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, again.confirmed())
+        .await
+        .expect("confirmed in time")
+        .expect("delivered after the connection was closed");
+    futures_util::future::join_all(
+        [&hub, &pinned, &node, &caller]
+            .into_iter()
+            .chain(others.iter())
+            .map(|n| n.stop()),
+    )
+    .await;
+}

@@ -524,6 +524,7 @@ impl Inner {
                 "bridge {bridge} is reached only through another circuit"
             ))
         })?;
+        self.mark_streams(&bridge);
         let (mut send, mut recv) = conn.open_bi().await?;
         let mut header = Vec::with_capacity(34);
         header.extend_from_slice(&[STREAM_CIRCUIT, OP_CONNECT]);
@@ -898,6 +899,7 @@ impl Inner {
         let conn = self
             .direct_conn_over(&target, None)
             .ok_or_else(|| format!("{target} is reachable only through another bridge"))?;
+        self.mark_streams(&target);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut header = Vec::with_capacity(34);
         header.extend_from_slice(&[STREAM_CIRCUIT, OP_INCOMING]);

@@ -163,6 +163,17 @@ pub struct Timeouts {
     /// and its own lookups tell it (tests that need a fixed view of the network use this).
     #[serde(with = "humantime_secs")]
     pub dht_refresh: Duration,
+    /// Close a connection this node opened, once it has carried nothing but upkeep (pings,
+    /// records, peer exchange, DHT requests and answers, status) for this long and the node has
+    /// more than `target_peers` peers, oldest use first, down to `target_peers`. Only direct
+    /// QUIC and TCP connections to peers whose record says how to dial them again are closed;
+    /// never inbound ones, nor peers the node keeps (bootstrap, `add_peer`, `connect`), gossip
+    /// neighbours, peers with messages, queries, lookups or onion circuits in flight, or peers
+    /// that byte streams or bridge circuits were opened with (docs/protocol.md §15.7). Without
+    /// it, every node a lookup reached stays connected for as long as keepalives run. 0 turns
+    /// it off.
+    #[serde(with = "humantime_secs")]
+    pub unused: Duration,
 }
 
 impl Default for Timeouts {
@@ -181,6 +192,7 @@ impl Default for Timeouts {
             peer_exchange: Duration::from_secs(30),
             mailbox: Duration::from_secs(24 * 3600),
             dht_refresh: Duration::from_secs(60),
+            unused: Duration::from_secs(60),
         }
     }
 }

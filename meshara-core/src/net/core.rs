@@ -52,6 +52,7 @@ pub(crate) mod close_code {
     pub(crate) const IDLE: u32 = 5;
     pub(crate) const REMOVED: u32 = 6;
     pub(crate) const REPLACED: u32 = 7;
+    pub(crate) const UNUSED: u32 = 8;
 }
 
 /// Sessions kept per peer (the newest usable one sends; any of them receives).
@@ -194,6 +195,30 @@ pub(crate) struct PeerCounters {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) drops: AtomicU64,
+    /// When the peer last sent or was sent something other than upkeep ([`is_upkeep`]), in
+    /// milliseconds since the node started.
+    pub(crate) last_used_ms: AtomicU64,
+    /// A byte stream or a bridge circuit was opened with the peer: its connections are never
+    /// closed as unused (their streams carry no envelopes to show that they are in use).
+    pub(crate) streams: AtomicBool,
+}
+
+/// Envelopes that keep a connection and the network's knowledge up, as opposed to the traffic
+/// a connection exists for: they do not make a connection count as used
+/// ([`Timeouts::unused`](super::Timeouts::unused)).
+pub(crate) fn is_upkeep(env: &proto::Envelope) -> bool {
+    use proto::envelope::Body;
+    matches!(
+        env.body,
+        None | Some(
+            Body::NodeRecord(_)
+                | Body::Routing(_)
+                | Body::PeerExchange(_)
+                | Body::StatusRequest(_)
+                | Body::Status(_)
+                | Body::Gossip(_)
+        )
+    )
 }
 
 /// Per-peer rate limiter state (shared by all the peer's connections).
@@ -307,6 +332,9 @@ pub(crate) struct State {
     pub(crate) onion_replay: crate::crypto::onion::ReplayCache,
     /// Onion circuits by destination.
     pub(crate) circuits: HashMap<NodeId, super::onion::Circuit>,
+    /// Peers the application connected to with [`Node::connect`](super::Node::connect): kept
+    /// even when unused, until `remove_peer`.
+    pub(crate) pinned: HashSet<NodeId>,
     /// When the next cover packet is due (none when cover traffic is off).
     next_cover: Option<Instant>,
     pub(crate) stopped: bool,
@@ -426,6 +454,7 @@ impl State {
             next_mailbox_poll: Instant::now(),
             onion_replay: crate::crypto::onion::ReplayCache::new(config.onion.replay_cache),
             circuits: HashMap::new(),
+            pinned: HashSet::new(),
             next_cover: None,
             stopped: false,
             last_exchange: Instant::now(),
@@ -1610,9 +1639,14 @@ impl Inner {
             } else {
                 let limits = &self.config.limits;
                 let now = Instant::now();
+                let started = self.started_at.elapsed().as_millis() as u64;
                 let peer_entry = st.peers.entry(peer).or_insert_with(|| Peer {
                     conns: Vec::new(),
-                    counters: Arc::default(),
+                    // A new connection counts as used: whatever it was opened for comes next.
+                    counters: Arc::new(PeerCounters {
+                        last_used_ms: AtomicU64::new(started),
+                        ..PeerCounters::default()
+                    }),
                     limiter: Arc::new(Mutex::new(PeerLimiter {
                         messages: TokenBucket::new(
                             f64::from(limits.peer_messages_per_sec),
@@ -1700,6 +1734,88 @@ impl Inner {
             .instrument(span),
         );
         Ok(())
+    }
+
+    /// Milliseconds since the node started: the clock of connection silence and use.
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        self.started_at.elapsed().as_millis() as u64
+    }
+
+    /// Records that something other than upkeep was sent to `peer` (an onion packet or a
+    /// relayed message forwarded to it), so the connection does not count as unused.
+    pub(crate) fn mark_used(&self, st: &State, peer: &NodeId) {
+        if let Some(p) = st.peers.get(peer) {
+            p.counters
+                .last_used_ms
+                .store(self.elapsed_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Records that a byte stream or a bridge circuit was opened with `peer`.
+    pub(crate) fn mark_streams(&self, peer: &NodeId) {
+        if let Some(p) = self.lock().peers.get(peer) {
+            p.counters.streams.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the node has a reason to stay connected to `peer` beyond the traffic it saw:
+    /// the peer is kept (bootstrap, `add_peer`, `connect`), a gossip neighbour, or something
+    /// for it is in flight (messages, acknowledgements, queries, DHT requests, held mail, an
+    /// onion circuit through it).
+    fn needed(st: &State, peer: &NodeId) -> bool {
+        st.wanted.iter().any(|w| w.node == Some(*peer))
+            || st.pinned.contains(peer)
+            || st.gossip.is_neighbor(peer)
+            || st.outbox.pending_for(peer) > 0
+            || st.pending_acks.contains_key(peer)
+            || st.queries.values().any(|q| q.peer == *peer)
+            || st.finds.values().any(|(asked, _)| asked == peer)
+            || st.looking_up.contains(peer)
+            || st.depositing.contains(peer)
+            || st.mailbox.waiting_for(peer) > 0
+            || st.circuits.values().any(|c| c.first_relay() == Some(*peer))
+    }
+
+    /// The connections to close as unused ([`Timeouts::unused`](super::Timeouts::unused)):
+    /// beyond `target_peers` ready peers, outbound direct connections to dialable peers that
+    /// carried only upkeep for that long and are not otherwise needed, least recently used
+    /// first, down to `target_peers`.
+    fn unused_connections(&self, st: &State, ready: usize) -> Vec<Arc<dyn Connection>> {
+        let unused = self.config.timeouts.unused.as_millis() as u64;
+        let excess = ready.saturating_sub(self.config.target_peers);
+        if unused == 0 || excess == 0 {
+            return Vec::new();
+        }
+        let now_ms = self.elapsed_ms();
+        let mut candidates: Vec<(u64, &Peer, &NodeId)> = st
+            .peers
+            .iter()
+            .filter_map(|(id, p)| {
+                let last_used = p.counters.last_used_ms.load(Ordering::Relaxed);
+                let closable = !p.conns.is_empty()
+                    && p.conns.iter().all(|c| {
+                        c.ready
+                            && !c.inbound
+                            && matches!(c.conn.kind(), TransportKind::Quic | TransportKind::Tcp)
+                            && c.first_hop == c.conn.kind()
+                    })
+                    && now_ms.saturating_sub(last_used) >= unused
+                    && !p.counters.streams.load(Ordering::Relaxed)
+                    && p.record.as_ref().is_some_and(|r| {
+                        r.addresses()
+                            .iter()
+                            .any(|a| matches!(a.transport, Transport::Quic | Transport::Tcp))
+                    })
+                    && !Self::needed(st, id);
+                closable.then_some((last_used, p, id))
+            })
+            .collect();
+        candidates.sort_unstable_by_key(|(last_used, _, id)| (*last_used, *id.as_bytes()));
+        candidates
+            .into_iter()
+            .take(excess)
+            .flat_map(|(_, p, _)| p.conns.iter().map(|c| c.conn.clone()))
+            .collect()
     }
 
     fn deregister(self: &Arc<Self>, peer: NodeId, id: u64, reason: &str) {
@@ -1868,8 +1984,14 @@ impl Inner {
             STREAM_ENVELOPES if !envelope_stream.swap(true, Ordering::Relaxed) => {
                 self.read_loop(conn, id, recv, last_rx).await;
             }
-            STREAM_USER => self.accept_user_stream(conn.peer(), send, recv).await,
-            super::circuit::STREAM_CIRCUIT => self.accept_circuit(conn, send, recv).await,
+            STREAM_USER => {
+                self.mark_streams(&conn.peer());
+                self.accept_user_stream(conn.peer(), send, recv).await;
+            }
+            super::circuit::STREAM_CIRCUIT => {
+                self.mark_streams(&conn.peer());
+                self.accept_circuit(conn, send, recv).await;
+            }
             _ => {
                 self.count_drop(
                     DropReason::Malformed,
@@ -2045,6 +2167,11 @@ impl Inner {
                         continue;
                     }
                 };
+                if !is_upkeep(&env) {
+                    counters
+                        .last_used_ms
+                        .store(self.elapsed_ms(), Ordering::Relaxed);
+                }
                 if let Err(close) = self.handle_envelope(&conn, id, env, &limiter, &mut acks) {
                     tracing::warn!(%peer, reason = close, "closing connection");
                     self.emit(Event::Error {
@@ -3009,6 +3136,7 @@ impl Inner {
         let mut refresh: Vec<[u8; 32]> = Vec::new();
         let mut onion_sends = Vec::new();
         let mut cover = false;
+        let unused;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -3156,6 +3284,8 @@ impl Inner {
                     }
                 }
             }
+            // Connections this node opened (for a lookup, a top-up) and no longer uses.
+            unused = self.unused_connections(st, ready.len());
             // Periodic peer exchange.
             if now.saturating_duration_since(st.last_exchange) >= t.peer_exchange {
                 st.last_exchange = now;
@@ -3247,6 +3377,10 @@ impl Inner {
         }
         for conn in close {
             conn.close(close_code::IDLE, "idle timeout");
+        }
+        for conn in unused {
+            tracing::debug!(peer = %conn.peer(), "closing a connection no longer used");
+            conn.close(close_code::UNUSED, "unused");
         }
         for (id, peer, attempts) in failed {
             self.metrics

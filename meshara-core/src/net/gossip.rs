@@ -53,6 +53,11 @@ impl Gossip {
         }
     }
 
+    /// Whether `peer` is in the active view of a topic, or has gossip waiting for it.
+    pub(crate) fn is_neighbor(&self, peer: &NodeId) -> bool {
+        self.pending.contains_key(peer) || self.topics.values().any(|t| t.active().contains(peer))
+    }
+
     /// When the earliest topic timer is due.
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
         let topics = self.topics.values().filter_map(Topic::poll_timeout);

@@ -704,6 +704,7 @@ impl Node {
             return Err(StreamError::InvalidProtocol);
         }
         let conn = self.inner.ready_conn(peer).await?;
+        self.inner.mark_streams(&peer);
         let (mut send, recv) = conn.open_bi().await?;
         let mut header = Vec::with_capacity(2 + name.len());
         header.push(STREAM_USER);
@@ -734,6 +735,7 @@ impl Node {
     /// peer's NodeId. With a NodeId in the address, a different key fails the handshake.
     pub async fn connect(&self, addr: &PeerAddr) -> Result<NodeId, TransportError> {
         let node = self.inner.connect(addr).await?;
+        self.inner.lock().pinned.insert(node);
         // Wait until the peer's record arrived so messages can flow at once.
         self.wait_ready(node).await?;
         Ok(node)
@@ -761,6 +763,7 @@ impl Node {
         let conns = {
             let mut st = self.inner.lock();
             st.wanted.retain(|w| w.node != Some(peer));
+            st.pinned.remove(&peer);
             st.peers
                 .get(&peer)
                 .map(|p| p.conns.iter().map(|c| c.conn.clone()).collect::<Vec<_>>())

@@ -40,6 +40,13 @@ pub(crate) struct Circuit {
     packets: u32,
 }
 
+impl Circuit {
+    /// The relay that packets on this circuit are sent to first.
+    pub(crate) fn first_relay(&self) -> Option<NodeId> {
+        self.relays.first().map(NodeRecord::node_id)
+    }
+}
+
 /// Why no circuit could be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooFewRelays {
@@ -290,7 +297,15 @@ impl Inner {
         let env = envelope(proto::envelope::Body::Onion(proto::OnionPacket {
             packet: Bytes::from(packet),
         }));
-        let (Some(frame), Some(writer)) = (self.frame(&env), self.lock().ready_writer(to)) else {
+        let Some(frame) = self.frame(&env) else {
+            return false;
+        };
+        let writer = {
+            let st = self.lock();
+            self.mark_used(&st, to);
+            st.ready_writer(to)
+        };
+        let Some(writer) = writer else {
             return false;
         };
         match writer.try_send(frame) {

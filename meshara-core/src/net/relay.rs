@@ -92,7 +92,10 @@ impl Inner {
             return;
         };
         match writer.try_send(frame) {
-            Ok(()) => self.metrics.message("out", "relay"),
+            Ok(()) => {
+                self.mark_used(st, recipient);
+                self.metrics.message("out", "relay");
+            }
             Err(reason) => self.count_drop(reason, Some(recipient), "relay"),
         }
     }
@@ -189,8 +192,13 @@ impl Inner {
                 let holders = ready
                     .iter()
                     .filter(|h| {
-                        st.ready_writer(h)
-                            .is_some_and(|w| w.try_send(frame.clone()).is_ok())
+                        let sent = st
+                            .ready_writer(h)
+                            .is_some_and(|w| w.try_send(frame.clone()).is_ok());
+                        if sent {
+                            self.mark_used(&st, h);
+                        }
+                        sent
                     })
                     .count();
                 match id {
