@@ -33,8 +33,9 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v git >/dev/null 2>&1 || need+=(git)
-# `ip` for the mDNS test between network namespaces.
+# `ip` for the mDNS test between network namespaces, and tcpdump to read what it announces.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 # The authority server's dashboard test: a real headless browser driven from Node.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)

@@ -1,7 +1,9 @@
 //! mDNS discovery between two network namespaces joined by a veth pair: two `meshara run`
-//! processes that know nothing of each other find and connect to each other.
+//! processes that know nothing of each other find and connect to each other, and tcpdump on the
+//! link shows that their announcements name neither node.
 //!
-//! Needs root (CAP_NET_ADMIN) and `ip`; without them the test prints why and skips.
+//! Needs root (CAP_NET_ADMIN), `ip` and `tcpdump`; without namespaces the test prints why and
+//! skips.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 struct Netns {
     names: Vec<String>,
+    /// The veth end in the first namespace.
+    dev: String,
 }
 
 impl Drop for Netns {
@@ -47,12 +51,15 @@ fn ip(args: &[&str]) -> Result<(), String> {
 fn setup() -> Result<Netns, String> {
     let tag = std::process::id() % 100_000;
     let (a, b) = (format!("mshA{tag}"), format!("mshB{tag}"));
-    let mut guard = Netns { names: Vec::new() };
+    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+    let mut guard = Netns {
+        names: Vec::new(),
+        dev: va.clone(),
+    };
     ip(&["netns", "add", &a])?;
     guard.names.push(a.clone());
     ip(&["netns", "add", &b])?;
     guard.names.push(b.clone());
-    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
     ip(&[
         "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
     ])?;
@@ -67,6 +74,8 @@ fn setup() -> Result<Netns, String> {
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The node's NodeId text, as `keygen` printed it.
+    node_id: String,
 }
 
 impl Drop for Proc {
@@ -93,6 +102,10 @@ fn start(ns: &str, home: &Path) -> Proc {
         .output()
         .unwrap();
     assert!(out.status.success());
+    let node_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("node id").map(|id| id.trim().to_owned()))
+        .expect("keygen prints the node id");
     let config = home.join("node.toml");
     std::fs::write(
         &config,
@@ -122,7 +135,11 @@ fn start(ns: &str, home: &Path) -> Proc {
             }
         }
     });
-    Proc { child, lines }
+    Proc {
+        child,
+        lines,
+        node_id,
+    }
 }
 
 fn wait_for(p: &Proc, needle: &str, seen: &mut Vec<String>) -> bool {
@@ -152,6 +169,7 @@ fn mdns_discovers_a_node_in_another_namespace() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&guard.names[0], &guard.dev, &dir.path().join("mdns.pcap"));
     let a = start(&guard.names[0], &dir.path().join("a"));
     let b = start(&guard.names[1], &dir.path().join("b"));
     let mut seen_a = Vec::new();
@@ -174,6 +192,84 @@ fn mdns_discovers_a_node_in_another_namespace() {
         seen_a.iter().chain(&seen_b).any(|l| l.contains("10.77.0.")),
         "{seen_a:#?} {seen_b:#?}"
     );
+    // Let each side announce a few more times (mDNS repeats announcements at start), then read
+    // what the link carried.
+    std::thread::sleep(Duration::from_secs(3));
+    let pcap = capture.stop();
+    assert!(
+        contains(&pcap, b"_meshara"),
+        "the capture holds no announcement ({} bytes)",
+        pcap.len()
+    );
+    for p in [&a, &b] {
+        let id: meshara_core::NodeId = p.node_id.parse().unwrap();
+        let text = id.to_string();
+        let leaks: [(&str, Vec<u8>); 5] = [
+            ("NodeId text", text.clone().into_bytes()),
+            ("NodeId text, upper case", text.to_uppercase().into_bytes()),
+            (
+                "first 16 characters of the NodeId",
+                text.as_bytes()[..16].to_vec(),
+            ),
+            ("NodeId bytes", id.as_bytes().to_vec()),
+            ("fingerprint", id.fingerprint().to_string().into_bytes()),
+        ];
+        for (what, needle) in leaks {
+            assert!(
+                !contains(&pcap, &needle),
+                "the mDNS traffic carries a node's {what}"
+            );
+        }
+    }
     drop(a);
     drop(b);
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// tcpdump writing the link's mDNS packets to a file.
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &str, dev: &str, file: &Path) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", dev, "-U", "-n", "-w"])
+            .arg(file)
+            .args(["udp", "port", "5353"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run tcpdump (scripts/test.sh installs it)");
+        // tcpdump says "listening on …" once it captures.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        stderr.read_line(&mut first).unwrap();
+        assert!(first.contains("listening on"), "tcpdump: {first}");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Capture {
+            child,
+            file: file.to_owned(),
+        }
+    }
+
+    fn stop(mut self) -> Vec<u8> {
+        // SIGTERM lets tcpdump flush and close the file (`ip netns exec` execs tcpdump itself).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -126,7 +126,8 @@ pub struct Timeouts {
     /// holds its handshake slot no longer than this.
     #[serde(with = "humantime_secs")]
     pub inbound_handshake: Duration,
-    /// Ping an idle connection this often.
+    /// Ping every ready connection at most this long apart (each interval drawn from [½, 1) ×
+    /// this, so pings keep no fixed beat).
     #[serde(with = "humantime_secs")]
     pub keepalive: Duration,
     /// Close a connection silent for this long.

@@ -243,7 +243,15 @@ pub(crate) struct ConnEntry {
     pub(crate) first_hop: TransportKind,
     pub(crate) ip: Option<IpAddr>,
     pub(crate) last_rx: Arc<AtomicU64>,
-    pub(crate) last_ping: Instant,
+    /// When the next keepalive ping is due ([`keepalive_after`]).
+    pub(crate) next_ping: Instant,
+}
+
+/// How long until a connection's next keepalive ping: `keepalive` times a factor drawn
+/// uniformly from [1/2, 1) each time, so pings keep no fixed beat an observer could match.
+pub(crate) fn keepalive_after(keepalive: Duration) -> Duration {
+    let r = rand_core::RngCore::next_u32(&mut rand_core::OsRng);
+    keepalive.mul_f64(0.5 + f64::from(r) / (f64::from(u32::MAX) + 1.0) / 2.0)
 }
 
 pub(crate) struct Peer {
@@ -395,7 +403,7 @@ pub(crate) struct Inner {
     pub(crate) topology: watch::Sender<u64>,
     pub(crate) inbound_seen: AtomicBool,
     pub(crate) keystore: Option<std::path::PathBuf>,
-    pub(crate) mdns: Mutex<Option<mdns_sd::ServiceDaemon>>,
+    pub(crate) mdns: Mutex<Option<super::discovery::Mdns>>,
     /// Onion packets allowed to wait for a connection to their next hop.
     pub(crate) onion_forwards: Arc<tokio::sync::Semaphore>,
     /// Dialers for transports the node does not carry itself (Tor, I2P).
@@ -1679,7 +1687,7 @@ impl Inner {
                     first_hop,
                     ip,
                     last_rx: last_rx.clone(),
-                    last_ping: now,
+                    next_ping: now + keepalive_after(self.config.timeouts.keepalive),
                 });
             }
             refusal
@@ -3276,8 +3284,8 @@ impl Inner {
                     let silent = Duration::from_millis(elapsed_ms.saturating_sub(last_rx));
                     if silent >= t.idle {
                         close.push(c.conn.clone());
-                    } else if c.ready && now.saturating_duration_since(c.last_ping) >= t.keepalive {
-                        c.last_ping = now;
+                    } else if c.ready && now >= c.next_ping {
+                        c.next_ping = now + keepalive_after(t.keepalive);
                         if let Some(frame) = &ping {
                             let _ = c.writer.try_send(frame.clone());
                         }
@@ -3716,6 +3724,23 @@ pub(crate) async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::Tcp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalives_keep_no_fixed_beat() {
+        let k = Duration::from_secs(10);
+        let draws: Vec<Duration> = (0..1_000).map(|_| keepalive_after(k)).collect();
+        assert!(draws.iter().all(|d| *d >= k / 2 && *d < k));
+        // Spread over the whole range, not clustered on a beat.
+        let distinct: HashSet<u128> = draws.iter().map(Duration::as_millis).collect();
+        assert!(
+            distinct.len() > 800,
+            "{} distinct intervals",
+            distinct.len()
+        );
+        let ms = |d: &Duration| d.as_millis();
+        assert!(draws.iter().map(ms).min().unwrap() < 5_500);
+        assert!(draws.iter().map(ms).max().unwrap() > 9_500);
+    }
 
     #[test]
     fn address_blocks_are_ipv4_addresses_and_ipv6_slash_64s() {

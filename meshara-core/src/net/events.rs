@@ -47,7 +47,9 @@ pub enum Event {
         /// Why the last connection ended.
         reason: String,
     },
-    /// A node was discovered (mDNS, peer exchange or a DHT lookup) and will be dialed.
+    /// A node was discovered by peer exchange or a DHT lookup and will be dialed, or found on
+    /// the local network by mDNS and connected to (mDNS announcements name no node, so the
+    /// NodeId is the one the connection proved).
     PeerDiscovered {
         /// The node.
         peer: NodeId,

@@ -210,7 +210,16 @@ impl NodeBuilder {
         transport_config
             .max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into())
             .max_concurrent_uni_streams(0u32.into())
-            .keep_alive_interval(Some(config.timeouts.keepalive))
+            // A backstop only: the node's own pings (jittered, `timeouts.keepalive`) keep
+            // ready connections busy, and QUIC PINGs on a fixed beat would be a pattern.
+            .keep_alive_interval(Some(
+                config.timeouts.keepalive
+                    + config
+                        .timeouts
+                        .idle
+                        .saturating_sub(config.timeouts.keepalive)
+                        / 2,
+            ))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(config.timeouts.idle)
                     .map_err(|e| StartError::Config(format!("timeouts.idle: {e}")))?,

@@ -26,7 +26,7 @@ use crate::out;
 /// listen_quic = "0.0.0.0:7340"
 /// listen_tcp = "0.0.0.0:7341"
 /// bootstrap = ["<nodeid>@quic://203.0.113.7:7340", "file:/etc/meshara/peers/seed-0.crt@quic://seed-0:7340"]
-/// mdns = true
+/// mdns = true                                  # default: false (what it reveals: docs/protocol.md §15.20)
 /// # identity_file = "/etc/meshara/identity/node.pem"  # a PEM Ed25519 key instead of the keystore
 ///
 /// [updates]                                    # follow an authority's signed releases
@@ -154,7 +154,9 @@ impl UpdatesFile {
 fn default_node() -> NodeConfig {
     NodeConfig {
         listen_quic: Some(SocketAddr::from(([0, 0, 0, 0], 7340))),
-        mdns: true,
+        // Off unless asked for: even a nameless announcement tells everyone on the local
+        // network that a Meshara node runs at this address.
+        mdns: false,
         ..NodeConfig::default()
     }
 }
