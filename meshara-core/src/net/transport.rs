@@ -201,6 +201,10 @@ const YAMUX_MAX_STREAMS: usize = 64;
 const YAMUX_CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
 /// Bytes read ahead of yamux: the whole window plus room for control frames.
 const READ_AHEAD_BUDGET: usize = YAMUX_CONNECTION_WINDOW + (1 << 20);
+/// The most plaintext one TLS record carries (RFC 8446 §5.1).
+const TLS_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// A yamux frame header.
+const YAMUX_HEADER: usize = 12;
 
 /// Keeps reading the socket while yamux is busy writing.
 ///
@@ -210,10 +214,20 @@ const READ_AHEAD_BUDGET: usize = YAMUX_CONNECTION_WINDOW + (1 << 20);
 /// that always drains the socket into a buffer breaks the cycle. The buffer stays bounded
 /// because a peer cannot send stream data beyond the receive window it was granted; a peer
 /// that does only waits on its own socket once [`READ_AHEAD_BUDGET`] is queued.
+///
+/// It also coalesces writes. yamux writes a frame's header and its body separately, and TLS
+/// makes a record of each write, so every frame went out as a 29-byte record (a bare header)
+/// followed by its body: a pattern a censor can match. Writes are gathered until yamux
+/// flushes (it does after every frame) or until the next one would not fit one TLS record, so
+/// a frame and its header travel in one record; yamux's frames are sized to fit one
+/// ([`YAMUX_HEADER`] + body ≤ [`TLS_RECORD_PLAINTEXT`]).
 struct ReadAhead<S> {
     chunks: mpsc::Receiver<std::io::Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>>,
     current: Option<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>,
     write: tokio::io::WriteHalf<S>,
+    /// Written by yamux, not yet passed to TLS; `pending[written..]` is left to pass.
+    pending: Vec<u8>,
+    written: usize,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -248,8 +262,26 @@ impl<S: ByteStream> ReadAhead<S> {
             chunks,
             current: None,
             write,
+            pending: Vec::with_capacity(TLS_RECORD_PLAINTEXT),
+            written: 0,
             reader,
         }
+    }
+
+    /// Passes the gathered writes to TLS.
+    fn poll_drain(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.pending.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.write).poll_write(cx, &self.pending[self.written..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.pending.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -290,13 +322,23 @@ impl<S: ByteStream> AsyncWrite for ReadAhead<S> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.write).poll_write(cx, buf)
+        let this = &mut *self;
+        if !this.pending.is_empty() && this.pending.len() + buf.len() > TLS_RECORD_PLAINTEXT {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        if buf.len() >= TLS_RECORD_PLAINTEXT {
+            // Too large to gather: straight to TLS (nothing is pending any more).
+            return Pin::new(&mut this.write).poll_write(cx, buf);
+        }
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.write).poll_flush(cx)
     }
 
@@ -304,6 +346,7 @@ impl<S: ByteStream> AsyncWrite for ReadAhead<S> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.write).poll_shutdown(cx)
     }
 }
@@ -382,6 +425,8 @@ impl StreamConnection {
         let mut config = yamux::Config::default();
         config.set_max_num_streams(YAMUX_MAX_STREAMS);
         config.set_max_connection_receive_window(Some(YAMUX_CONNECTION_WINDOW));
+        // A frame with its header fits one TLS record (see `ReadAhead`).
+        config.set_split_send_size(TLS_RECORD_PLAINTEXT - YAMUX_HEADER);
         let connection = yamux::Connection::new(ReadAhead::new(io).compat(), config, mode);
         let (commands, command_rx) = mpsc::channel(64);
         let (inbound_tx, inbound) = mpsc::channel(STREAM_ACCEPT_BACKLOG);
