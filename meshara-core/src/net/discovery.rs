@@ -336,6 +336,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn labels_are_fresh_at_every_start_and_say_nothing_else() {
+        let labels: std::collections::HashSet<String> =
+            (0..1_000).map(|_| random_label()).collect();
+        assert_eq!(labels.len(), 1_000);
+        for l in &labels {
+            assert_eq!(l.len(), 16);
+            assert!(
+                l.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{l}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_nameless_instance_is_dialed_and_the_handshake_names_it() {
         let a = node().await;

@@ -618,6 +618,19 @@ mod tests {
     }
 
     #[test]
+    fn mdns_is_off_unless_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[node]\nlisten_quic = \"127.0.0.1:9000\"\n").unwrap();
+        assert!(!load_settings(None, &no_env).unwrap().node.mdns);
+        assert!(!load_settings(Some(&path), &no_env).unwrap().node.mdns);
+        let on = |k: &str| (k == "MESHARA_MDNS").then(|| "1".to_owned());
+        assert!(load_settings(Some(&path), &on).unwrap().node.mdns);
+        std::fs::write(&path, "[node]\nmdns = true\n").unwrap();
+        assert!(load_settings(Some(&path), &no_env).unwrap().node.mdns);
+    }
+
+    #[test]
     fn env_overrides_and_precise_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
