@@ -60,12 +60,13 @@ fn binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A free loopback port, and the listener that holds it: keep the listener until every port of
+/// the network is chosen, so that no two relays are handed the same one.
+fn free_port(held: &mut Vec<std::net::TcpListener>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    held.push(listener);
+    port
 }
 
 #[derive(Debug)]
@@ -133,15 +134,17 @@ impl TorNet {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
+        let mut held = Vec::new();
         let relays: Vec<Relay> = NODES
             .iter()
             .map(|name| Relay {
                 name,
                 dir: dir.path().join(name),
-                or_port: free_port(),
-                dir_port: free_port(),
+                or_port: free_port(&mut held),
+                dir_port: free_port(&mut held),
             })
             .collect();
+        drop(held);
         let mut dir_authorities = String::new();
         for relay in &relays[..AUTHORITIES] {
             let keys = relay.dir.join("keys");
